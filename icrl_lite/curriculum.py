@@ -1,0 +1,120 @@
+"""Demonstration curriculum: how many few-shot tool-use demos the rollout prompt carries at each step.
+
+ICRL trains in stages whose number of in-context demonstrations shrinks until the model works zero-shot;
+the paper's schedule is 3 -> 2 -> 0 demos, 100 steps per stage (a 4-stage 3 -> 2 -> 1 -> 0 schedule
+collapsed in its ablation). ``choose_demos`` picks which demos of a pool a prompt gets, reproducibly from
+(seed, step, prompt index); the paper does not say how its demos are picked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One curriculum stage: ``demos`` demonstrations in every prompt for ``steps`` training steps."""
+
+    demos: int
+    steps: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.demos, bool) or not isinstance(self.demos, int) or self.demos < 0:
+            raise ValueError(f"Stage.demos must be an integer >= 0 (use 0 for zero-shot), got {self.demos!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps <= 0:
+            raise ValueError(
+                f"Stage.steps must be an integer >= 1, got {self.steps!r}; drop the stage instead of giving it 0 steps"
+            )
+
+
+def default_stages(steps_per_stage: int) -> list[Stage]:
+    """The paper's schedule 3 -> 2 -> 0 demos, each for ``steps_per_stage`` steps."""
+    return [Stage(3, steps_per_stage), Stage(2, steps_per_stage), Stage(0, steps_per_stage)]
+
+
+def _as_stage(stage: Stage | Mapping[str, int]) -> Stage:
+    if isinstance(stage, Stage):
+        return stage
+    if isinstance(stage, Mapping):
+        unknown = set(stage) - {"demos", "steps"}
+        missing = {"demos", "steps"} - set(stage)
+        if unknown or missing:
+            raise ValueError(
+                f"a stage needs exactly the keys 'demos' and 'steps', e.g. {{'demos': 3, 'steps': 100}}; "
+                f"got {dict(stage)!r}"
+            )
+        return Stage(demos=stage["demos"], steps=stage["steps"])
+    raise TypeError(f"a stage must be a Stage or a dict like {{'demos': 3, 'steps': 100}}, got {stage!r}")
+
+
+class Curriculum:
+    """A sequence of stages; step ``s`` (0-based) falls in the first stage whose cumulative steps exceed it.
+
+    Steps past the end stay in the last stage.
+    """
+
+    def __init__(self, stages: Sequence[Stage | Mapping[str, int]]) -> None:
+        if isinstance(stages, (Stage, Mapping)) or len(stages) == 0:
+            raise ValueError(
+                "a curriculum needs a non-empty list of stages, e.g. [{'demos': 3, 'steps': 100}, "
+                "{'demos': 0, 'steps': 100}] or default_stages(100)"
+            )
+        self.stages: tuple[Stage, ...] = tuple(_as_stage(s) for s in stages)
+        ends, total = [], 0
+        for stage in self.stages:
+            total += stage.steps
+            ends.append(total)
+        self._ends = ends  # exclusive end step of each stage
+
+    @property
+    def total_steps(self) -> int:
+        return self._ends[-1]
+
+    def stage_at(self, step: int) -> int:
+        """Index of the stage that contains ``step`` (0-based); the last stage past the end."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0 (steps are 0-based), got {step}")
+        for i, end in enumerate(self._ends):
+            if step < end:
+                return i
+        return len(self.stages) - 1
+
+    def demos_at(self, step: int) -> int:
+        """Number of demonstrations in the prompts of ``step``."""
+        return self.stages[self.stage_at(step)].demos
+
+    def describe(self) -> str:
+        """E.g. ``"3 demos x 100 steps -> 2 x 100 -> 0 x 100"``."""
+        first, *rest = self.stages
+        parts = [f"{first.demos} demos x {first.steps} steps"]
+        parts += [f"{s.demos} x {s.steps}" for s in rest]
+        return " -> ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"Curriculum({self.describe()})"
+
+
+def _stable_seed(*parts: int) -> int:
+    """An integer derived from ``parts`` that is the same in every process (unlike the salted ``hash``)."""
+    digest = hashlib.sha256(repr(tuple(int(p) for p in parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def choose_demos(pool_size: int, k: int, seed: int, step: int, index: int) -> list[int]:
+    """``k`` distinct demo indices in ``range(pool_size)``, a deterministic function of (seed, step, index).
+
+    ``index`` is the prompt's position in the batch, so prompts of one step get different demos while a
+    rerun with the same seed sees the same ones.
+    """
+    if k < 0:
+        raise ValueError(f"k (number of demos) must be >= 0, got {k}")
+    if k > pool_size:
+        raise ValueError(
+            f"cannot choose {k} distinct demos from a pool of {pool_size}; add demos to the pool or lower the "
+            "curriculum's demos"
+        )
+    rng = random.Random(_stable_seed(seed, step, index))
+    return rng.sample(range(pool_size), k)

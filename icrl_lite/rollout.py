@@ -1,0 +1,329 @@
+"""Batched multi-turn rollouts with tool calls, on one KV cache that is never re-read.
+
+For B prompts x G samples the engine prefills each distinct prompt once, copies its KV cache G times and
+then decodes all rows together. A row generates until a tool's closing tag, `</answer>` or EOS; the tool's
+observation (`<information>...</information>`) is then *forced* into the context: its tokens are fed to the
+model in one chunk and masked out of the loss. Rows that finish leave the batch at once, so they stop
+consuming compute. Every token of a rollout carries a mask bit: 1 = sampled by the policy (a sampled EOS
+included, even when pad == eos), 0 = forced (tool output, the corrective message).
+
+How rows of different lengths share one cache: each step feeds every row the same number of slots; a row
+with nothing to feed gets a masked hole. Positions are tracked per row, so holes do not shift RoPE, and
+when holes make up most of the cache it is compacted. Forced chunks wait a few steps so that several rows'
+observations go through the model together.
+
+Departures from the paper: a turn that ends by EOS or the turn budget without a valid action gets the
+corrective message (ICRL's loop does this for turns without a tag); corrective turns count toward
+`max_turns`; after `max_turns` the final turn has tools disabled.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Sequence
+
+import torch
+
+from .tools import Tool, find_call
+
+INVALID_ACTION = (
+    "\nMy previous action is invalid. If I want to search, I should put the query between <search> and "
+    "</search>. If I want to give the final answer, I should put the answer between <answer> and </answer>. "
+    "Let me try again.\n"
+)
+
+
+@dataclass
+class RolloutConfig:
+    max_turns: int = 4
+    """Tool calls (and corrective turns) per rollout; one final turn without tools follows."""
+    max_turn_tokens: int = 256
+    """Tokens the policy may sample in one turn before the turn is cut."""
+    max_response_tokens: int = 1024
+    """Tokens of the whole response (sampled + tool output) before the rollout is truncated."""
+    max_obs_tokens: int = 500
+    """Tool observations are cut to this many tokens."""
+    max_context_tokens: int = 5000
+    """Prompt + response cap; a rollout that would pass it is truncated."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 = greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    merge_lora: bool = True
+    """Decode with the LoRA adapter merged into the base weights (~2x faster; weights restored exactly)."""
+
+    def validate(self) -> None:
+        for name in ("max_turns", "max_turn_tokens", "max_response_tokens", "max_obs_tokens", "max_context_tokens"):
+            if getattr(self, name) < (0 if name == "max_turns" else 1):
+                raise ValueError(f"rollout.{name}={getattr(self, name)} must be positive")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")
+
+
+@dataclass
+class Rollout:
+    """One sampled trajectory: response tokens after the prompt, with a loss-mask bit per token."""
+
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)  # 1 = sampled by the policy, 0 = forced
+    text: str = ""  # decoded response, tool output included (special tokens removed)
+    policy_text: str = ""  # only what the policy sampled: what rewards score
+    tool_calls: list[dict] = field(default_factory=list)  # {"tool", "query", "observation"}
+    invalid_turns: int = 0
+    finished: bool = False  # ended by an answer, or EOS in the final turn
+    truncated: bool = False  # ran out of response/context budget
+
+    @property
+    def sampled_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+    def sampled_segments(self) -> list[list[int]]:
+        """Runs of consecutive policy-sampled token ids (forced tool output and messages removed)."""
+        pairs = groupby(zip(self.response_ids, self.loss_mask), key=lambda pair: pair[1])
+        return [[token for token, _ in run] for bit, run in pairs if bit]
+
+
+@dataclass
+class _Row:
+    rollout: Rollout
+    pending: list[int] = field(default_factory=list)  # tokens to feed before sampling again
+    turn_start: int = 0  # index in response_ids where the current turn began
+    turns_used: int = 0  # tool calls + corrective turns
+    waited: int = 0  # steps a forced chunk has waited
+    done: bool = False
+
+
+class RolloutEngine:
+    """Generate tool-using rollouts for a batch of prompts with one shared KV cache."""
+
+    def __init__(self, model, tokenizer, tools: Sequence[Tool], config: RolloutConfig,
+                 answer_close: str = "</answer>", max_wait: int = 8):
+        config.validate()
+        self.model, self.tokenizer, self.tools, self.cfg = model, tokenizer, list(tools), config
+        self.answer_close = answer_close
+        self.max_wait = max_wait
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos_token_ids(model, tokenizer))
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        # a stop string can only complete on a token whose text holds its last character
+        last_chars = {s[-1] for s in [answer_close] + [t.close_tag for t in self.tools]}
+        self.may_stop = {i for i, tok in enumerate(vocab) if tok and any(c in tokenizer.convert_tokens_to_string([tok]) for c in last_chars)}
+        self.invalid_ids = self._ids(INVALID_ACTION)
+        self.pool = ThreadPoolExecutor(max_workers=8)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ---- public -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], num_samples: int = 1,
+                 generator: torch.Generator | None = None) -> list[Rollout]:
+        """Rollouts for every prompt x `num_samples`, ordered prompt-major (group-contiguous)."""
+        from .model import merged_adapter
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with merged_adapter(self.model, self.cfg.merge_lora):
+                rows = self._run(prompts, num_samples, generator)
+        finally:
+            self.model.train(was_training)
+        for row in rows:
+            r = row.rollout
+            r.text = self.tokenizer.decode(r.response_ids, skip_special_tokens=True)
+            r.policy_text = "".join(self.tokenizer.decode(s, skip_special_tokens=True) for s in r.sampled_segments())
+        return [row.rollout for row in rows]
+
+    # ---- the decode loop -------------------------------------------------------------------------------
+    def _run(self, prompts, num_samples, generator) -> list[_Row]:
+        from transformers import DynamicCache
+
+        device = self.model.device
+        rows = [_Row(Rollout(prompt_ids=list(p))) for p in prompts for _ in range(num_samples)]
+        ids, attn = left_pad([list(p) for p in prompts], self.pad_id, device)  # (U, P)
+        cache = DynamicCache()
+        logits, pos = self._forward(ids, attn, torch.zeros(len(prompts), dtype=torch.long, device=device), cache, None)
+        cache.batch_repeat_interleave(num_samples)
+        attn = attn.repeat_interleave(num_samples, 0)  # (R, P)
+        logits, pos = logits.repeat_interleave(num_samples, 0), pos.repeat_interleave(num_samples, 0)  # (R, V), (R,)
+        batch = list(range(len(rows)))  # batch slot -> row index
+
+        while batch:
+            ready = [b for b, r in enumerate(batch) if not rows[r].pending]
+            if ready:
+                tokens = sample(logits[ready], self.cfg.temperature, self.cfg.top_p, generator)  # (n,)
+                calls = [self._accept(rows[batch[b]], tok) for b, tok in zip(ready, tokens.tolist())]
+                self._run_tools([c for c in calls if c is not None])
+            keep = [b for b, r in enumerate(batch) if not rows[r].done]
+            if len(keep) < len(batch):  # finished rows leave the batch
+                index = torch.tensor(keep, dtype=torch.long, device=device)
+                cache.batch_select_indices(index)
+                attn, pos, logits = attn[index], pos[index], logits[index]
+                batch = [batch[b] for b in keep]
+            if not batch:
+                break
+            feed = self._schedule([rows[r] for r in batch])
+            width = max(len(f) for f in feed)
+            step_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long, device=device)
+            step_mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+            for b, tokens in enumerate(feed):
+                step_ids[b, : len(tokens)] = torch.tensor(tokens, device=device)
+                step_mask[b, : len(tokens)] = 1
+            new_logits, pos = self._forward(step_ids, step_mask, pos, cache, attn)
+            attn = torch.cat([attn, step_mask], dim=1)  # (B, L + width)
+            fed = step_mask.sum(1) > 0  # (B,)
+            logits = torch.where(fed[:, None], new_logits, logits)
+            attn = compact(cache, attn)
+        return rows
+
+    def _schedule(self, rows: list[_Row]) -> list[list[int]]:
+        """Which tokens each row feeds this step; long forced chunks wait to go through together."""
+        forced = [r for r in rows if len(r.pending) > 1]
+        go = bool(forced) and (
+            2 * len(forced) >= len(rows) or max(r.waited for r in forced) >= self.max_wait
+            or all(r.pending for r in rows)
+        )
+        feed = []
+        for r in rows:
+            if len(r.pending) == 1 or (go and r.pending):
+                feed.append(r.pending)
+                r.pending, r.waited = [], 0
+            else:
+                r.waited += bool(r.pending)
+                feed.append([])
+        return feed
+
+    def _forward(self, ids, step_mask, pos, cache, attn):
+        """Feed (B, W) tokens; return next-token logits at each row's last fed token and the new positions."""
+        full = step_mask if attn is None else torch.cat([attn, step_mask], dim=1)  # (B, L + W)
+        position_ids = pos[:, None] + (step_mask.cumsum(1) - 1).clamp(min=0)  # (B, W)
+        hidden = decoder(self.model)(
+            input_ids=ids, attention_mask=full, position_ids=position_ids, past_key_values=cache, use_cache=True
+        ).last_hidden_state  # (B, W, H)
+        last = (step_mask.sum(1) - 1).clamp(min=0)  # (B,)
+        h = hidden[torch.arange(len(ids), device=ids.device), last]  # (B, H)
+        logits = self.model.get_output_embeddings()(h).float()  # (B, V)
+        return logits, pos + step_mask.sum(1)
+
+    # ---- per-row logic -------------------------------------------------------------------------------
+    def _accept(self, row: _Row, token: int):
+        """Append a sampled token; end the turn when it calls for it. Returns a pending tool call or None."""
+        r, cfg = row.rollout, self.cfg
+        r.response_ids.append(token)
+        r.loss_mask.append(1)
+        row.pending = [token]
+        turn_len = len(r.response_ids) - row.turn_start
+        tools_on = row.turns_used < cfg.max_turns
+        if token in self.eos_ids:
+            return self._end_turn(row, tools_on, eos=True)
+        if token in self.may_stop:
+            text = self.tokenizer.decode(r.response_ids[row.turn_start:])
+            stops = [self.answer_close] + ([t.close_tag for t in self.tools] if tools_on else [])
+            if any(s in text for s in stops):
+                return self._end_turn(row, tools_on, eos=False, text=text)
+        if len(r.response_ids) >= cfg.max_response_tokens or len(r.prompt_ids) + len(r.response_ids) >= cfg.max_context_tokens:
+            row.done, r.truncated = True, True
+        elif turn_len >= cfg.max_turn_tokens:
+            return self._end_turn(row, tools_on, eos=False)
+        return None
+
+    def _end_turn(self, row: _Row, tools_on: bool, eos: bool, text: str | None = None):
+        r = row.rollout
+        if text is None:
+            text = self.tokenizer.decode(r.response_ids[row.turn_start:])
+        call = find_call(text, self.tools) if tools_on else None
+        answer_at = text.find(self.answer_close)
+        if answer_at != -1 and (call is None or answer_at < text.find(call[0].close_tag)):
+            row.done, r.finished = True, True
+            return None
+        if not tools_on:  # the final turn ended without an answer
+            row.done, r.finished = True, eos
+            r.truncated = not eos
+            return None
+        row.turns_used += 1
+        if call is None:
+            r.invalid_turns += 1
+            self._force(row, self.invalid_ids)
+            return None
+        return row, call
+
+    def _run_tools(self, calls: list) -> None:
+        """Run this step's tool calls (concurrently when there are several) and force their observations."""
+        if not calls:
+            return
+        runs = list(self.pool.map(lambda c: c[1][0].run(c[1][1]), calls)) if len(calls) > 1 else [calls[0][1][0].run(calls[0][1][1])]
+        for (row, (tool, query)), observation in zip(calls, runs):
+            obs_ids = self._ids(observation)[: self.cfg.max_obs_tokens]
+            observation = self.tokenizer.decode(obs_ids)
+            row.rollout.tool_calls.append({"tool": tool.name, "query": query, "observation": observation})
+            self._force(row, self._ids(tool.wrap(observation)))
+
+    def _force(self, row: _Row, ids: list[int]) -> None:
+        r, cfg = row.rollout, self.cfg
+        if len(r.response_ids) + len(ids) >= cfg.max_response_tokens or len(r.prompt_ids) + len(r.response_ids) + len(ids) >= cfg.max_context_tokens:
+            row.done, r.truncated = True, True
+            return
+        r.response_ids.extend(ids)
+        r.loss_mask.extend([0] * len(ids))
+        row.pending = row.pending + ids
+        row.turn_start = len(r.response_ids)
+
+
+# ---- helpers shared with training ----------------------------------------------------------------------
+def eos_token_ids(model, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif extra:
+        ids.update(extra)
+    return sorted(i for i in ids if i is not None)
+
+
+def decoder(model):
+    """The transformer body (embeddings -> final norm) under any PEFT wrapping."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder()
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)  # (N, W)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long, device=device)  # (N, W)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long, device=device)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """(N, V) logits -> (N,) token ids; greedy at temperature 0."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)  # (N, V)
+    if top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_p = sorted_p.masked_fill(drop, 0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def compact(cache, attn: torch.Tensor, min_len: int = 256) -> torch.Tensor:
+    """Drop masked holes from the cache once they are most of it; returns the new (B, L') mask."""
+    length = attn.shape[1]
+    if length < min_len or attn.float().mean() > 0.5:
+        return attn
+    counts = attn.sum(1)  # (B,)
+    width = int(counts.max())
+    # stable order: masked slots first, then the valid ones in their original order; keep the last `width`
+    order = torch.argsort(attn * (length + 1) + torch.arange(length, device=attn.device), dim=1)[:, -width:]  # (B, W)
+    for layer in cache.layers:
+        index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+        layer.keys = layer.keys.gather(2, index)
+        layer.values = layer.values.gather(2, index)
+    return attn.gather(1, order)

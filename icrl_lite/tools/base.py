@@ -1,0 +1,65 @@
+"""The tool interface: a tool is a pair of tags around a call and a function from call text to observation.
+
+The model calls a tool by writing `<search>query</search>`; generation stops at the closing tag, the rollout
+runs the tool and appends its observation wrapped in `<information>...</information>` (masked out of the
+loss), then lets the model continue. Every tool (BM25 search, restricted Python, web search, function calls)
+is a `Tool`; `find_call` is the one parser that recognises calls, whichever tools are enabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool the model calls by writing `open_tag` + call text + `close_tag`."""
+
+    name: str  # "search"
+    open_tag: str  # "<search>"
+    close_tag: str  # "</search>"
+    fn: Callable[[str], str]  # call text (stripped) -> observation text
+    result_open: str = "<information>"
+    result_close: str = "</information>"
+
+    def run(self, call_text: str) -> str:
+        """Run the tool and return its observation.
+
+        A failure of the tool (bad query, code that raises, timeout) is an observation the model sees,
+        "error: ValueError: ...", not a crash of the rollout. Only `Exception` is caught, so
+        KeyboardInterrupt and SystemExit still stop the program.
+        """
+        try:
+            return self.fn(call_text)
+        except Exception as e:  # noqa: BLE001 - the failure is reported to the model, see docstring
+            return f"error: {type(e).__name__}: {e}"
+
+    def wrap(self, observation: str) -> str:
+        """The observation as it is appended to the context: "\\n\\n<information>...</information>\\n\\n"."""
+        return f"\n\n{self.result_open}{observation}{self.result_close}\n\n"
+
+
+def find_call(text: str, tools: Sequence[Tool]) -> tuple[Tool, str] | None:
+    """Return (tool, call text) of the tool call that ends one generation turn, or None.
+
+    A turn is generated until a tool's closing tag (a stop string), so the call is the one whose closing
+    tag comes first in `text`; anything after it is ignored. Its content runs from the LAST opening tag of
+    the same tool before that closing tag (so "<search>a <search>b</search>" calls with "b"), and is
+    stripped of surrounding whitespace. If the first closing tag has no opening tag before it, the turn holds
+    no complete call and the result is None: a later call in the same text is not looked for, because
+    generation would have stopped at the first closing tag. When several tools share a closing tag, the
+    first of them in `tools` wins.
+    """
+    first: tuple[int, Tool] | None = None
+    for tool in tools:
+        end = text.find(tool.close_tag)
+        if end != -1 and (first is None or end < first[0]):
+            first = (end, tool)
+    if first is None:
+        return None
+    end, tool = first
+    start = text.rfind(tool.open_tag, 0, end)
+    if start == -1:
+        return None
+    return tool, text[start + len(tool.open_tag) : end].strip()

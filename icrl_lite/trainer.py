@@ -1,0 +1,328 @@
+"""ICRL training: GRPO on a LoRA policy whose rollout prompts carry a shrinking number of demonstrations.
+
+Reads top-down: the config, setup (`Trainer.__init__`), the loop (`Trainer.train`), one step (`Trainer.step`),
+then checkpointing. One step: sample questions -> rollouts with k demos (k from the curriculum) -> rewards ->
+group advantages -> one AdamW update over micro-batches. Groups whose rewards are all equal carry no signal:
+they are logged and left out of the update. With one update per batch the old policy equals the current one,
+so the PPO ratio is 1 and the clip is inactive (as in TRL's default); the loss keeps it for exactness.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .config import save_config
+from .curriculum import Curriculum, choose_demos
+from .data import bundled_qa_path, load_corpus, load_demos, load_qa
+from .evaluate import EvalConfig, mean_metrics, run_eval, score
+from .grpo import group_advantages, grpo_loss
+from .model import ModelConfig, load_policy, reference_mode, sequence_logprobs
+from .prompts import build_messages, render_prompt
+from .rollout import Rollout, RolloutConfig, RolloutEngine
+from .tools import BM25Search
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/icrl-qa"
+    """Run directory: checkpoints, metrics.jsonl, config.yaml."""
+    seed: int = 0
+    """Seed for question order, demo choice and sampling."""
+    train_data: str = ""
+    """Training questions: QA JSONL/JSON (question + answers, or FlashRAG golden_answers) or an HF dataset name; empty = bundled task."""
+    train_split: str = "train"
+    """Split used when train_data is an HF dataset name."""
+    eval_data: str = ""
+    """Held-out questions for periodic zero-shot evaluation; empty = bundled dev split."""
+    corpus: str = ""
+    """Search corpus JSONL (id, title, text); empty = bundled corpus."""
+    demo_pool: str = ""
+    """Demonstrations JSONL (question, answers, solution); empty = bundled pool."""
+    demo_layout: str = "chat"
+    """chat: demos as prior chat turns (best for small models) | user: the paper's layout inside the user message."""
+    stages: list[dict] = field(default_factory=lambda: [
+        {"demos": 3, "steps": 20}, {"demos": 2, "steps": 20}, {"demos": 0, "steps": 20}])
+    """Curriculum: list of {demos, steps}; training runs for the sum of steps."""
+    prompts_per_step: int = 4
+    """Questions per step (the paper: 64)."""
+    num_generations: int = 4
+    """Rollouts per question, the GRPO group size (the paper: 8)."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward; gradients accumulate over the step."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate (LoRA; the paper's 1e-6 is for full fine-tuning)."""
+    warmup_ratio: float = 0.1
+    """Fraction of steps of linear warmup; cosine decay to 10% after it."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping."""
+    beta: float = 0.001
+    """KL coefficient (k3 estimator) to the adapter-free reference; 0 skips the reference pass."""
+    epsilon: float = 0.2
+    """PPO clip range."""
+    alpha: float = 0.8
+    """Reward = alpha * exact match + (1 - alpha) * format."""
+    top_k: int = 3
+    """Documents per search."""
+    eval_every: int = 20
+    """Zero-shot evaluation on eval_data every N steps (0 = never; always at the end when > 0)."""
+    eval_size: int = 50
+    """Questions of eval_data used by periodic evaluation."""
+    save_every: int = 10
+    """Checkpoint every N steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (oldest deleted)."""
+    logprob_chunk: int = 1024
+    """Positions per LM-head chunk when computing log-probs (bounds fp32 logit memory)."""
+    progress: bool = True
+    """Show a progress bar."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Policy model and LoRA."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Rollout budgets and sampling."""
+
+    def validate(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be >= 2: GRPO compares rollouts within a group")
+        for name in ("prompts_per_step", "micro_batch_size", "eval_size", "keep_checkpoints", "top_k", "logprob_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
+            raise ValueError("learning_rate must be > 0 and warmup_ratio in [0, 1)")
+        if self.beta < 0 or self.epsilon < 0 or not 0 <= self.alpha <= 1:
+            raise ValueError("beta and epsilon must be >= 0 and alpha in [0, 1]")
+        if self.demo_layout not in ("chat", "user"):
+            raise ValueError(f"demo_layout={self.demo_layout!r}: use chat or user")
+        if self.eval_every < 0 or self.save_every < 0:
+            raise ValueError("eval_every and save_every must be >= 0")
+        Curriculum(self.stages)
+        self.model.validate()
+        self.rollout.validate()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.curriculum = Curriculum(cfg.stages)
+        self.train_set = load_qa(cfg.train_data, split=cfg.train_split) if cfg.train_data else load_qa(bundled_qa_path("train"))
+        self.eval_set = (load_qa(cfg.eval_data) if cfg.eval_data else load_qa(bundled_qa_path("dev")))[: cfg.eval_size]
+        corpus = cfg.corpus or bundled_qa_path("corpus")
+        load_corpus(corpus)  # clear errors before loading a model
+        self.search = BM25Search(corpus, top_k=cfg.top_k)
+        self.demo_pool = load_demos(cfg.demo_pool or bundled_qa_path("demos"))
+        max_demos = max(s.demos for s in self.curriculum.stages)
+        if max_demos > len(self.demo_pool):
+            raise ValueError(f"the curriculum asks for {max_demos} demos but the pool has {len(self.demo_pool)}; add demos or lower stages")
+
+        checkpoint = latest_checkpoint(self.out) if resume else None
+        if resume and checkpoint is None:
+            print(f"[icrl-lite] --resume: no checkpoint in {self.out}, starting from scratch")
+        if not resume and checkpoint is None and latest_checkpoint(self.out) is not None:
+            raise FileExistsError(f"{self.out} already holds checkpoints: pass --resume to continue it, or choose another output_dir=")
+        torch.manual_seed(cfg.seed)
+        self.model, self.tokenizer = load_policy(cfg.model, adapter=checkpoint / "adapter" if checkpoint else None)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
+        self.engine = RolloutEngine(self.model, self.tokenizer, [self.search.as_tool()], cfg.rollout)
+        self.step_index = 0
+        if checkpoint is not None:
+            self.load_state(checkpoint)
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+
+    def lr_lambda(self, step: int) -> float:
+        total = self.curriculum.total_steps
+        warmup = max(1, int(self.cfg.warmup_ratio * total))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    def train(self) -> list[dict]:
+        cfg, total = self.cfg, self.curriculum.total_steps
+        history = []
+        bar = tqdm(total=total, initial=self.step_index, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+        while self.step_index < total:
+            metrics = self.step()
+            self.step_index += 1
+            last = self.step_index == total
+            if cfg.eval_every and (self.step_index % cfg.eval_every == 0 or last):
+                metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+            with (self.out / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            history.append(metrics)
+            if (cfg.save_every and self.step_index % cfg.save_every == 0) or last:
+                self.save()
+            bar.update(1)
+            bar.set_postfix(demos=metrics["demos"], reward=f"{metrics['reward']:.3f}", em=f"{metrics['em']:.2f}",
+                            search=f"{metrics['searches']:.2f}", tok_s=f"{metrics['gen_tokens_per_s']:.0f}")
+        bar.close()
+        return history
+
+    def step(self) -> dict:
+        cfg, step = self.cfg, self.step_index
+        started = time.time()
+        demos = self.curriculum.demos_at(step)
+        questions = random.Random(cfg.seed * 1_000_003 + step).sample(self.train_set, cfg.prompts_per_step)
+        prompts = [self.prompt(q["question"], demos, step, i) for i, q in enumerate(questions)]
+        generator = torch.Generator(device=self.model.device).manual_seed(cfg.seed * 1_000_003 + step)
+        rollouts = self.engine.generate(prompts, cfg.num_generations, generator)
+        gen_seconds = time.time() - started
+
+        answers = [q["answers"] for q in questions for _ in range(cfg.num_generations)]
+        scored = [score(r, a, cfg.alpha) for r, a in zip(rollouts, answers)]
+        rewards = torch.tensor([m["reward"] for m in scored])  # (N,)
+        advantages, informative = group_advantages(rewards, cfg.num_generations)
+        chosen = [i for i in range(len(rollouts)) if informative[i]]
+        update = self.update([rollouts[i] for i in chosen], advantages[chosen]) if chosen else {}
+
+        sampled = sum(r.sampled_tokens for r in rollouts)
+        return {
+            "step": step + 1, "demos": demos, "stage": self.curriculum.stage_at(step),
+            **mean_metrics(scored),
+            "reward_std": rewards.std().item(),
+            "informative_groups": int(informative.sum()) // cfg.num_generations,
+            "groups": cfg.prompts_per_step,
+            "loss": update.get("loss", 0.0), "kl": update.get("kl", 0.0), "grad_norm": update.get("grad_norm", 0.0),
+            "clip_fraction": update.get("clip_fraction", 0.0),
+            "lr": self.scheduler.get_last_lr()[0],
+            "step_seconds": time.time() - started, "gen_seconds": gen_seconds,
+            "gen_tokens_per_s": sampled / max(gen_seconds, 1e-9),
+        }
+
+    def prompt(self, question: str, demos: int, step: int, index: int) -> list[int]:
+        picks = choose_demos(len(self.demo_pool), demos, self.cfg.seed, step, index)
+        messages = build_messages(question, [self.demo_pool[j] for j in picks], self.cfg.demo_layout)
+        return render_prompt(self.tokenizer, messages)
+
+    def update(self, rollouts: list[Rollout], advantages: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on the rollouts, token-level mean over all their sampled tokens."""
+        cfg, device = self.cfg, self.model.device
+        self.model.train()
+        num_tokens = sum(r.sampled_tokens for r in rollouts)
+        totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+        order = sorted(range(len(rollouts)), key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].response_ids))
+        for start in range(0, len(order), cfg.micro_batch_size):
+            idx = order[start:start + cfg.micro_batch_size]
+            ids, attn, mask = pack([rollouts[i] for i in idx], self.tokenizer.pad_token_id, device)  # (b, T) each
+            target_mask = mask[:, 1:].float()  # (b, T-1): the loss covers predictions of sampled tokens
+            ref_logp = None
+            if cfg.beta > 0:
+                with torch.no_grad(), reference_mode(self.model):
+                    ref_logp = sequence_logprobs(self.model, ids, attn, cfg.logprob_chunk)  # (b, T-1)
+            logp = sequence_logprobs(self.model, ids, attn, cfg.logprob_chunk)  # (b, T-1)
+            loss, metrics = grpo_loss(
+                logp, logp.detach(), advantages[idx].to(device), target_mask,
+                ref_logp=ref_logp, epsilon=cfg.epsilon, beta=cfg.beta, num_tokens=num_tokens,
+            )
+            loss.backward()
+            weight = target_mask.sum().item() / num_tokens
+            totals["loss"] += loss.item()
+            totals["kl"] += metrics["kl"].item() * weight if "kl" in metrics else 0.0
+            totals["clip_fraction"] += metrics["clip_fraction"].item() * weight
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return totals
+
+    def evaluate(self) -> dict[str, float]:
+        cfg = EvalConfig(top_k=self.cfg.top_k, seed=self.cfg.seed, rollout=replace(self.cfg.rollout, temperature=0.0))
+        summary, _ = run_eval(self.model, self.tokenizer, self.eval_set, self.search, cfg, progress=False)
+        return summary
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+    def save(self) -> Path:
+        """Write checkpoint-<step> atomically (staging dir + rename), then point `latest` at it."""
+        final = self.out / f"checkpoint-{self.step_index}"
+        staging = self.out / f".tmp-checkpoint-{self.step_index}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        self.model.save_pretrained(staging / "adapter")
+        torch.save({
+            "step": self.step_index,
+            "stage": self.curriculum.stage_at(max(self.step_index - 1, 0)),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }, staging / "trainer_state.pt")
+        save_config(self.cfg, staging / "config.yaml")
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        pointer = self.out / ".latest.tmp"
+        pointer.write_text(final.name)
+        os.replace(pointer, self.out / "latest")
+        checkpoints = sorted(self.out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in checkpoints[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_state(self, checkpoint: Path) -> None:
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step_index = state["step"]
+        print(f"[icrl-lite] resumed from {checkpoint} at step {self.step_index}")
+
+
+def pack(rollouts: list[Rollout], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (ids, attention mask, loss mask), each (b, T); the loss mask comes from the rollout."""
+    width = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
+    ids = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rollouts), width), dtype=torch.long)
+    mask = torch.zeros((len(rollouts), width), dtype=torch.long)
+    for i, r in enumerate(rollouts):
+        seq = r.prompt_ids + r.response_ids
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        mask[i, len(r.prompt_ids): len(seq)] = torch.tensor(r.loss_mask, dtype=torch.long)
+    return ids.to(device), attn.to(device), mask.to(device)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "latest"
+    if pointer.exists():
+        path = Path(run_dir) / pointer.read_text().strip()
+        if (path / "trainer_state.pt").exists():
+            return path
+    checkpoints = sorted(Path(run_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_for_inference(checkpoint: str, base: ModelConfig):
+    """(model, tokenizer, checkpoint dir or None) for `base`, a checkpoint dir, or a run dir."""
+    if checkpoint == "base":
+        model, tokenizer = load_policy(base)
+        return model, tokenizer, None
+    path = Path(checkpoint)
+    if (path / "latest").exists() or not (path / "adapter").exists():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path} holds no checkpoint (expected checkpoint-*/adapter or an adapter/ dir); use --checkpoint base for the untrained model")
+        path = found
+    from .config import load_config
+
+    run_cfg = load_config(TrainConfig, path / "config.yaml") if (path / "config.yaml").exists() else TrainConfig()
+    model, tokenizer = load_policy(run_cfg.model, adapter=path / "adapter")
+    return model, tokenizer, path
