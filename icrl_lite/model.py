@@ -148,6 +148,30 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
+def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' sdpa attention, but grouped KV heads go to the kernel as they are (`enable_gqa`).
+
+    transformers copies each KV head once per query head on CPU (`repeat_kv`); at SmolLM2's 9:3 heads that
+    copy made attention ~10x slower than the kernel's own grouped path (measured: 29 ms vs 2.2 ms per call at
+    16 x 1500 tokens).
+    """
+    causal = bool(is_causal if is_causal is not None else True) and attention_mask is None and query.shape[2] > 1
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout if module.training else 0.0,
+        scale=scaling, is_causal=causal, enable_gqa=True,
+    )  # (B, heads, q, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> str:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register("sdpa_gqa", sdpa_gqa)
+    AttentionMaskInterface.register("sdpa_gqa", sdpa_mask)
+    return "sdpa_gqa"
+
+
 def use_unsloth(cfg: ModelConfig, device: torch.device) -> bool:
     installed = importlib.util.find_spec("unsloth") is not None
     if cfg.backend == "unsloth":
@@ -170,6 +194,8 @@ def load_policy(cfg: ModelConfig, adapter: str | Path | None = None):
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"dtype": dtype}
+    if device.type == "cpu":
+        kwargs["attn_implementation"] = register_attention()
     if cfg.load_in_4bit:
         from transformers import BitsAndBytesConfig
 

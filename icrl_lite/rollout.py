@@ -145,6 +145,7 @@ class RolloutEngine:
         rows = [_Row(Rollout(prompt_ids=list(p))) for p in prompts for _ in range(num_samples)]
         ids, attn = left_pad([list(p) for p in prompts], self.pad_id, device)  # (U, P)
         cache = DynamicCache()
+        cache.layer_class_to_replicate = SlabLayer
         logits, pos = self._forward(ids, attn, torch.zeros(len(prompts), dtype=torch.long, device=device), cache, None)
         cache.batch_repeat_interleave(num_samples)
         attn = attn.repeat_interleave(num_samples, 0)  # (R, P)
@@ -180,32 +181,59 @@ class RolloutEngine:
         return rows
 
     def _schedule(self, rows: list[_Row]) -> list[list[int]]:
-        """Which tokens each row feeds this step; long forced chunks wait to go through together."""
+        """Which tokens each row feeds this step: a decode step (one sampled token per row) or a forced
+        chunk (tool output of the rows that have some; the others wait one step). Forced chunks wait up
+        to `max_wait` steps so that several rows' observations go through the model together."""
         forced = [r for r in rows if len(r.pending) > 1]
-        go = bool(forced) and (
+        chunk = bool(forced) and (
             2 * len(forced) >= len(rows) or max(r.waited for r in forced) >= self.max_wait
             or all(r.pending for r in rows)
         )
         feed = []
         for r in rows:
-            if len(r.pending) == 1 or (go and r.pending):
+            if (len(r.pending) > 1) == chunk and r.pending:
                 feed.append(r.pending)
                 r.pending, r.waited = [], 0
             else:
-                r.waited += bool(r.pending)
+                r.waited += len(r.pending) > 1
                 feed.append([])
         return feed
 
     def _forward(self, ids, step_mask, pos, cache, attn):
         """Feed (B, W) tokens; return next-token logits at each row's last fed token and the new positions."""
+        fed = step_mask.any(1)  # (B,)
+        if attn is not None and ids.shape[1] > 1 and not fed.all():
+            return self._forward_rows(fed.nonzero().squeeze(1), ids, step_mask, pos, cache, attn)
         full = step_mask if attn is None else torch.cat([attn, step_mask], dim=1)  # (B, L + W)
         position_ids = pos[:, None] + (step_mask.cumsum(1) - 1).clamp(min=0)  # (B, W)
         hidden = decoder(self.model)(
             input_ids=ids, attention_mask=full, position_ids=position_ids, past_key_values=cache, use_cache=True
         ).last_hidden_state  # (B, W, H)
-        last = (step_mask.sum(1) - 1).clamp(min=0)  # (B,)
+        last = ids.shape[1] - 1 - step_mask.flip(1).argmax(1)  # (B,) last fed slot, left or right padded
         h = hidden[torch.arange(len(ids), device=ids.device), last]  # (B, H)
         logits = self.model.get_output_embeddings()(h).float()  # (B, V)
+        return logits, pos + step_mask.sum(1)
+
+    def _forward_rows(self, rows, ids, step_mask, pos, cache, attn):
+        """A forced chunk fed by some rows only: run the model on those rows, give the others masked holes."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        sub = DynamicCache()
+        for layer in cache.layers:
+            part = DynamicLayer()
+            part.lazy_initialization(layer.keys, layer.values)
+            part.keys, part.values = layer.keys[rows], layer.values[rows]
+            sub.layers.append(part)
+        sub_logits, _ = self._forward(ids[rows], step_mask[rows], pos[rows], sub, attn[rows])
+        width = ids.shape[1]
+        for layer, part in zip(cache.layers, sub.layers):
+            keys = layer.keys.new_zeros((len(ids), layer.keys.shape[1], width, layer.keys.shape[-1]))  # (B, h, W, d)
+            values = torch.zeros_like(keys)
+            keys[rows], values[rows] = part.keys[:, :, -width:], part.values[:, :, -width:]
+            layer.update(keys, values)
+        logits = sub_logits.new_zeros((len(ids), sub_logits.shape[-1]))  # (B, V)
+        logits[rows] = sub_logits
         return logits, pos + step_mask.sum(1)
 
     # ---- per-row logic -------------------------------------------------------------------------------
@@ -301,16 +329,16 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """(N, V) logits -> (N,) token ids; greedy at temperature 0."""
+    """(N, V) logits -> (N,) token ids, by the Gumbel-max trick (as exact as multinomial, ~10x faster on a CPU)."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)  # (N, V)
+    scores = logits / temperature  # (N, V)
     if top_p < 1:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix whose mass reaches top_p
-        sorted_p = sorted_p.masked_fill(drop, 0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs, order = torch.softmax(scores, dim=-1).sort(dim=-1, descending=True)
+        outside = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        scores = scores.scatter(-1, order, scores.gather(-1, order).masked_fill(outside, float("-inf")))
+    uniform = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(min=1e-20)
+    return (scores - torch.log(-torch.log(uniform))).argmax(-1)
 
 
 def compact(cache, attn: torch.Tensor, min_len: int = 256) -> torch.Tensor:
@@ -324,6 +352,49 @@ def compact(cache, attn: torch.Tensor, min_len: int = 256) -> torch.Tensor:
     order = torch.argsort(attn * (length + 1) + torch.arange(length, device=attn.device), dim=1)[:, -width:]  # (B, W)
     for layer in cache.layers:
         index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-        layer.keys = layer.keys.gather(2, index)
-        layer.values = layer.values.gather(2, index)
+        layer.reset_to(layer.keys.gather(2, index), layer.values.gather(2, index))
     return attn.gather(1, order)
+
+
+def _slab_base():
+    from transformers.cache_utils import DynamicLayer
+
+    return DynamicLayer
+
+
+class SlabLayer(_slab_base()):
+    """A KV-cache layer that appends into a preallocated slab (amortised doubling) instead of `torch.cat`.
+
+    `cat` copies the whole cache on every decode step (~1 ms per layer at 16 x 1500 tokens on a CPU);
+    writing one slot into spare capacity is ~100x cheaper. `keys`/`values` are views of the filled part.
+    """
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.slab_k = self.slab_v = None
+        length = self.keys.shape[-2] if self.keys.numel() else 0
+        need = length + key_states.shape[-2]
+        if self.slab_k is None or need > self.slab_k.shape[-2]:
+            capacity = max(need, 2 * length, 256)
+            shape = (*key_states.shape[:2], capacity, key_states.shape[-1])
+            slab_k, slab_v = key_states.new_empty(shape), value_states.new_empty(shape)
+            if length:
+                slab_k[:, :, :length] = self.keys
+                slab_v[:, :, :length] = self.values
+            self.slab_k, self.slab_v = slab_k, slab_v
+        self.slab_k[:, :, length:need] = key_states
+        self.slab_v[:, :, length:need] = value_states
+        self.keys, self.values = self.slab_k[:, :, :need], self.slab_v[:, :, :need]
+        return self.keys, self.values
+
+    def reset_to(self, keys, values) -> None:
+        """Replace the contents (after a batch or hole change); the next update allocates a new slab."""
+        self.keys, self.values = keys, values
+        self.slab_k = self.slab_v = None
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.reset_to(self.keys.repeat_interleave(repeats, dim=0), self.values.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices) -> None:
+        self.reset_to(self.keys[indices], self.values[indices])

@@ -51,7 +51,7 @@ class TrainConfig:
     demo_layout: str = "chat"
     """chat: demos as prior chat turns (best for small models) | user: the paper's layout inside the user message."""
     stages: list[dict] = field(default_factory=lambda: [
-        {"demos": 3, "steps": 20}, {"demos": 2, "steps": 20}, {"demos": 0, "steps": 20}])
+        {"demos": 3, "steps": 8}, {"demos": 2, "steps": 8}, {"demos": 0, "steps": 8}])
     """Curriculum: list of {demos, steps}; training runs for the sum of steps."""
     prompts_per_step: int = 4
     """Questions per step (the paper: 64)."""
@@ -59,7 +59,7 @@ class TrainConfig:
     """Rollouts per question, the GRPO group size (the paper: 8)."""
     micro_batch_size: int = 4
     """Sequences per forward/backward; gradients accumulate over the step."""
-    learning_rate: float = 1e-4
+    learning_rate: float = 2e-4
     """Peak AdamW learning rate (LoRA; the paper's 1e-6 is for full fine-tuning)."""
     warmup_ratio: float = 0.1
     """Fraction of steps of linear warmup; cosine decay to 10% after it."""
@@ -75,11 +75,11 @@ class TrainConfig:
     """Reward = alpha * exact match + (1 - alpha) * format."""
     top_k: int = 3
     """Documents per search."""
-    eval_every: int = 20
+    eval_every: int = 12
     """Zero-shot evaluation on eval_data every N steps (0 = never; always at the end when > 0)."""
-    eval_size: int = 50
+    eval_size: int = 32
     """Questions of eval_data used by periodic evaluation."""
-    save_every: int = 10
+    save_every: int = 4
     """Checkpoint every N steps (and at the end)."""
     keep_checkpoints: int = 2
     """Checkpoints kept on disk (oldest deleted)."""
@@ -89,7 +89,8 @@ class TrainConfig:
     """Show a progress bar."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy model and LoRA."""
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(
+        max_turns=3, max_turn_tokens=128, max_response_tokens=512, temperature=0.8))
     """Rollout budgets and sampling."""
 
     def validate(self) -> None:

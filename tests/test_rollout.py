@@ -1,0 +1,122 @@
+"""The rollout engine on a tiny random model: what it samples, what it forces, and the loss mask."""
+
+import torch
+
+from icrl_lite.model import ModelConfig, load_policy
+from icrl_lite.rollout import INVALID_ACTION, RolloutConfig, RolloutEngine, sample
+from icrl_lite.tools import Tool
+
+OBSERVATION = "OBSERVED 42"
+
+
+def frequent_tool(close_tag: str = "e"):
+    """A tool the random model calls often: any sampled `close_tag` closes a call (the empty open tag is everywhere)."""
+    return Tool(name="echo", open_tag="", close_tag=close_tag, fn=lambda _: OBSERVATION)
+
+
+def greedy_tool(model, tok, cfg):
+    """A frequent tool whose closing tag is a character the greedy random model does produce."""
+    text = RolloutEngine(model, tok, [], cfg).generate(prompts(tok)[:1])[0].policy_text
+    return frequent_tool(next(c for c in text if c.strip()))
+
+
+def load(tiny_model_dir, **rollout):
+    model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32"))
+    cfg = RolloutConfig(**{"temperature": 0.0, "max_turns": 3, "max_turn_tokens": 12, "max_response_tokens": 80, **rollout})
+    return model, tok, cfg
+
+
+def prompts(tok):
+    return [tok("Question: where is the lighthouse?")["input_ids"], tok("A much longer question about a river and its many towns?")["input_ids"]]
+
+
+def test_greedy_tokens_match_a_fresh_forward_over_the_whole_sequence(tiny_model_dir):
+    # holes, per-row positions, chunked observations and cache compaction must not change what the model sees
+    model, tok, cfg = load(tiny_model_dir)
+    engine = RolloutEngine(model, tok, [greedy_tool(model, tok, cfg)], cfg)
+    rollouts = engine.generate(prompts(tok), num_samples=2)
+    assert any(r.tool_calls for r in rollouts)
+    for r in rollouts:
+        ids = torch.tensor([r.prompt_ids + r.response_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0]  # (T, V)
+        for j, (token, bit) in enumerate(zip(r.response_ids, r.loss_mask)):
+            if bit:
+                assert logits[len(r.prompt_ids) + j - 1].argmax().item() == token
+
+
+def test_loss_mask_is_zero_exactly_on_forced_text(tiny_model_dir):
+    model, tok, cfg = load(tiny_model_dir)
+    tool = greedy_tool(model, tok, cfg)
+    rollouts = RolloutEngine(model, tok, [tool], cfg).generate(prompts(tok), num_samples=1)
+    forced_texts = {tok.decode(tok(tool.wrap(OBSERVATION), add_special_tokens=False)["input_ids"]),
+                    tok.decode(tok(INVALID_ACTION, add_special_tokens=False)["input_ids"])}
+    for r in rollouts:
+        spans, current = [], []
+        for token, bit in zip(r.response_ids, r.loss_mask):
+            if bit == 0:
+                current.append(token)
+            elif current:
+                spans.append(current)
+                current = []
+        if current:
+            spans.append(current)
+        assert spans, "the frequent tool should have been called"
+        for span in spans:
+            assert tok.decode(span) in forced_texts
+        assert all(c["observation"] == OBSERVATION for c in r.tool_calls)
+        assert OBSERVATION not in r.policy_text
+
+
+def test_batched_rows_equal_rows_run_alone(tiny_model_dir):
+    model, tok, cfg = load(tiny_model_dir)
+    engine = RolloutEngine(model, tok, [greedy_tool(model, tok, cfg)], cfg)
+    together = engine.generate(prompts(tok), num_samples=1)
+    alone = [engine.generate([p], num_samples=1)[0] for p in prompts(tok)]
+    assert [r.response_ids for r in together] == [r.response_ids for r in alone]
+
+
+def test_sampled_eos_is_in_the_loss_even_when_pad_is_eos(tiny_model_dir):
+    model, tok, cfg = load(tiny_model_dir, max_turns=0)
+    assert tok.pad_token_id == tok.eos_token_id
+    head = torch.nn.Linear(64, len(tok), bias=True)  # an LM head that always prefers EOS
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[tok.eos_token_id] = 10.0
+    model.get_base_model().lm_head = head
+    r = RolloutEngine(model, tok, [], cfg).generate(prompts(tok)[:1], num_samples=1)[0]
+    assert r.response_ids[-1] == tok.eos_token_id and r.loss_mask[-1] == 1 and r.finished
+
+    from icrl_lite.trainer import pack
+
+    ids, attn, mask = pack([r], tok.pad_token_id, "cpu")
+    assert mask[0, len(r.prompt_ids) + len(r.response_ids) - 1] == 1
+
+
+def test_rollouts_stop_at_the_response_budget(tiny_model_dir):
+    model, tok, cfg = load(tiny_model_dir, max_response_tokens=30)
+    for r in RolloutEngine(model, tok, [frequent_tool()], cfg).generate(prompts(tok), num_samples=2):
+        assert len(r.response_ids) <= 30
+        assert r.finished or r.truncated
+
+
+def test_merged_generation_leaves_base_weights_bit_exact(tiny_model_dir):
+    model, tok, cfg = load(tiny_model_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # a non-zero adapter, so merging changes the weights
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" not in n}
+    RolloutEngine(model, tok, [], cfg).generate(prompts(tok), num_samples=1)
+    for n, p in model.named_parameters():
+        if n in before:
+            assert torch.equal(p, before[n]), n
+
+
+def test_gumbel_sampling_follows_the_distribution():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, 3)
+    counts = torch.bincount(sample(logits, 1.0, 1.0, torch.Generator().manual_seed(0)), minlength=3).float() / 20000
+    assert torch.allclose(counts, torch.tensor([0.7, 0.2, 0.1]), atol=0.015)
+    top = sample(logits, 1.0, 0.6, torch.Generator().manual_seed(0))  # nucleus 0.6 keeps only the first token
+    assert (top == 0).all()
