@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--config", help="YAML file of eval keys")
     ev.add_argument("overrides", nargs="*", metavar="key=value")
 
+    plot = sub.add_parser("plot", help="draw a run's training curves to a PNG")
+    plot.add_argument("run_dir")
+    plot.add_argument("--output", default=None, help="PNG path (default: <run_dir>/curves.png)")
+
     cfg = sub.add_parser("config", help="print every config key with its default and meaning")
     cfg.add_argument("which", nargs="?", default="train", choices=["train", "eval"])
 
@@ -41,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "config":
             print("\n".join(describe(TrainConfig if args.which == "train" else EvalConfig)))
+            return 0
+        if args.command == "plot":
+            from .plots import plot_run
+
+            print(plot_run(args.run_dir, args.output))
             return 0
         if args.command == "train":
             from .trainer import Trainer
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(summary))
         print(f"records: {summary['records']}")
         return 0
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"icrl-lite: error: {e}", file=sys.stderr)
         return 2
 

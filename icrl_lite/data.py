@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-DATA_DIR: Path = Path(__file__).resolve().parent.parent / "data"
+# A source checkout (or editable install) reads the repo's data/; a wheel carries it as icrl_lite/bundled/.
+_REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR: Path = _REPO_DATA if (_REPO_DATA / "qa").is_dir() else Path(__file__).resolve().parent / "bundled"
 BUNDLED_QA = ("corpus", "train", "dev", "test", "demos")
 
 

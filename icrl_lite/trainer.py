@@ -51,7 +51,7 @@ class TrainConfig:
     demo_layout: str = "chat"
     """chat: demos as prior chat turns (best for small models) | user: the paper's layout inside the user message."""
     stages: list[dict] = field(default_factory=lambda: [
-        {"demos": 3, "steps": 8}, {"demos": 2, "steps": 8}, {"demos": 0, "steps": 8}])
+        {"demos": 3, "steps": 6}, {"demos": 2, "steps": 6}, {"demos": 0, "steps": 8}])
     """Curriculum: list of {demos, steps}; training runs for the sum of steps."""
     prompts_per_step: int = 4
     """Questions per step (the paper: 64)."""
@@ -75,7 +75,7 @@ class TrainConfig:
     """Reward = alpha * exact match + (1 - alpha) * format."""
     top_k: int = 3
     """Documents per search."""
-    eval_every: int = 12
+    eval_every: int = 10
     """Zero-shot evaluation on eval_data every N steps (0 = never; always at the end when > 0)."""
     eval_size: int = 32
     """Questions of eval_data used by periodic evaluation."""
@@ -90,7 +90,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy model and LoRA."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(
-        max_turns=3, max_turn_tokens=128, max_response_tokens=512, temperature=0.8))
+        max_turns=2, max_turn_tokens=64, max_response_tokens=320, temperature=0.8))
     """Rollout budgets and sampling."""
 
     def validate(self) -> None:

