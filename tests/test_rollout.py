@@ -88,10 +88,9 @@ def test_sampled_eos_is_in_the_loss_even_when_pad_is_eos(tiny_model_dir):
     r = RolloutEngine(model, tok, [], cfg).generate(prompts(tok)[:1], num_samples=1)[0]
     assert r.response_ids[-1] == tok.eos_token_id and r.loss_mask[-1] == 1 and r.finished
 
-    from icrl_lite.trainer import pack
+    from icrl_lite.trainer import loss_mask
 
-    ids, attn, mask = pack([r], tok.pad_token_id, "cpu")
-    assert mask[0, len(r.prompt_ids) + len(r.response_ids) - 1] == 1
+    assert loss_mask([r])[0, len(r.response_ids) - 1] == 1
 
 
 def test_rollouts_stop_at_the_response_budget(tiny_model_dir):
@@ -120,3 +119,29 @@ def test_gumbel_sampling_follows_the_distribution():
     assert torch.allclose(counts, torch.tensor([0.7, 0.2, 0.1]), atol=0.015)
     top = sample(logits, 1.0, 0.6, torch.Generator().manual_seed(0))  # nucleus 0.6 keeps only the first token
     assert (top == 0).all()
+
+
+def test_shared_prompt_logprobs_equal_full_sequence_logprobs_and_gradients(tiny_model_dir):
+    from icrl_lite.model import response_logprobs, sequence_logprobs
+
+    model, tok, _ = load(tiny_model_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    prompt = tok("Question: where is the lighthouse?")["input_ids"]
+    responses = [tok(" It is in Treslow.")["input_ids"], tok(" Unknown")["input_ids"]]
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+
+    shared = response_logprobs(model, prompt, responses, chunk=3)  # (2, R)
+    shared_total = shared[0].sum() + shared[1, : len(responses[1])].sum()
+    shared_grads = torch.autograd.grad(shared_total, lora)
+
+    full_total = 0
+    for response in responses:
+        ids = torch.tensor([prompt + response])
+        full = sequence_logprobs(model, ids, torch.ones_like(ids), chunk=4)[0, len(prompt) - 1:]  # (R,)
+        assert torch.allclose(full, shared[responses.index(response), : len(response)], atol=1e-5)
+        full_total = full_total + full.sum()
+    for a, b in zip(shared_grads, torch.autograd.grad(full_total, lora)):
+        assert torch.allclose(a, b, atol=1e-5)

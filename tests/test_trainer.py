@@ -1,4 +1,4 @@
-"""The trainer on a tiny random model: what an update touches, metrics, checkpoints, resume, input errors, packing."""
+"""The trainer on a tiny random model: what an update touches, metrics, checkpoints, resume, input errors, loss masks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from icrl_lite import trainer as trainer_module
 from icrl_lite.model import ModelConfig
 from icrl_lite.rollout import Rollout, RolloutConfig
-from icrl_lite.trainer import TrainConfig, Trainer, latest_checkpoint, pack
+from icrl_lite.trainer import TrainConfig, Trainer, latest_checkpoint, loss_mask
 
 METRIC_KEYS = {"reward", "em", "format_valid", "searches", "response_tokens", "kl", "loss", "grad_norm",
                "step_seconds", "gen_tokens_per_s", "demos"}
@@ -202,13 +202,10 @@ def test_curriculum_asking_more_demos_than_the_pool_is_rejected(make_config, tmp
         Trainer(make_config(demo_pool=str(pool), stages=[{"demos": 2, "steps": 1}]))
 
 
-def test_pack_takes_the_loss_mask_from_the_rollout_after_the_prompt():
+def test_loss_mask_takes_the_rollout_bits_and_pads_with_zero():
     long = Rollout(prompt_ids=[5, 6, 7], response_ids=[8, 9, 10, 11], loss_mask=[1, 0, 0, 1])
     short = Rollout(prompt_ids=[5, 6], response_ids=[0, 3], loss_mask=[1, 1])  # token 0 = the pad id, sampled
-    ids, attn, mask = pack([long, short], pad_id=0, device="cpu")
-    assert ids.tolist() == [[5, 6, 7, 8, 9, 10, 11], [5, 6, 0, 3, 0, 0, 0]]
-    assert attn.tolist() == [[1] * 7, [1, 1, 1, 1, 0, 0, 0]]
-    assert mask.tolist() == [[0, 0, 0, 1, 0, 0, 1], [0, 0, 1, 1, 0, 0, 0]]
+    assert loss_mask([long, short]).tolist() == [[1, 0, 0, 1], [1, 1, 0, 0]]
 
 
 def test_update_on_zero_advantages_without_kl_leaves_the_adapter_unchanged(make_config):
@@ -231,3 +228,21 @@ def test_update_with_advantages_moves_the_adapter(make_config):
     after = lora_state(trainer.model)
     assert metrics["grad_norm"] > 0
     assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_resume_does_not_log_replayed_steps_twice(make_config, monkeypatch):
+    # killed during step 4 with checkpoint-2 on disk: steps 3 and 4 are trained again after resuming
+    cfg = make_config(stages=[{"demos": 0, "steps": 4}], save_every=2)
+    real_step = Trainer.step
+
+    def die_at_step_four(self):
+        if self.step_index == 3:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "step", die_at_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg).train()
+    monkeypatch.setattr(Trainer, "step", real_step)
+    Trainer(cfg, resume=True).train()
+    assert [r["step"] for r in read_metrics(cfg.output_dir)] == [1, 2, 3, 4]
