@@ -64,7 +64,7 @@ def load_qa(source: str | Path, split: str = "train", limit: int | None = None) 
 
 def load_corpus(path: str | Path) -> list[dict]:
     """Documents as {"id", "title", "text"}; FlashRAG / Search-R1 {"id", "contents"} records are split."""
-    return [_document(record, i, path) for i, record in enumerate(_read_records(Path(path)))]
+    return [document(record, i, path) for i, record in enumerate(_read_records(Path(path)))]
 
 
 def load_demos(path: str | Path) -> list[dict]:
@@ -113,7 +113,10 @@ def _question(record: dict, index: int, origin: str) -> dict:
     return {"id": _id(record, index), "question": str(record["question"]), "answers": answers, **rest}
 
 
-def _document(record: dict, index: int, origin: str | Path) -> dict:
+def document(record: dict, index: int, origin: str | Path) -> dict:
+    """One corpus record as {"id", "title", "text"}; `origin` names it in errors."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{origin} record {index}: expected a JSON object with 'title' and 'text', got {type(record).__name__}")
     if "text" in record:
         title, text = record.get("title") or "", record["text"]
     elif "contents" in record:

@@ -155,7 +155,7 @@ def test_empty_corpus_is_an_error(tmp_path):
 
 def test_record_without_text_names_the_line(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [DOCS[0], {"id": "x", "title": "No text"}])
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: record has no 'text'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl record 1 \(id 'x'\): a document needs 'text'"):
         BM25Search(path)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import bm25s
 
+from icrl_lite.data import document, load_corpus
 from icrl_lite.tools.base import Tool
 
 try:  # stemming only when PyStemmer is installed; the cache key records which was used
@@ -36,38 +37,6 @@ _INDEX_FORMAT = f"bm25s-v1-lower-stopwords_en-stem_{'english' if _STEMMER else '
 def format_documents(docs: list[dict]) -> str:
     """Render results as the ICRL / Search-R1 observation: "Doc 1(Title: T) text\\nDoc 2(Title: T2) text2"."""
     return "\n".join(f"Doc {i}(Title: {doc['title']}) {doc['text']}" for i, doc in enumerate(docs, start=1))
-
-
-def _normalize(record: dict, where: str) -> dict:
-    """One corpus record as {"id", "title", "text"}; `where` names it in errors."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object with 'title' and 'text', got {type(record).__name__}")
-    if "text" in record:
-        title, text = record.get("title", ""), record["text"]
-    elif "contents" in record:  # FlashRAG: title on the first line
-        title, _, text = str(record["contents"]).partition("\n")
-    else:
-        raise ValueError(
-            f"{where}: record has no 'text' (nor FlashRAG 'contents'); keys are {sorted(record)}. "
-            "Each record needs {'id', 'title', 'text'}."
-        )
-    if not isinstance(text, str):
-        raise ValueError(f"{where}: 'text' must be a string, got {type(text).__name__}")
-    return {"id": str(record.get("id", where)), "title": str(title), "text": text}
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    docs = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
-            docs.append(_normalize(record, f"{path}:{line_no}"))
-    return docs
 
 
 def _sha256_file(path: Path) -> str:
@@ -106,16 +75,11 @@ class BM25Search:
         own_cache_dir = cache_dir is None
         if isinstance(corpus, (str, Path)):
             path = Path(corpus)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"corpus file not found: {path}. Pass a JSONL file with one "
-                    '{"id", "title", "text"} record per line (or FlashRAG {"id", "contents"}).'
-                )
-            self.docs = _read_jsonl(path)
+            self.docs = load_corpus(path)
             key_source = _sha256_file(path)
             cache_root = path.with_name(path.name + ".bm25") if own_cache_dir else Path(cache_dir)
         else:
-            self.docs = [_normalize(record, f"corpus[{i}]") for i, record in enumerate(corpus)]
+            self.docs = [document(record, i, "corpus") for i, record in enumerate(corpus)]
             key_source = hashlib.sha256(json.dumps(self.docs, sort_keys=True).encode()).hexdigest()
             cache_root = None if own_cache_dir else Path(cache_dir)
         if not self.docs:
