@@ -131,6 +131,7 @@ def convert_embedded(name: str) -> Path:
     model.config.__dict__.pop("quantization_config", None)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model download
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     try:

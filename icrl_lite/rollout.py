@@ -275,14 +275,12 @@ class RolloutEngine:
             r.invalid_turns += 1
             self._force(row, self.invalid_ids)
             return None
-        return row, call
+        return row, *call
 
-    def _run_tools(self, calls: list) -> None:
-        """Run this step's tool calls (concurrently when there are several) and force their observations."""
-        if not calls:
-            return
-        runs = list(self.pool.map(lambda c: c[1][0].run(c[1][1]), calls)) if len(calls) > 1 else [calls[0][1][0].run(calls[0][1][1])]
-        for (row, (tool, query)), observation in zip(calls, runs):
+    def _run_tools(self, calls: list[tuple[_Row, Tool, str]]) -> None:
+        """Run this step's tool calls concurrently and force their observations into the rows."""
+        observations = list(self.pool.map(lambda call: call[1].run(call[2]), calls))
+        for (row, tool, query), observation in zip(calls, observations):
             obs_ids = self._ids(observation)[: self.cfg.max_obs_tokens]
             observation = self.tokenizer.decode(obs_ids)
             row.rollout.tool_calls.append({"tool": tool.name, "query": query, "observation": observation})
