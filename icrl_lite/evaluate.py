@@ -54,8 +54,8 @@ class EvalConfig:
     """Where to write per-question records (JSONL); empty = next to the checkpoint, or ./eval-base-<split>.jsonl."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base model (ignored for checkpoints, which record their own)."""
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(merge_lora=True))
-    """Rollout budgets used during evaluation."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Rollout budgets used during evaluation (its temperature is replaced by `temperature`)."""
 
     def validate(self) -> None:
         if self.demos < 0 or self.limit < 0 or self.batch_size < 1 or self.top_k < 1:

@@ -38,11 +38,11 @@ INVALID_ACTION = (
 
 @dataclass
 class RolloutConfig:
-    max_turns: int = 4
-    """Tool calls (and corrective turns) per rollout; one final turn without tools follows."""
-    max_turn_tokens: int = 256
-    """Tokens the policy may sample in one turn before the turn is cut."""
-    max_response_tokens: int = 1024
+    max_turns: int = 2
+    """Tool calls (and corrective turns) per rollout; one final turn without tools follows (the paper: 6)."""
+    max_turn_tokens: int = 64
+    """Tokens the policy may sample in one turn before the turn is cut (raise it for models that think at length)."""
+    max_response_tokens: int = 320
     """Tokens of the whole response (sampled + tool output) before the rollout is truncated."""
     max_obs_tokens: int = 500
     """Tool observations are cut to this many tokens."""

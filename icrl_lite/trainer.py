@@ -89,8 +89,7 @@ class TrainConfig:
     """Show a progress bar."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy model and LoRA."""
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(
-        max_turns=2, max_turn_tokens=64, max_response_tokens=320, temperature=0.8))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.8))
     """Rollout budgets and sampling."""
 
     def validate(self) -> None:

@@ -16,13 +16,13 @@ from icrl_lite.trainer import TrainConfig
 @pytest.fixture
 def yaml_file(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("prompts_per_step: 3\nlearning_rate: 1.0e-4\nmodel:\n  lora_rank: 4\nrollout:\n  max_turns: 2\n")
+    path.write_text("prompts_per_step: 3\nlearning_rate: 1.0e-4\nmodel:\n  lora_rank: 4\nrollout:\n  max_turns: 5\n")
     return path
 
 
 def test_yaml_values_are_applied(yaml_file):
     cfg = load_config(TrainConfig, yaml_file)
-    assert (cfg.prompts_per_step, cfg.learning_rate, cfg.model.lora_rank, cfg.rollout.max_turns) == (3, 1e-4, 4, 2)
+    assert (cfg.prompts_per_step, cfg.learning_rate, cfg.model.lora_rank, cfg.rollout.max_turns) == (3, 1e-4, 4, 5)
 
 
 def test_yaml_leaves_unmentioned_keys_at_their_defaults(yaml_file):
@@ -39,7 +39,7 @@ def test_overrides_win_over_the_file(yaml_file):
 def test_dotted_keys_reach_sections_and_leave_siblings_alone(yaml_file):
     cfg = load_config(TrainConfig, yaml_file, ["model.lora_rank=8", "rollout.temperature=0.5"])
     assert cfg.model.lora_rank == 8 and cfg.rollout.temperature == 0.5
-    assert cfg.rollout.max_turns == 2  # set by the file, in the same section: not reset by the override
+    assert cfg.rollout.max_turns == 5  # set by the file, in the same section: not reset by the override
 
 
 def test_list_of_mappings_override_parses_as_yaml():
