@@ -37,7 +37,12 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
             ax.axvspan(step - 0.5, step + 0.5, color=("C1", "C2", "C3", "C4")[min(row["demos"], 3)], alpha=0.06 * (1 + row["demos"]), lw=0)
         ax.set_title(title)
         ax.set_xlabel("step (shade: demos in prompt)")
-    axes[0].legend(fontsize=7)
+    for ax in axes:
+        if len(ax.get_lines()) > 1:
+            ax.legend(fontsize=7)
+            break
+    else:
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     out = Path(output) if output else Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=110)
