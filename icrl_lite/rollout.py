@@ -25,6 +25,8 @@ from itertools import groupby
 from typing import Sequence
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .model import decoder, merged_adapter
 from .tools import Tool, find_call
@@ -138,8 +140,6 @@ class RolloutEngine:
 
     # ---- the decode loop -------------------------------------------------------------------------------
     def _run(self, prompts, num_samples, generator) -> list[_Row]:
-        from transformers import DynamicCache
-
         device = self.model.device
         rows = [_Row(Rollout(prompt_ids=list(p))) for p in prompts for _ in range(num_samples)]
         ids, attn = left_pad([list(p) for p in prompts], self.pad_id, device)  # (U, P)
@@ -215,9 +215,6 @@ class RolloutEngine:
 
     def _forward_rows(self, rows, ids, step_mask, pos, cache, attn):
         """A forced chunk fed by some rows only: run the model on those rows, give the others masked holes."""
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
         sub = DynamicCache()
         for layer in cache.layers:
             part = DynamicLayer()
@@ -347,13 +344,7 @@ def compact(cache, attn: torch.Tensor, min_len: int = 256) -> torch.Tensor:
     return attn.gather(1, order)
 
 
-def _slab_base():
-    from transformers.cache_utils import DynamicLayer
-
-    return DynamicLayer
-
-
-class SlabLayer(_slab_base()):
+class SlabLayer(DynamicLayer):
     """A KV-cache layer that appends into a preallocated slab (amortised doubling) instead of `torch.cat`.
 
     `cat` copies the whole cache on every decode step (~1 ms per layer at 16 x 1500 tokens on a CPU);
