@@ -36,7 +36,7 @@ class ModelConfig:
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
     load_in_4bit: bool = False
-    """Load the base in 4-bit NF4 (QLoRA) with bitsandbytes."""
+    """Load the base in 4-bit NF4 (QLoRA) with bitsandbytes; CUDA only (on CPU its layers pass no input gradients)."""
     backend: str = "auto"
     """auto | transformers | unsloth. auto: unsloth when it is installed and a CUDA device is present."""
     lora_rank: int = 16
@@ -195,6 +195,12 @@ def load_policy(cfg: ModelConfig, adapter: str | Path | None = None):
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
+    if cfg.load_in_4bit and device.type != "cuda":
+        raise ValueError(
+            "model.load_in_4bit=true needs a CUDA device: on CPU, bitsandbytes' 4-bit layers pass no gradient to "
+            "their inputs (measured with bitsandbytes 0.50: only o_proj/down_proj adapters got gradients), so "
+            "QLoRA would silently train the wrong thing. On CPU use model.load_in_4bit=false (bf16 is fast with AMX)."
+        )
     kwargs: dict = {"dtype": dtype}
     if device.type == "cpu":
         kwargs["attn_implementation"] = register_attention()

@@ -130,3 +130,10 @@ def test_embedded_model_is_read_from_the_cache_once_converted(monkeypatch, tmp_p
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
     assert convert_embedded("fake-model") == target
+
+
+def test_4bit_on_cpu_is_refused_with_the_reason(tiny_model_dir):
+    from icrl_lite.model import ModelConfig, load_policy
+
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        load_policy(ModelConfig(name=str(tiny_model_dir), load_in_4bit=True, device="cpu"))
