@@ -38,6 +38,9 @@ INVALID_ACTION = (
 )
 
 
+TOOL_POOL = ThreadPoolExecutor(max_workers=8)  # shared by all engines: threads are made once, not per engine
+
+
 @dataclass
 class RolloutConfig:
     max_turns: int = 2
@@ -110,12 +113,11 @@ class RolloutEngine:
         self.max_wait = max_wait
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos_token_ids(model, tokenizer))
-        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         # a stop string can only complete on a token whose text holds its last character
         last_chars = {s[-1] for s in [answer_close] + [t.close_tag for t in self.tools]}
-        self.may_stop = {i for i, tok in enumerate(vocab) if tok and any(c in tokenizer.convert_tokens_to_string([tok]) for c in last_chars)}
+        pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        self.may_stop = {i for i, piece in enumerate(pieces) if any(c in piece for c in last_chars)}
         self.invalid_ids = self._ids(INVALID_ACTION)
-        self.pool = ThreadPoolExecutor(max_workers=8)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -276,7 +278,7 @@ class RolloutEngine:
 
     def _run_tools(self, calls: list[tuple[_Row, Tool, str]]) -> None:
         """Run this step's tool calls concurrently and force their observations into the rows."""
-        observations = list(self.pool.map(lambda call: call[1].run(call[2]), calls))
+        observations = list(TOOL_POOL.map(lambda call: call[1].run(call[2]), calls))
         for (row, tool, query), observation in zip(calls, observations):
             obs_ids = self._ids(observation)[: self.cfg.max_obs_tokens]
             observation = self.tokenizer.decode(obs_ids)
