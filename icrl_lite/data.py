@@ -4,12 +4,16 @@ Questions come from a local JSONL / JSON file, a dataset saved with `datasets.sa
 hub name ("name" or "name:config", e.g. "RUC-NLPIR/FlashRAG_datasets:nq"). FlashRAG records (`golden_answers`)
 and Search-R1 corpora (`contents` = '"Title"\\ntext') are normalised to one shape:
 questions {"id", "question", "answers": list[str], ...}, documents {"id", "title", "text"}.
-The bundled closed-world task lives in data/qa/ (made by scripts/make_qa_task.py).
+Math problems (`load_math`) come in our format, GSM8K's (`answer` ending "#### 42") or MATH's (`problem`,
+`solution` with a final \\boxed{...}, or `answer`) and are normalised to the same question shape.
+The bundled closed-world task lives in data/qa/ (made by scripts/make_qa_task.py), the bundled math task in
+data/math/ (made by scripts/make_math_task.py).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from typing import Any
 _REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DATA_DIR: Path = _REPO_DATA if (_REPO_DATA / "qa").is_dir() else Path(__file__).resolve().parent / "bundled"
 BUNDLED_QA = ("corpus", "train", "dev", "test", "demos")
+BUNDLED_MATH = ("train", "dev", "test", "demos")
 
 
 def bundled_qa_path(name: str) -> Path:
@@ -26,8 +31,20 @@ def bundled_qa_path(name: str) -> Path:
     return DATA_DIR / "qa" / f"{name}.jsonl"
 
 
+def bundled_math_path(name: str) -> Path:
+    """Path of a file of the bundled math task: "train", "dev", "test" or "demos"."""
+    if name not in BUNDLED_MATH:
+        raise ValueError(f"unknown bundled math file {name!r}; choose one of: {', '.join(BUNDLED_MATH)}")
+    return DATA_DIR / "math" / f"{name}.jsonl"
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """One JSON object per line; blank lines are skipped."""
+    return [record for _, record in _numbered_jsonl(path)]
+
+
+def _numbered_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-blank line of a JSON Lines file."""
     path = _existing_file(path)
     records = []
     with path.open(encoding="utf-8") as f:
@@ -40,7 +57,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 raise ValueError(f"{path}:{line_no}: invalid JSON: {err.msg} (column {err.colno})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
+            records.append((line_no, record))
     if not records:
         raise ValueError(f"{path} is empty; expected one JSON object per line")
     return records
@@ -78,6 +95,29 @@ def load_demos(path: str | Path) -> list[dict]:
     return demos
 
 
+def load_math(source: str | Path, split: str = "train", limit: int | None = None) -> list[dict]:
+    """Math problems as {"id", "question", "answers": list[str], ...other fields kept}.
+
+    Accepted record formats, detected per record:
+      - ours (data/math/): `question` and `answers` (a list, canonical answer first);
+      - GSM8K: `question` and `answer` ending in "#### 42" -> ["42"] (thousands commas removed);
+      - MATH / competition_math / MATH-500: `problem` and `answer` when present, else the content of the last
+        \\boxed{...} (or \\fbox{...}) in `solution`, nested braces included:
+        "\\boxed{\\frac{1}{2}}" -> ["\\frac{1}{2}"].
+    `source` is a .jsonl / .json file, a `save_to_disk` directory or a hub name ("name" or "name:config",
+    e.g. "openai/gsm8k:main", "HuggingFaceH4/MATH-500" with split="test"); `split` is used for the last two.
+    The consumed fields (`problem`, `answer`, `solution`) are dropped; others (`level`, `type`, ...) are kept.
+    """
+    path = Path(source)
+    if path.is_dir():
+        located = [(f"{source} [{split}] row {i}", r) for i, r in enumerate(_saved_dataset(path, split, limit))]
+    elif path.exists() or path.suffix in (".json", ".jsonl"):
+        located = _located_records(path)[:limit]
+    else:
+        located = [(f"{source} [{split}] row {i}", r) for i, r in enumerate(_hub_dataset(str(source), split, limit))]
+    return [_math_problem(record, i, where) for i, (where, record) in enumerate(located)]
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 def _existing_file(path: str | Path) -> Path:
     path = Path(path)
@@ -88,17 +128,23 @@ def _existing_file(path: str | Path) -> Path:
 
 def _read_records(path: Path) -> list[dict]:
     """A .json file holding a list of objects, else JSON Lines."""
+    return [record for _, record in _located_records(path)]
+
+
+def _located_records(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) pairs; `where` is "file:line" for JSON Lines and "file record i" for a JSON list."""
     if path.suffix != ".json":
-        return read_jsonl(path)
+        return [(f"{path}:{line_no}", record) for line_no, record in _numbered_jsonl(path)]
     try:
         data = json.loads(_existing_file(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError:
-        return read_jsonl(path)  # JSON Lines under a .json name; errors then name the line
+        # JSON Lines under a .json name; errors then name the line
+        return [(f"{path}:{line_no}", record) for line_no, record in _numbered_jsonl(path)]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise ValueError(f"{path}: expected a JSON list of objects (or one object per line)")
     if not data:
         raise ValueError(f"{path} is an empty list; expected question records")
-    return data
+    return [(f"{path} record {i}", record) for i, record in enumerate(data)]
 
 
 def _question(record: dict, index: int, origin: str) -> dict:
@@ -111,6 +157,51 @@ def _question(record: dict, index: int, origin: str) -> dict:
         raise ValueError(f"{origin} record {index} (id {record.get('id', index)!r}): 'answers' is empty")
     rest = {k: v for k, v in record.items() if k not in ("id", "question", "answers", "golden_answers")}
     return {"id": _id(record, index), "question": str(record["question"]), "answers": answers, **rest}
+
+
+def _math_problem(record: dict, index: int, where: str) -> dict:
+    """One math record in any accepted format as {"id", "question", "answers", ...}; `where` names it in errors."""
+    if "question" in record and "answers" in record:
+        return _question(record, index, where)
+    if "question" in record and "answer" in record:
+        solution = str(record["answer"])
+        final = solution.rpartition("####")[2].strip().replace(",", "")
+        if "####" not in solution or not final:
+            raise ValueError(f"{where}: a GSM8K 'answer' must end with '#### <final answer>'; "
+                             f"got ...{solution[-60:]!r}")
+        answers, consumed = [final], ("question", "answer")
+    elif "problem" in record and record.get("answer") is not None:
+        answers, consumed = [str(record["answer"]).strip()], ("problem", "answer", "solution")
+    elif "problem" in record and isinstance(record.get("solution"), str):
+        boxed = last_boxed(record["solution"])
+        if boxed is None:
+            raise ValueError(f"{where}: no \\boxed{{...}} answer in the MATH solution "
+                             f"...{record['solution'][-60:]!r}; add an 'answer' field")
+        answers, consumed = [boxed], ("problem", "answer", "solution")
+    else:
+        raise ValueError(f"{where}: not a math record; expected 'question' + 'answers' (bundled), 'question' + "
+                         f"'answer' ending '#### 42' (GSM8K) or 'problem' + 'solution'/'answer' (MATH); "
+                         f"found fields {sorted(record)}")
+    question = record["question"] if "question" in consumed else record["problem"]
+    rest = {k: v for k, v in record.items() if k not in (*consumed, "id", "unique_id")}
+    record_id = record.get("id", record.get("unique_id"))
+    return {"id": str(record_id) if record_id is not None else str(index), "question": str(question),
+            "answers": answers, **rest}
+
+
+_BOXED_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} or \\fbox{...} in `text`, nested braces included; None if none is closed."""
+    starts = [m.end() for m in _BOXED_START.finditer(text)]
+    for start in reversed(starts):
+        depth = 1
+        for i in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                return text[start:i].strip()
+    return None
 
 
 def document(record: dict, index: int, origin: str | Path) -> dict:
