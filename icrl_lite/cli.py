@@ -21,10 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its latest checkpoint")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. learning_rate=5e-5 model.lora_rank=8")
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint (or `base`) on QA with search",
+    ev = sub.add_parser("eval", help="evaluate a checkpoint (or `base`) on its task (QA with search, math with Python)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="more keys as key=value:\n" + "\n".join(describe(EvalConfig)))
     ev.add_argument("--checkpoint", default="base", help="checkpoint or run directory, or `base` (default)")
+    ev.add_argument("--task", default="", help="qa | math (default: the checkpoint's task; qa for base)")
     ev.add_argument("--split", default="test")
     ev.add_argument("--demos", type=int, default=0, help="in-context demonstrations (default 0: zero-shot)")
     ev.add_argument("--dataset", default="", help="QA file or HF dataset name (default: bundled task)")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .evaluate import evaluate, format_summary
 
-        flags = [f"{k}={v}" for k, v in (("checkpoint", args.checkpoint), ("split", args.split), ("demos", args.demos),
+        flags = [f"{k}={v}" for k, v in (("checkpoint", args.checkpoint), ("task", args.task), ("split", args.split), ("demos", args.demos),
                                          ("dataset", args.dataset), ("corpus", args.corpus), ("limit", args.limit),
                                          ("output", args.output))]
         config = load_config(EvalConfig, args.config, flags + args.overrides)

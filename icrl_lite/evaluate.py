@@ -1,7 +1,7 @@
-"""Evaluate a policy on QA with search: EM, F1, format-valid rate, searches per question, response length.
+"""Evaluate a policy on a task: accuracy (EM / answer-correct), format-valid rate, tool calls per question, length.
 
-Zero-shot by default (no demonstrations), greedy decoding, the same rollout engine and tools as training.
-Writes one JSONL record per question with the full trajectory.
+Zero-shot by default (no demonstrations), greedy decoding, the same rollout engine, tools and reward as
+training. Writes one JSONL record per question with the full trajectory.
 """
 
 from __future__ import annotations
@@ -16,24 +16,33 @@ import torch
 from tqdm import tqdm
 
 from .curriculum import choose_demos
-from .data import bundled_qa_path, load_corpus, load_demos, load_qa
+from .data import load_corpus, load_demos
 from .model import ModelConfig
 from .prompts import build_messages, render_prompt
-from .rewards import extract_answer, icrl_reward
+from .rewards import extract_answer
 from .rollout import Rollout, RolloutConfig, RolloutEngine
-from .tools import BM25Search
+from .tasks import TOOL_METRICS, Task, build_tools, get_task, load_plugins
+from .tools import PythonConfig, SearchConfig, Tool
 
 
 @dataclass
 class EvalConfig:
     checkpoint: str = "base"
     """A checkpoint directory written by `icrl-lite train` (or its run directory: the latest checkpoint), or `base` for the untrained model."""
+    task: str = ""
+    """qa (search a corpus) | math (compute with the restricted Python tool); empty = the checkpoint's task (qa for base)."""
     split: str = "test"
     """Bundled split (train | dev | test) or, with `dataset`, the split of a hub dataset."""
     dataset: str = ""
-    """QA file (JSONL/JSON with question + answers, or FlashRAG golden_answers) or HF dataset name; empty = the bundled task."""
+    """Question file (JSONL/JSON) or HF dataset name; qa: question + answers (or FlashRAG golden_answers), math: ours, GSM8K or MATH format; empty = the bundled task."""
     corpus: str = ""
-    """Corpus JSONL (id, title, text) searched by BM25; empty = the bundled corpus."""
+    """Corpus JSONL (id, title, text) for search; empty = the bundled corpus."""
+    tools: list[str] = field(default_factory=list)
+    """Tools by name (search, python, or registered through plugins); empty = the task's tools."""
+    plugins: list[str] = field(default_factory=list)
+    """Python files or modules to import first, e.g. ones that register tools."""
+    instruction: str = ""
+    """Prompt template with {question}; empty = the task's instruction."""
     demos: int = 0
     """In-context demonstrations in each prompt (0 = zero-shot, the default for evaluation)."""
     demo_pool: str = ""
@@ -44,8 +53,6 @@ class EvalConfig:
     """Evaluate only the first N questions (0 = all)."""
     batch_size: int = 16
     """Questions decoded together."""
-    top_k: int = 3
-    """Documents returned per search."""
     temperature: float = 0.0
     """Decoding temperature (0 = greedy; the paper uses 0.1)."""
     seed: int = 0
@@ -56,20 +63,55 @@ class EvalConfig:
     """The base model (ignored for checkpoints, which record their own)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Rollout budgets used during evaluation (its temperature is replaced by `temperature`)."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """The search tool."""
+    python: PythonConfig = field(default_factory=PythonConfig)
+    """The Python tool's limits."""
 
     def validate(self) -> None:
-        if self.demos < 0 or self.limit < 0 or self.batch_size < 1 or self.top_k < 1:
-            raise ValueError("eval: demos and limit must be >= 0, batch_size and top_k >= 1")
+        if self.demos < 0 or self.limit < 0 or self.batch_size < 1:
+            raise ValueError("eval: demos and limit must be >= 0, batch_size >= 1")
         if self.demo_layout not in ("chat", "user"):
             raise ValueError(f"eval.demo_layout={self.demo_layout!r}: use chat or user")
+        validate_task_fields(self)
         self.model.validate()
         self.rollout.validate()
 
 
-def score(rollout: Rollout, answers: Sequence[str], alpha: float = 0.8) -> dict[str, float]:
+def validate_task_fields(cfg) -> None:
+    """Checks shared by the train and eval configs: task, instruction, tool sections."""
+    if cfg.task:
+        get_task(cfg.task)
+    if cfg.instruction and "{question}" not in cfg.instruction:
+        raise ValueError("instruction must contain {question}, where the question goes")
+    cfg.search.validate()
+    cfg.python.validate()
+
+
+def setup_task(cfg) -> tuple[Task, list[Tool], str]:
+    """The task, its tools and its instruction for a train or eval config (loads plugins, checks the corpus)."""
+    task = get_task(cfg.task)
+    load_plugins(cfg.plugins)
+    names = cfg.tools or list(task.default_tools)
+    corpus = None
+    if "search" in names and cfg.search.backend != "web":
+        corpus = cfg.corpus or bundled_corpus(task)
+        load_corpus(corpus)  # clear errors for a missing or malformed corpus before any model work
+    return task, build_tools(names, cfg.search, cfg.python, corpus), cfg.instruction or task.instruction
+
+
+def bundled_corpus(task: Task) -> Path:
+    path = task.bundled("corpus")
+    if not path.exists():
+        raise ValueError(f"the {task.name} task ships no corpus for the search tool: give corpus=<file.jsonl>")
+    return path
+
+
+def score(rollout: Rollout, answers: Sequence[str], task: Task, tools: Sequence[Tool], alpha: float = 0.8) -> dict[str, float]:
     """Reward metrics of one rollout plus its tool use and length."""
-    _, metrics = icrl_reward(rollout.policy_text, answers, alpha=alpha)
-    metrics["searches"] = float(sum(c["tool"] == "search" for c in rollout.tool_calls))
+    _, metrics = task.reward(rollout.policy_text, answers, alpha=alpha)
+    for tool in tools:
+        metrics[task.tool_metric(tool.name)] = float(sum(c["tool"] == tool.name for c in rollout.tool_calls))
     metrics["invalid_turns"] = float(rollout.invalid_turns)
     metrics["response_tokens"] = float(rollout.sampled_tokens)
     metrics["truncated"] = float(rollout.truncated)
@@ -81,10 +123,11 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
 
 
-def run_eval(model, tokenizer, examples: list[dict], search: BM25Search, cfg: EvalConfig,
+def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Tool], instruction: str, cfg: EvalConfig,
              demo_pool: list[dict] = (), progress: bool = True) -> tuple[dict[str, float], list[dict]]:
     """Greedy (or sampled) rollouts for every question; returns (mean metrics, per-question records)."""
-    engine = RolloutEngine(model, tokenizer, [search.as_tool()], replace(cfg.rollout, temperature=cfg.temperature))
+    engine = RolloutEngine(model, tokenizer, tools, replace(cfg.rollout, temperature=cfg.temperature),
+                           invalid_message=task.invalid_message)
     records: list[dict] = []
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     started, sampled = time.time(), 0
@@ -94,9 +137,9 @@ def run_eval(model, tokenizer, examples: list[dict], search: BM25Search, cfg: Ev
         prompts = []
         for i, ex in enumerate(batch):
             demos = [demo_pool[j] for j in choose_demos(len(demo_pool), cfg.demos, cfg.seed, -1, start + i)] if cfg.demos else []
-            prompts.append(render_prompt(tokenizer, build_messages(ex["question"], demos, cfg.demo_layout)))
+            prompts.append(render_prompt(tokenizer, build_messages(ex["question"], demos, cfg.demo_layout, instruction)))
         for ex, rollout in zip(batch, engine.generate(prompts, 1, generator)):
-            metrics = score(rollout, ex["answers"])
+            metrics = score(rollout, ex["answers"], task, tools)
             sampled += rollout.sampled_tokens
             records.append({
                 "id": ex["id"], "question": ex["question"], "answers": ex["answers"],
@@ -104,11 +147,11 @@ def run_eval(model, tokenizer, examples: list[dict], search: BM25Search, cfg: Ev
                 "tool_calls": rollout.tool_calls, "trajectory": rollout.text,
             })
         bar.update(len(batch))
-        summary = mean_metrics([{k: r[k] for k in ("em", "f1")} for r in records])
-        bar.set_postfix(em=f"{summary['em']:.3f}", f1=f"{summary['f1']:.3f}")
+        bar.set_postfix(em=f"{sum(r['em'] for r in records) / len(records):.3f}")
     bar.close()
-    keys = ("em", "f1", "format_valid", "searches", "invalid_turns", "response_tokens", "truncated")
-    summary = mean_metrics([{k: r[k] for k in keys} for r in records])
+    keys = ("em", "f1", "format_valid", *(task.tool_metric(t.name) for t in tools), "invalid_turns",
+            "response_tokens", "truncated")
+    summary = mean_metrics([{k: r[k] for k in keys if k in r} for r in records])
     summary["questions"] = float(len(records))
     summary["tokens_per_s"] = sampled / max(time.time() - started, 1e-9)
     return summary, records
@@ -118,16 +161,17 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     """Load the checkpoint (or base model), run the evaluation, write records; returns the summary."""
     from .trainer import load_for_inference
 
+    from .trainer import checkpoint_task
+
     cfg.validate()
-    model, tokenizer, source = load_for_inference(cfg.checkpoint, cfg.model)
-    examples = load_qa(cfg.dataset, split=cfg.split) if cfg.dataset else load_qa(bundled_qa_path(cfg.split))
+    cfg.task = cfg.task or checkpoint_task(cfg.checkpoint)
+    task, tools, instruction = setup_task(cfg)
+    examples = task.load(cfg.dataset, split=cfg.split) if cfg.dataset else task.load(task.bundled(cfg.split))
     if cfg.limit:
         examples = examples[: cfg.limit]
-    corpus = cfg.corpus or bundled_qa_path("corpus")
-    load_corpus(corpus)  # clear errors for a missing or malformed corpus before any model work
-    search = BM25Search(corpus, top_k=cfg.top_k)
-    pool = load_demos(cfg.demo_pool or bundled_qa_path("demos")) if cfg.demos else []
-    summary, records = run_eval(model, tokenizer, examples, search, cfg, pool)
+    pool = load_demos(cfg.demo_pool or task.bundled("demos")) if cfg.demos else []
+    model, tokenizer, source = load_for_inference(cfg.checkpoint, cfg.model)
+    summary, records = run_eval(model, tokenizer, examples, task, tools, instruction, cfg, pool)
     output = Path(cfg.output) if cfg.output else default_output(source, cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w") as f:
@@ -138,14 +182,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
 
 
 def default_output(source: Path | None, cfg: EvalConfig) -> Path:
-    name = f"eval-{cfg.split}-{cfg.demos}shot.jsonl"
+    name = f"eval-{'' if cfg.task == 'qa' else cfg.task + '-'}{cfg.split}-{cfg.demos}shot.jsonl"
     return (source / name) if source is not None else Path(f"eval-base-{name[5:]}")
 
 
 def format_summary(summary: dict) -> str:
+    accuracy = f"EM {summary['em']:.3f}  F1 {summary['f1']:.3f}" if "f1" in summary else f"accuracy {summary['em']:.3f}"
+    calls = "  ".join(f"{k.replace('_', ' ')}/q {v:.2f}" for k, v in summary.items() if k in TOOL_METRICS.values() or k.endswith("_calls"))
     return (
-        f"EM {summary['em']:.3f}  F1 {summary['f1']:.3f}  format-valid {summary['format_valid']:.3f}  "
-        f"searches/q {summary['searches']:.2f}  invalid turns/q {summary['invalid_turns']:.2f}  "
+        f"{accuracy}  format-valid {summary['format_valid']:.3f}  {calls}  invalid turns/q {summary['invalid_turns']:.2f}  "
         f"avg length {summary['response_tokens']:.0f} tok  ({int(summary['questions'])} questions, "
         f"{summary['tokens_per_s']:.0f} tok/s)"
     )

@@ -22,6 +22,27 @@ SEARCH_INSTRUCTION = (
     "Question: {question}\n"
 )
 
+PYTHON_INSTRUCTION = (
+    "Solve the problem step by step. Every time you receive new information, first reason inside <think> and "
+    "</think>. Do not compute in your head: write Python code between <python> and </python> and print the "
+    "values you need; the output comes back between <output> and </output>. Variables persist from one "
+    "<python> block to the next. Once you have the result, give the final answer inside <answer> and </answer>: "
+    "only the number, with no explanation.\n"
+    "Question: {question}\n"
+)
+
+# The corrective message forced after a turn with no valid action (ICRL's loop), one per task.
+INVALID_ACTION = (
+    "\nMy previous action is invalid. If I want to search, I should put the query between <search> and "
+    "</search>. If I want to give the final answer, I should put the answer between <answer> and </answer>. "
+    "Let me try again.\n"
+)
+INVALID_PYTHON = (
+    "\nMy previous action is invalid. If I want to compute, I should put Python code between <python> and "
+    "</python>. If I want to give the final answer, I should put the answer between <answer> and </answer>. "
+    "Let me try again.\n"
+)
+
 DEMO_HEADER = "Here are some existing QA examples that you can refer to:\n"
 DEMO_FOOTER = "Do not answer the example problems above. Now solve the following problem.\n"
 

@@ -29,13 +29,9 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .model import decoder, merged_adapter
+from .prompts import INVALID_ACTION
 from .tools import Tool, find_call
 
-INVALID_ACTION = (
-    "\nMy previous action is invalid. If I want to search, I should put the query between <search> and "
-    "</search>. If I want to give the final answer, I should put the answer between <answer> and </answer>. "
-    "Let me try again.\n"
-)
 
 
 TOOL_POOL = ThreadPoolExecutor(max_workers=8)  # shared by all engines: threads are made once, not per engine
@@ -100,13 +96,14 @@ class _Row:
     turns_used: int = 0  # tool calls + corrective turns
     waited: int = 0  # steps a forced chunk has waited
     done: bool = False
+    sessions: dict = field(default_factory=dict)  # tool name -> this rollout's session of a stateful tool
 
 
 class RolloutEngine:
     """Generate tool-using rollouts for a batch of prompts with one shared KV cache."""
 
     def __init__(self, model, tokenizer, tools: Sequence[Tool], config: RolloutConfig,
-                 answer_close: str = "</answer>", max_wait: int = 8):
+                 answer_close: str = "</answer>", max_wait: int = 8, invalid_message: str = INVALID_ACTION):
         config.validate()
         self.model, self.tokenizer, self.tools, self.cfg = model, tokenizer, list(tools), config
         self.answer_close = answer_close
@@ -117,7 +114,8 @@ class RolloutEngine:
         last_chars = {s[-1] for s in [answer_close] + [t.close_tag for t in self.tools]}
         pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         self.may_stop = {i for i, piece in enumerate(pieces) if any(c in piece for c in last_chars)}
-        self.invalid_ids = self._ids(INVALID_ACTION)
+        self.invalid_ids = self._ids(invalid_message)
+        self._rows: list[_Row] = []  # rows of the running `generate`, whose tool sessions it closes
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -134,6 +132,10 @@ class RolloutEngine:
                 rows = self._run(prompts, num_samples, generator)
         finally:
             self.model.train(was_training)
+            for row in self._rows:
+                for session in row.sessions.values():
+                    session.close()
+            self._rows = []
         for row in rows:
             r = row.rollout
             r.text = self.tokenizer.decode(r.response_ids, skip_special_tokens=True)
@@ -144,6 +146,7 @@ class RolloutEngine:
     def _run(self, prompts, num_samples, generator) -> list[_Row]:
         device = self.model.device
         rows = [_Row(Rollout(prompt_ids=list(p))) for p in prompts for _ in range(num_samples)]
+        self._rows = rows  # their tool sessions are closed by `generate`, even after an error
         ids, attn = left_pad([list(p) for p in prompts], self.pad_id, device)  # (U, P)
         cache = DynamicCache()
         cache.layer_class_to_replicate = SlabLayer
@@ -278,7 +281,10 @@ class RolloutEngine:
 
     def _run_tools(self, calls: list[tuple[_Row, Tool, str]]) -> None:
         """Run this step's tool calls concurrently and force their observations into the rows."""
-        observations = list(TOOL_POOL.map(lambda call: call[1].run(call[2]), calls))
+        for row, tool, _ in calls:
+            if tool.session is not None and tool.name not in row.sessions:
+                row.sessions[tool.name] = tool.session()
+        observations = list(TOOL_POOL.map(lambda call: call[1].run(call[2], call[0].sessions.get(call[1].name)), calls))
         for (row, tool, query), observation in zip(calls, observations):
             obs_ids = self._ids(observation)[: self.cfg.max_obs_tokens]
             observation = self.tokenizer.decode(obs_ids)

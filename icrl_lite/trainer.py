@@ -23,13 +23,13 @@ from tqdm import tqdm
 
 from .config import save_config
 from .curriculum import Curriculum, choose_demos
-from .data import bundled_qa_path, load_corpus, load_demos, load_qa
-from .evaluate import EvalConfig, mean_metrics, run_eval, score
+from .data import load_demos
+from .evaluate import EvalConfig, mean_metrics, run_eval, score, setup_task, validate_task_fields
 from .grpo import group_advantages, grpo_loss
 from .model import ModelConfig, load_policy, reference_mode, response_logprobs
 from .prompts import build_messages, render_prompt
 from .rollout import Rollout, RolloutConfig, RolloutEngine
-from .tools import BM25Search
+from .tools import PythonConfig, SearchConfig
 
 
 @dataclass
@@ -38,16 +38,24 @@ class TrainConfig:
     """Run directory: checkpoints, metrics.jsonl, config.yaml."""
     seed: int = 0
     """Seed for question order, demo choice and sampling."""
+    task: str = "qa"
+    """qa (search a corpus, ICRL's setting) | math (compute with the restricted Python tool)."""
     train_data: str = ""
-    """Training questions: QA JSONL/JSON (question + answers, or FlashRAG golden_answers) or an HF dataset name; empty = bundled task."""
+    """Training questions: JSONL/JSON file or HF dataset name (qa: question + answers or FlashRAG golden_answers; math: ours, GSM8K or MATH format); empty = the task's bundled data."""
     train_split: str = "train"
     """Split used when train_data is an HF dataset name."""
     eval_data: str = ""
     """Held-out questions for periodic zero-shot evaluation; empty = bundled dev split."""
     corpus: str = ""
     """Search corpus JSONL (id, title, text); empty = bundled corpus."""
+    tools: list[str] = field(default_factory=list)
+    """Tools by name (search, python, or registered through plugins); empty = the task's tools."""
+    plugins: list[str] = field(default_factory=list)
+    """Python files or modules to import first, e.g. ones that register tools."""
+    instruction: str = ""
+    """Prompt template with {question}; empty = the task's instruction (describe your tools here when you bring your own)."""
     demo_pool: str = ""
-    """Demonstrations JSONL (question, answers, solution); empty = bundled pool."""
+    """Demonstrations JSONL (question, answers, solution); empty = the task's bundled pool."""
     demo_layout: str = "chat"
     """chat: demos as prior chat turns (best for small models) | user: the paper's layout inside the user message."""
     stages: list[dict] = field(default_factory=lambda: [
@@ -73,8 +81,6 @@ class TrainConfig:
     """PPO clip range."""
     alpha: float = 0.8
     """Reward = alpha * exact match + (1 - alpha) * format."""
-    top_k: int = 3
-    """Documents per search."""
     eval_every: int = 10
     """Zero-shot evaluation on eval_data every N steps (0 = never; always at the end when > 0)."""
     eval_size: int = 32
@@ -91,11 +97,15 @@ class TrainConfig:
     """Policy model and LoRA."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.8))
     """Rollout budgets and sampling."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """The search tool."""
+    python: PythonConfig = field(default_factory=PythonConfig)
+    """The Python tool's limits."""
 
     def validate(self) -> None:
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: GRPO compares rollouts within a group")
-        for name in ("prompts_per_step", "micro_batch_size", "eval_size", "keep_checkpoints", "top_k", "logprob_chunk"):
+        for name in ("prompts_per_step", "micro_batch_size", "eval_size", "keep_checkpoints", "logprob_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
@@ -107,6 +117,7 @@ class TrainConfig:
         if self.eval_every < 0 or self.save_every < 0:
             raise ValueError("eval_every and save_every must be >= 0")
         Curriculum(self.stages)
+        validate_task_fields(self)
         self.model.validate()
         self.rollout.validate()
 
@@ -117,12 +128,11 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.curriculum = Curriculum(cfg.stages)
-        self.train_set = load_qa(cfg.train_data, split=cfg.train_split) if cfg.train_data else load_qa(bundled_qa_path("train"))
-        self.eval_set = (load_qa(cfg.eval_data) if cfg.eval_data else load_qa(bundled_qa_path("dev")))[: cfg.eval_size]
-        corpus = cfg.corpus or bundled_qa_path("corpus")
-        load_corpus(corpus)  # clear errors before loading a model
-        self.search = BM25Search(corpus, top_k=cfg.top_k)
-        self.demo_pool = load_demos(cfg.demo_pool or bundled_qa_path("demos"))
+        self.task, self.tools, self.instruction = setup_task(cfg)  # clear errors before loading a model
+        task = self.task
+        self.train_set = task.load(cfg.train_data, split=cfg.train_split) if cfg.train_data else task.load(task.bundled("train"))
+        self.eval_set = (task.load(cfg.eval_data) if cfg.eval_data else task.load(task.bundled("dev")))[: cfg.eval_size]
+        self.demo_pool = load_demos(cfg.demo_pool or task.bundled("demos"))
         max_demos = max(s.demos for s in self.curriculum.stages)
         if max_demos > len(self.demo_pool):
             raise ValueError(f"the curriculum asks for {max_demos} demos but the pool has {len(self.demo_pool)}; add demos or lower stages")
@@ -137,7 +147,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
-        self.engine = RolloutEngine(self.model, self.tokenizer, [self.search.as_tool()], cfg.rollout)
+        self.engine = RolloutEngine(self.model, self.tokenizer, self.tools, cfg.rollout, invalid_message=task.invalid_message)
         self.step_index = 0
         if checkpoint is not None:
             self.load_state(checkpoint)
@@ -173,8 +183,9 @@ class Trainer:
             if (cfg.save_every and self.step_index % cfg.save_every == 0) or last:
                 self.save()
             bar.update(1)
+            calls = {t.name: f"{metrics[self.task.tool_metric(t.name)]:.2f}" for t in self.tools}
             bar.set_postfix(demos=metrics["demos"], reward=f"{metrics['reward']:.3f}", em=f"{metrics['em']:.2f}",
-                            search=f"{metrics['searches']:.2f}", tok_s=f"{metrics['gen_tokens_per_s']:.0f}")
+                            **calls, tok_s=f"{metrics['gen_tokens_per_s']:.0f}")
         bar.close()
         return history
 
@@ -189,7 +200,7 @@ class Trainer:
         gen_seconds = time.time() - started
 
         answers = [q["answers"] for q in questions for _ in range(cfg.num_generations)]
-        scored = [score(r, a, cfg.alpha) for r, a in zip(rollouts, answers)]
+        scored = [score(r, a, self.task, self.tools, cfg.alpha) for r, a in zip(rollouts, answers)]
         rewards = torch.tensor([m["reward"] for m in scored])  # (N,)
         advantages, informative = group_advantages(rewards, cfg.num_generations)
         chosen = [i for i in range(len(rollouts)) if informative[i]]
@@ -211,7 +222,7 @@ class Trainer:
 
     def prompt(self, question: str, demos: int, step: int, index: int) -> list[int]:
         picks = choose_demos(len(self.demo_pool), demos, self.cfg.seed, step, index)
-        messages = build_messages(question, [self.demo_pool[j] for j in picks], self.cfg.demo_layout)
+        messages = build_messages(question, [self.demo_pool[j] for j in picks], self.cfg.demo_layout, self.instruction)
         return render_prompt(self.tokenizer, messages)
 
     def update(self, rollouts: list[Rollout], advantages: torch.Tensor) -> dict[str, float]:
@@ -255,8 +266,9 @@ class Trainer:
         return totals
 
     def evaluate(self) -> dict[str, float]:
-        cfg = EvalConfig(top_k=self.cfg.top_k, seed=self.cfg.seed, rollout=replace(self.cfg.rollout, temperature=0.0))
-        summary, _ = run_eval(self.model, self.tokenizer, self.eval_set, self.search, cfg, progress=False)
+        cfg = EvalConfig(task=self.cfg.task, seed=self.cfg.seed, rollout=replace(self.cfg.rollout, temperature=0.0))
+        summary, _ = run_eval(self.model, self.tokenizer, self.eval_set, self.task, self.tools, self.instruction, cfg,
+                              progress=False)
         return summary
 
     # ---- checkpoints ----------------------------------------------------------------------------------
@@ -322,14 +334,28 @@ def load_for_inference(checkpoint: str, base: ModelConfig):
     if checkpoint == "base":
         model, tokenizer = load_policy(base)
         return model, tokenizer, None
+    path = resolve_checkpoint(checkpoint)
+    model, tokenizer = load_policy(run_config(path).model, adapter=path / "adapter")
+    return model, tokenizer, path
+
+
+def checkpoint_task(checkpoint: str) -> str:
+    """The task a checkpoint was trained on (qa for `base`)."""
+    return "qa" if checkpoint == "base" else run_config(resolve_checkpoint(checkpoint)).task
+
+
+def run_config(path: Path) -> TrainConfig:
+    from .config import load_config
+
+    return load_config(TrainConfig, path / "config.yaml") if (path / "config.yaml").exists() else TrainConfig()
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """A checkpoint dir, or the latest checkpoint of a run dir."""
     path = Path(checkpoint)
     if (path / "latest").exists() or not (path / "adapter").exists():
         found = latest_checkpoint(path)
         if found is None:
             raise FileNotFoundError(f"{path} holds no checkpoint (expected checkpoint-*/adapter or an adapter/ dir); use --checkpoint base for the untrained model")
         path = found
-    from .config import load_config
-
-    run_cfg = load_config(TrainConfig, path / "config.yaml") if (path / "config.yaml").exists() else TrainConfig()
-    model, tokenizer = load_policy(run_cfg.model, adapter=path / "adapter")
-    return model, tokenizer, path
+    return path

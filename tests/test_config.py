@@ -87,7 +87,7 @@ def test_ints_are_accepted_for_floats():
 
 def test_bool_is_not_accepted_for_an_int():
     with pytest.raises(ValueError, match="top_k"):
-        load_config(TrainConfig, None, ["top_k=true"])
+        load_config(TrainConfig, None, ["search.top_k=true"])
 
 
 def test_override_without_equals_sign_shows_the_form():

@@ -9,7 +9,9 @@ import pytest
 from icrl_lite.evaluate import EvalConfig, evaluate, run_eval, score
 from icrl_lite.model import ModelConfig, load_policy
 from icrl_lite.rollout import Rollout, RolloutConfig
-from icrl_lite.tools import BM25Search
+from icrl_lite.prompts import SEARCH_INSTRUCTION
+from icrl_lite.tasks import get_task
+from icrl_lite.tools import BM25Search, Tool
 from icrl_lite.trainer import TrainConfig, Trainer
 
 TINY_ROLLOUT = RolloutConfig(max_turns=1, max_turn_tokens=8, max_response_tokens=24)
@@ -40,9 +42,9 @@ def eval_records(policy, task, **cfg):
     from icrl_lite.data import load_qa
 
     model, tok = policy
-    search = BM25Search(task / "corpus.jsonl", top_k=2)
-    return run_eval(model, tok, load_qa(task / "qa.jsonl"), search, EvalConfig(rollout=TINY_ROLLOUT, **cfg),
-                    progress=False)
+    tools = [BM25Search(task / "corpus.jsonl", top_k=2).as_tool()]
+    return run_eval(model, tok, load_qa(task / "qa.jsonl"), get_task("qa"), tools, SEARCH_INSTRUCTION,
+                    EvalConfig(rollout=TINY_ROLLOUT, **cfg), progress=False)
 
 
 def test_run_eval_summarises_every_question(policy, task):
@@ -68,6 +70,9 @@ def test_evaluation_decodes_greedily_by_default(policy, task):
     assert [r["trajectory"] for r in first] == [r["trajectory"] for r in second]
 
 
+SEARCH_TOOLS = [Tool("search", "<search>", "</search>", str)]
+
+
 def test_score_counts_searches_from_tool_calls():
     rollout = Rollout(
         prompt_ids=[1], response_ids=[2, 3, 4], loss_mask=[1, 1, 0],
@@ -76,7 +81,7 @@ def test_score_counts_searches_from_tool_calls():
                     {"tool": "search", "query": "b", "observation": "..."},
                     {"tool": "calculator", "query": "1+1", "observation": "2"}],
     )
-    metrics = score(rollout, ["1600"])
+    metrics = score(rollout, ["1600"], get_task("qa"), SEARCH_TOOLS)
     assert metrics["searches"] == 2.0
     assert metrics["em"] == 1.0 and metrics["format_valid"] == 1.0
     assert metrics["response_tokens"] == 2.0  # sampled tokens only
@@ -84,7 +89,7 @@ def test_score_counts_searches_from_tool_calls():
 
 def test_score_reads_the_policy_text_not_the_observations():
     rollout = Rollout(prompt_ids=[1], text="<information><answer> 1600 </answer></information>", policy_text="")
-    assert score(rollout, ["1600"])["em"] == 0.0
+    assert score(rollout, ["1600"], get_task("qa"), SEARCH_TOOLS)["em"] == 0.0
 
 
 @pytest.fixture(scope="module")

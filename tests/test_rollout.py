@@ -3,7 +3,8 @@
 import torch
 
 from icrl_lite.model import ModelConfig, load_policy
-from icrl_lite.rollout import INVALID_ACTION, RolloutConfig, RolloutEngine, sample
+from icrl_lite.prompts import INVALID_ACTION
+from icrl_lite.rollout import RolloutConfig, RolloutEngine, sample
 from icrl_lite.tools import Tool
 
 OBSERVATION = "OBSERVED 42"

@@ -54,8 +54,8 @@ def varied_rewards(monkeypatch):
     counter = itertools.count()
     real_score = trainer_module.score
 
-    def fake_score(rollout, answers, alpha=0.8):
-        metrics = real_score(rollout, answers, alpha)
+    def fake_score(rollout, answers, task, tools, alpha=0.8):
+        metrics = real_score(rollout, answers, task, tools, alpha)
         metrics["reward"] = float(next(counter) % 2)
         return metrics
 
@@ -103,7 +103,7 @@ def test_prompts_carry_as_many_demos_as_the_curriculum_asks(make_config, monkeyp
     # the demos are in the prompt the policy sees, not only in the logged number
     trainer = Trainer(make_config())
     seen = []
-    monkeypatch.setattr(trainer_module, "build_messages", lambda q, demos, layout: seen.append(len(demos)) or
+    monkeypatch.setattr(trainer_module, "build_messages", lambda q, demos, layout, instruction: seen.append(len(demos)) or
                         [{"role": "user", "content": q}])
     trainer.prompt("where?", 1, 0, 0)
     trainer.prompt("where?", 0, 1, 0)

@@ -1,33 +1,111 @@
-"""Tools the model can call, and a registry to build them by name.
+"""Tools the model can call, their config sections, and a registry for tools users bring.
 
-`make_tool("search", corpus="data/corpus.jsonl", top_k=3)` builds the BM25 search tool; new tools plug in
-with `register_tool(name, factory)`, where the factory takes keyword arguments and returns a `Tool`.
-This package is a leaf: it imports nothing else from icrl_lite and loads no model.
+Built-in: `search` (backend `bm25` | `dense` | `hybrid` | `web`, see `SearchConfig`) and `python` (the restricted
+interpreter, see `PythonConfig`). A tool of your own is a name, its tags and a function from call text to an
+observation string; register a factory for it and select it by name in the config:
+
+    # my_tools.py
+    from icrl_lite.tools import Tool, register_tool
+
+    def lookup(key: str) -> str:            # raise freely: an exception becomes "error: ..." for the model
+        return {"pi": "3.14159"}[key]
+
+    register_tool("lookup", lambda: Tool("lookup", "<lookup>", "</lookup>", lookup))
+
+    $ icrl-lite train plugins=[my_tools.py] tools=[search,lookup] instruction="... {question}"
+
+This package is a leaf: it imports nothing else from icrl_lite but `data`, and loads no language model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from icrl_lite.tools.base import Tool, find_call
+from icrl_lite.tools.base import Tool, ToolSession, find_call
+from icrl_lite.tools.python import DEFAULT_MODULES, PythonSandbox, SandboxLimits, python_tool
 from icrl_lite.tools.search import BM25Search, format_documents
 
 __all__ = [
-    "BM25Search",
-    "Tool",
-    "available_tools",
-    "find_call",
-    "format_documents",
-    "make_tool",
-    "register_tool",
+    "BM25Search", "PythonConfig", "PythonSandbox", "SearchConfig", "Tool", "ToolSession", "available_tools",
+    "build_python", "build_search", "find_call", "format_documents", "make_tool", "register_tool",
 ]
+
+SEARCH_BACKENDS = ("bm25", "dense", "hybrid", "web")
+
+
+@dataclass
+class SearchConfig:
+    backend: str = "bm25"
+    """bm25 (local corpus) | dense (sentence-transformers embeddings of the corpus) | hybrid (both, rank fusion) | web (DuckDuckGo through `ddgs`)."""
+    top_k: int = 3
+    """Documents returned per search."""
+    dense_model: str = "all-minilm-l6-v2"
+    """Embedding model for dense/hybrid: a sentence-transformers name or directory (e5 models get query:/passage: prefixes); the default is bundled offline."""
+    web_timeout: float = 10.0
+    """Seconds per web request."""
+    web_min_interval: float = 1.0
+    """Minimum seconds between web requests (a rate limit shared by all rollouts)."""
+    web_cache_dir: str = ""
+    """Where web results are cached by query; empty = ~/.cache/icrl-lite/web (or $ICRL_LITE_CACHE/web)."""
+
+    def validate(self) -> None:
+        if self.backend not in SEARCH_BACKENDS:
+            raise ValueError(f"search.backend={self.backend!r}: use one of {', '.join(SEARCH_BACKENDS)}")
+        if self.top_k < 1 or self.web_timeout <= 0 or self.web_min_interval < 0:
+            raise ValueError("search.top_k must be >= 1, search.web_timeout > 0 and search.web_min_interval >= 0")
+
+
+@dataclass
+class PythonConfig:
+    timeout: float = 5.0
+    """Wall-clock seconds per <python> call; the interpreter is killed and restarted after it."""
+    cpu_seconds: int = 30
+    """CPU seconds per rollout's interpreter."""
+    memory_mb: int = 512
+    """Memory the code may allocate (address space above the warm interpreter's)."""
+    max_output: int = 1000
+    """Characters of output shown to the model."""
+    modules: list[str] = field(default_factory=lambda: list(DEFAULT_MODULES))
+    """Modules the code may import (with their submodules)."""
+
+    def limits(self) -> SandboxLimits:
+        return SandboxLimits(timeout=self.timeout, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb,
+                             max_output=self.max_output, modules=tuple(self.modules))
+
+    def validate(self) -> None:
+        self.limits()  # SandboxLimits checks the values
+
+
+def build_search(cfg: SearchConfig, corpus: str | Path | list[dict] | None) -> Tool:
+    """The `<search>` tool for `cfg.backend` (`corpus` is ignored by the web backend)."""
+    cfg.validate()
+    if cfg.backend == "web":
+        from icrl_lite.tools.web import WebSearch
+
+        return WebSearch(top_k=cfg.top_k, timeout=cfg.web_timeout, min_interval=cfg.web_min_interval,
+                         cache_dir=cfg.web_cache_dir or None).as_tool()
+    if cfg.backend == "bm25":
+        return BM25Search(corpus, top_k=cfg.top_k).as_tool()
+    from icrl_lite.tools.dense import DenseSearch, HybridSearch
+
+    dense = DenseSearch(corpus, model=cfg.dense_model, top_k=cfg.top_k)
+    if cfg.backend == "dense":
+        return dense.as_tool()
+    return HybridSearch(BM25Search(corpus, top_k=cfg.top_k), dense, top_k=cfg.top_k).as_tool()
+
+
+def build_python(cfg: PythonConfig) -> Tool:
+    """The `<python>` tool: one jailed interpreter per rollout (see `icrl_lite.tools.python`)."""
+    return PythonSandbox(cfg.limits()).as_tool()
+
 
 _FACTORIES: dict[str, Callable[..., Tool]] = {}
 
 
 def register_tool(name: str, factory: Callable[..., Tool]) -> None:
-    """Make `make_tool(name, **kwargs)` call `factory(**kwargs)`."""
+    """Make `make_tool(name, **kwargs)` call `factory(**kwargs)`; the factory returns a `Tool`."""
     if name in _FACTORIES:
         raise ValueError(f"a tool named {name!r} is already registered; pick another name")
     _FACTORIES[name] = factory
@@ -36,8 +114,12 @@ def register_tool(name: str, factory: Callable[..., Tool]) -> None:
 def make_tool(name: str, **kwargs) -> Tool:
     """Build the tool registered as `name` with the given keyword arguments."""
     if name not in _FACTORIES:
-        raise ValueError(f"unknown tool {name!r}; available tools: {', '.join(available_tools())}")
-    return _FACTORIES[name](**kwargs)
+        raise ValueError(f"unknown tool {name!r}; available tools: {', '.join(available_tools())} "
+                         "(register your own with icrl_lite.tools.register_tool, loaded through plugins=[file.py])")
+    tool = _FACTORIES[name](**kwargs)
+    if not isinstance(tool, Tool):
+        raise TypeError(f"the factory of tool {name!r} returned {type(tool).__name__}, not an icrl_lite.tools.Tool")
+    return tool
 
 
 def available_tools() -> list[str]:
@@ -50,3 +132,4 @@ def _make_search(corpus: str | Path | list[dict], top_k: int = 3, cache_dir: str
 
 
 register_tool("search", _make_search)
+register_tool("python", python_tool)

@@ -10,6 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class ToolSession(Protocol):
+    """Per-rollout state of a stateful tool (the Python interpreter of one rollout)."""
+
+    def run(self, call_text: str) -> str: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -22,16 +31,17 @@ class Tool:
     fn: Callable[[str], str]  # call text (stripped) -> observation text
     result_open: str = "<information>"
     result_close: str = "</information>"
+    session: Callable[[], ToolSession] | None = None  # stateful tools: one session per rollout
 
-    def run(self, call_text: str) -> str:
-        """Run the tool and return its observation.
+    def run(self, call_text: str, session: ToolSession | None = None) -> str:
+        """Run the tool (in `session`, when the tool keeps per-rollout state) and return its observation.
 
         A failure of the tool (bad query, code that raises, timeout) is an observation the model sees,
         "error: ValueError: ...", not a crash of the rollout. Only `Exception` is caught, so
         KeyboardInterrupt and SystemExit still stop the program.
         """
         try:
-            return self.fn(call_text)
+            return session.run(call_text) if session is not None else self.fn(call_text)
         except Exception as e:  # noqa: BLE001 - the failure is reported to the model, see docstring
             return f"error: {type(e).__name__}: {e}"
 
