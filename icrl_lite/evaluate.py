@@ -62,7 +62,7 @@ class EvalConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base model (ignored for checkpoints, which record their own)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    """Rollout budgets used during evaluation (its temperature is replaced by `temperature`)."""
+    """Rollout budgets used during evaluation (its temperature is replaced by `temperature`); when none is set, a checkpoint is evaluated with the budgets it was trained with."""
     search: SearchConfig = field(default_factory=SearchConfig)
     """The search tool."""
     python: PythonConfig = field(default_factory=PythonConfig)
@@ -161,10 +161,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     """Load the checkpoint (or base model), run the evaluation, write records; returns the summary."""
     from .trainer import load_for_inference
 
-    from .trainer import checkpoint_task
+    from .trainer import resolve_checkpoint, run_config
 
     cfg.validate()
-    cfg.task = cfg.task or checkpoint_task(cfg.checkpoint)
+    if cfg.checkpoint != "base":
+        trained = run_config(resolve_checkpoint(cfg.checkpoint))
+        cfg.task = cfg.task or trained.task
+        if cfg.rollout == RolloutConfig():  # no budget overridden: evaluate with the budgets the run trained with
+            cfg.rollout = trained.rollout
+    cfg.task = cfg.task or "qa"
     task, tools, instruction = setup_task(cfg)
     examples = task.load(cfg.dataset, split=cfg.split) if cfg.dataset else task.load(task.bundled(cfg.split))
     if cfg.limit:

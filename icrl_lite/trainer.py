@@ -339,11 +339,6 @@ def load_for_inference(checkpoint: str, base: ModelConfig):
     return model, tokenizer, path
 
 
-def checkpoint_task(checkpoint: str) -> str:
-    """The task a checkpoint was trained on (qa for `base`)."""
-    return "qa" if checkpoint == "base" else run_config(resolve_checkpoint(checkpoint)).task
-
-
 def run_config(path: Path) -> TrainConfig:
     from .config import load_config
 

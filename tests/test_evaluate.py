@@ -123,3 +123,19 @@ def test_evaluate_writes_next_to_the_checkpoint_by_default(run_dir, task):
 def test_checkpoint_dir_without_checkpoints_points_to_base(tmp_path, task):
     with pytest.raises(FileNotFoundError, match="--checkpoint base"):
         evaluate(EvalConfig(checkpoint=str(tmp_path), dataset=str(task / "qa.jsonl"), corpus=str(task / "corpus.jsonl")))
+
+
+def test_a_checkpoint_is_evaluated_with_its_task_and_training_budgets(run_dir, task, monkeypatch):
+    # no rollout key given: the run's budgets (max_turn_tokens=8 in the fixture run) and task are used
+    from icrl_lite import evaluate as evaluate_module
+
+    seen = {}
+
+    def spy(model, tok, examples, task_, tools, instruction, cfg, pool=(), progress=True):
+        seen.update(task=task_.name, max_turn_tokens=cfg.rollout.max_turn_tokens)
+        return {"questions": 0.0}, []
+
+    monkeypatch.setattr(evaluate_module, "run_eval", spy)
+    evaluate(EvalConfig(checkpoint=str(run_dir), dataset=str(task / "qa.jsonl"), corpus=str(task / "corpus.jsonl"),
+                        output=str(task / "out.jsonl")))
+    assert seen == {"task": "qa", "max_turn_tokens": 8}
