@@ -9,23 +9,34 @@ a blocked operation, a timeout, the memory limit, or a crash.
 
 Threat model. The code is untrusted: an RL policy writes whatever raises its reward, and may write hostile
 or broken code by accident. The sandbox protects the HOST and the TRAINING RUN:
-- time: wall-clock timeout per call (the interpreter's whole process group is SIGKILLed) and a CPU-time limit;
+- time: wall-clock timeout per call (the interpreter is SIGKILLed) and a CPU-time limit;
 - memory: an address-space limit above the warm interpreter's baseline; output and file-size caps;
-- processes: no fork/exec/spawn/subprocess (audit hook), RLIMIT_NPROC = 0, and uid `nobody` when the
-  trainer runs as root (root ignores RLIMIT_NPROC);
+- processes: no fork/exec/spawn/subprocess (audit hook), RLIMIT_NPROC = 0, and, when the trainer runs as root
+  (root ignores RLIMIT_NPROC), a uid of the session's own (`nobody` where that uid is unavailable), so sessions
+  cannot signal the trainer or one another; the few functions that reach other processes or create files
+  without an audit event (pidfd_send_signal, sched_setaffinity, setpriority, mkfifo, mknod, ...) are deleted
+  from the interpreter; a session's process is killed whenever the session discards it, and the zygote kills
+  its remaining children when it exits;
 - files: writes, deletes and renames only inside a fresh per-session directory (removed afterwards); reads
-  only there and in Python's own installation (so no /etc, /proc/*/environ, home directories, keys);
+  only there and in Python's own installation (so no /etc, /proc/*/environ, home directories, keys); a path
+  must reach the hook as an exact str or bytes (a str subclass could show the hook one path and the OS
+  another), and dir_fd arguments (and relative paths in `os.open`, whose dir_fd the hook cannot see) are
+  refused; metadata of other files (os.stat, os.readlink) stays visible;
 - network: no sockets (audit hook), plus an empty network namespace when the kernel allows it;
 - secrets: the interpreter starts from a clean environment (no inherited variables) with stdin closed;
 - escapes through the language: imports are restricted to an allow-list, and every operation that reaches
-  the OS (os.system, open, socket, ctypes, signals to other processes, ...) passes a CPython audit hook
-  (PEP 578) that cannot be removed from Python. `__subclasses__`, `__builtins__` or frame walking can reach
-  the `os` module, but not around the hook: the hook's policy lives in private globals out of reach of the
-  sandboxed code, so tampering with `builtins`, `os` or the worker's module changes nothing it checks.
+  the OS (os.system, open, socket, signals to other processes, ...) passes a CPython audit hook (PEP 578)
+  that cannot be removed from Python. `__subclasses__`, `__builtins__` or frame walking can reach the `os`
+  module, but not around the hook: its policy is bound to the hook function alone, which reads no globals or
+  builtins, so tampering with `builtins`, `os`, the worker's module or the hook's own frame (visible in the
+  traceback of every denial) changes nothing it checks. ctypes (raw memory access) is never loaded: the
+  zygote gives sympy a stand-in, and native modules load only from Python's installation.
 NOT protected against: memory-corruption bugs in CPython or C extensions (crafted bytecode loaded through the
-import machinery, say); a determined attacker with such a bug escapes the in-process guards, leaving only
-the OS limits (uid nobody when root, rlimits, the per-session directory). Side channels and CPU contention
-are not isolated. For untrusted users (rather than an RL policy) run training in a container or VM as well.
+import machinery or marshal, say); a determined attacker with such a bug escapes the in-process guards,
+leaving only the OS limits (a uid of its own when root, rlimits, the per-session directory, the network
+namespace). When the trainer is not root those OS limits cannot separate uids. Disk use inside the session
+directory is capped per file (max_file_mb) but not in total. Side channels and CPU contention are not
+isolated. For untrusted users (rather than an RL policy) run training in a container or VM as well.
 Linux only (fork, /proc, rlimits, SOCK_SEQPACKET).
 """
 
@@ -33,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -120,16 +132,20 @@ class PythonSandbox:
         self._control = ours
 
     def _stop(self) -> None:
+        """Close the control socket (the zygote then kills its sessions and exits); kill it if it lingers."""
         if self._control is not None:
             self._control.close()
             self._control = None
         if self._zygote is not None and self._zygote.poll() is None:
-            self._zygote.kill()
-            self._zygote.wait()
+            try:
+                self._zygote.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._zygote.kill()
+                self._zygote.wait()
         self._zygote = None
 
-    def _spawn(self) -> tuple[int, socket.socket, str]:
-        """Fork a jailed interpreter; returns (pid, its socket, its working directory)."""
+    def _spawn(self) -> tuple[int, socket.socket, str, int | None]:
+        """Fork a jailed interpreter; returns (pid, its socket, its working directory, a pidfd for it or None)."""
         limits = {k: v for k, v in asdict(self.limits).items() if k != "modules"}
         with self._lock:
             for attempt in range(2):
@@ -156,7 +172,11 @@ class PythonSandbox:
             ours.close()
             raise RuntimeError("a sandboxed interpreter died while jailing itself (are rlimits or setuid forbidden here?)")
         started = json.loads(hello)
-        return started["pid"], ours, started["workdir"]
+        try:  # the child waits for its first request, so the pid is still its own
+            pidfd = os.pidfd_open(started["pid"])
+        except (AttributeError, OSError):  # no pidfds (Linux < 5.3): fall back to its process group
+            pidfd = None
+        return started["pid"], ours, started["workdir"], pidfd
 
 
 class PythonSession:
@@ -164,14 +184,14 @@ class PythonSession:
 
     def __init__(self, sandbox: PythonSandbox):
         self.sandbox, self.limits = sandbox, sandbox.limits
-        self._process: tuple[int, socket.socket, str] | None = None
+        self._process: tuple[int, socket.socket, str, int | None] | None = None
         self.calls = 0
 
     def run(self, code: str) -> str:
         self.calls += 1
         if self._process is None:
             self._process = self.sandbox._spawn()
-        pid, conn, _ = self._process
+        conn = self._process[1]
         conn.settimeout(self.limits.timeout)
         request = json.dumps({"code": code}).encode()
         if len(request) > MAX_MESSAGE:
@@ -180,14 +200,17 @@ class PythonSession:
             conn.send(request)
             reply = conn.recv(MAX_MESSAGE)
         except TimeoutError:
-            self._discard(kill=pid)
+            self._discard()
             return f"error: timed out after {self.limits.timeout:g} s; {RESTARTED}"
         except OSError:
             reply = b""
         if not reply:
             self._discard()
             return f"error: the interpreter stopped (a crash, or the CPU-time or memory limit); {RESTARTED}"
-        result = json.loads(reply)
+        result = _parse_reply(reply)
+        if result is None:  # the code wrote on the session's socket itself, or broke the worker's json
+            self._discard()
+            return f"error: the interpreter sent a malformed reply (did the code tamper with the worker?); {RESTARTED}"
         text = result["output"].rstrip("\n")  # print()'s final newline, as in the demonstrations
         if result["error"]:
             text = f"{text}\n{result['error']}" if text else result["error"]
@@ -208,19 +231,38 @@ class PythonSession:
     def __del__(self) -> None:
         self._discard()
 
-    def _discard(self, kill: int | None = None) -> None:
-        """Forget the interpreter: SIGKILL its process group if it is still running code, remove its directory."""
+    def _discard(self) -> None:
+        """Forget the interpreter: SIGKILL it (idle, busy, or pretending to be gone) and remove its directory."""
         if self._process is None:
             return
-        _, conn, workdir = self._process
+        pid, conn, workdir, pidfd = self._process
         self._process = None
-        if kill is not None:
-            try:
-                os.killpg(kill, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        conn.close()  # an idle interpreter exits when its socket closes
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                select.select([pidfd], [], [], 1.0)  # readable once it has exited: then nothing writes to workdir
+            else:
+                os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone (a pid reused since belongs to someone else: leave it)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        conn.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _parse_reply(reply: bytes) -> dict | None:
+    """The worker's reply, or None when it is not one (the sandboxed code can write on its socket)."""
+    try:
+        result = json.loads(reply)
+    except ValueError:
+        return None
+    if not isinstance(result, dict) or not isinstance(result.get("output"), str):
+        return None
+    if not isinstance(result.get("error"), (str, type(None))) or not isinstance(result.get("violation"), bool):
+        return None
+    return result
 
 
 def _cap(text: str, limit: int) -> str:
