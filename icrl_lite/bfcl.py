@@ -1,0 +1,505 @@
+"""BFCL (Berkeley Function Calling Leaderboard, v4): data, output decoders, the AST checker and the scores.
+
+Pure and stdlib-only: no model, no torch, no import of `bfcl_eval` (its imports pull heavy pinned
+dependencies); the package is only located, to read its data files (`pip install --no-deps bfcl-eval`).
+
+- `load_category` reads one Python single-turn category: the first turn's chat messages, the function
+  schemas and, except for the (ir)relevance categories, which have none, the possible answers.
+- `decode_python_calls` mirrors bfcl-eval's `default_decode_ast_prompting` (a Python list of keyword calls,
+  `[f(a=1), g.h(b=[1, 2])]`); `decode_toolrl_calls` reads ToolRL's `<tool_call>` JSON lines.
+- `check` mirrors `ast_checker.py` rule by rule (type checks, string normalisation, optional parameters,
+  greedy any-order matching of parallel calls) and the runner's relevance / irrelevance rule; its error
+  strings are the official ones (those on call counts also give the counts).
+- `aggregate` / `format_table` turn per-category accuracies into the leaderboard's summary scores.
+
+Departures from bfcl-eval, all on outputs the official decoder would mishandle:
+- a ```python fence around the list is removed (the official decoder fails on it), and only the text after
+  the last `</think>` is read (as bfcl-eval's handlers for thinking models do before decoding);
+- arithmetic inside an argument (`x=2*3`) is computed on numbers, strings and lists only, never `eval`ed;
+  of unary operators only `-` and `+` on a number decode (the official decoder negates any: `not True` -> -1);
+- values that are not JSON-like (bytes, complex numbers, `**kwargs`, non-scalar dict keys) fail to decode;
+- only Python is supported (Java and JavaScript need the official type converters).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import operator
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The Python single-turn categories (non-live, then live).
+CATEGORIES = (
+    "simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance",
+    "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance", "live_relevance",
+)
+NON_LIVE_AST = ("simple_python", "multiple", "parallel", "parallel_multiple")
+LIVE_AST = ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
+VERSION_PREFIX = "BFCL_v4"
+
+Call = dict[str, Any]  # {"name": str, "arguments": dict}
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    category: str
+    question: list[dict[str, str]]  # chat messages of the first turn (BFCL stores a list of turns)
+    functions: list[dict]  # JSON schemas: name, description, parameters {type, properties, required}
+    # [{func: {param: [acceptable values]}}]; None for the (ir)relevance categories, which have no answers
+    ground_truth: list[dict[str, dict[str, list]]] | None
+
+
+def bfcl_data_dir() -> Path:
+    """The `data/` folder of the installed bfcl-eval package (located, not imported)."""
+    spec = importlib.util.find_spec("bfcl_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("BFCL data needs the bfcl-eval package: pip install --no-deps bfcl-eval")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_category(name: str, limit: int | None = None) -> list[Entry]:
+    """The entries of one category, in file order (the first `limit` if given)."""
+    if name not in CATEGORIES:
+        raise ValueError(f"unknown BFCL category {name!r}; choose from {', '.join(CATEGORIES)}")
+    data = bfcl_data_dir()
+    rows = _read_jsonl(data / f"{VERSION_PREFIX}_{name}.json")[:limit]
+    answer_path = data / "possible_answer" / f"{VERSION_PREFIX}_{name}.json"
+    answers = {r["id"]: r["ground_truth"] for r in _read_jsonl(answer_path)} if answer_path.exists() else None
+    return [Entry(id=r["id"], category=name, question=r["question"][0], functions=r["function"],
+                  ground_truth=None if answers is None else answers[r["id"]]) for r in rows]
+
+
+# ---- decoders ----------------------------------------------------------------------------------------------
+
+
+class _Undecodable(Exception):
+    pass
+
+
+_FENCE = re.compile(r"\s*```(?:python|py)?[ \t]*\n(.*?)\n?\s*```\s*", re.DOTALL)
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+               ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_MAX_REPEAT = 100_000  # longest string / list an argument's arithmetic may build; bits of an integer power
+# what arithmetic operands may contain: literals only (bfcl-eval `eval`s them, so names fail there too)
+_LITERAL_NODES = (ast.Constant, ast.UnaryOp, ast.BinOp, ast.List, ast.Tuple, ast.operator, ast.unaryop,
+                  ast.expr_context)
+
+
+def _after_think(text: str) -> str:
+    return text.rsplit("</think>", 1)[1] if "</think>" in text else text
+
+
+def _call_name(func: ast.expr) -> str:
+    parts = []
+    while isinstance(func, ast.Attribute):  # math.factorial, a.b.c
+        parts.append(func.attr)
+        func = func.value
+    if isinstance(func, ast.Name):
+        parts.append(func.id)
+    return ".".join(reversed(parts))
+
+
+def _keyword_call(node: ast.Call) -> Call:
+    if any(kw.arg is None for kw in node.keywords):  # f(**kwargs)
+        raise _Undecodable("**kwargs")
+    # positional arguments are dropped, as bfcl-eval does (the call then misses its required parameters)
+    return {"name": _call_name(node.func), "arguments": {kw.arg: _value(kw.value) for kw in node.keywords}}
+
+
+def _arithmetic(node: ast.BinOp) -> Any:
+    if not all(isinstance(n, _LITERAL_NODES) for n in ast.walk(node)):
+        raise _Undecodable("arithmetic on something other than literals")
+    left, right, op = _value(node.left), _value(node.right), _ARITHMETIC.get(type(node.op))
+    if op is None:
+        raise _Undecodable(f"operator {type(node.op).__name__}")
+    if isinstance(node.op, ast.Mult) and any(isinstance(x, (str, list, tuple)) for x in (left, right)):
+        n = right if isinstance(right, int) else left
+        size = len(left) if isinstance(left, (str, list, tuple)) else len(right)
+        if isinstance(n, int) and n * size > _MAX_REPEAT:
+            raise _Undecodable("repetition too large")
+    if (isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+            and right * left.bit_length() > _MAX_REPEAT):
+        raise _Undecodable("power too large")
+    try:
+        return op(left, right)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        raise _Undecodable(str(e)) from e
+
+
+def _value(node: ast.expr) -> Any:
+    """An argument's value, as bfcl-eval's `resolve_ast_by_type` reads it."""
+    if isinstance(node, ast.Constant):
+        if node.value is Ellipsis:
+            return "..."
+        if isinstance(node.value, (bytes, complex)):
+            raise _Undecodable(type(node.value).__name__)
+        return node.value
+    if isinstance(node, ast.UnaryOp):  # -5, -2.5
+        if not (isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float))):
+            raise _Undecodable("unary operator on a non-number")
+        if isinstance(node.op, ast.USub):
+            return -node.operand.value
+        if isinstance(node.op, ast.UAdd):
+            return node.operand.value
+        raise _Undecodable(f"operator {type(node.op).__name__}")
+    if isinstance(node, ast.List):
+        return [_value(v) for v in node.elts]
+    if isinstance(node, ast.Tuple):
+        return tuple(_value(v) for v in node.elts)
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):  # {**other}
+            raise _Undecodable("dict unpacking")
+        keys = [_value(k) for k in node.keys]
+        if any(not isinstance(k, (str, int, float, bool, type(None))) for k in keys):
+            raise _Undecodable("dict key that is not a scalar")
+        return {k: _value(v) for k, v in zip(keys, node.values)}
+    if isinstance(node, ast.BinOp):
+        return _arithmetic(node)
+    if isinstance(node, ast.Name):  # an unquoted word: kept as its text
+        return node.id
+    if isinstance(node, ast.Call):  # a call with keywords nests as {name: arguments}; without, as its source
+        if not node.keywords:
+            return ast.unparse(node)
+        call = _keyword_call(node)
+        return {call["name"]: call["arguments"]}
+    if isinstance(node, ast.Subscript):
+        return ast.unparse(node)
+    raise _Undecodable(f"unsupported expression {type(node).__name__}")
+
+
+def decode_python_calls(text: str) -> list[Call] | None:
+    """`[func(a=1), pkg.other(b=[1, -2])]` (or a bare `func(a=1)`) -> calls; None if not a list of calls.
+
+    Mirrors bfcl-eval's `default_decode_ast_prompting`: strip backticks, newlines and spaces, add the missing
+    brackets, parse as a Python expression; every element must be a call, keyword arguments only. An empty
+    output decodes to [] (no call).
+    """
+    text = _after_think(text)
+    fenced = _FENCE.fullmatch(text)
+    if fenced:
+        text = fenced.group(1)
+    text = text.strip("`\n ")
+    if not text.startswith("["):
+        text = "[" + text
+    if not text.endswith("]"):
+        text = text + "]"
+    try:
+        tree = ast.parse(text.strip().strip("'"), mode="eval").body
+        if not isinstance(tree, ast.List) or not all(isinstance(e, ast.Call) for e in tree.elts):
+            return None
+        return [_keyword_call(e) for e in tree.elts]
+    except (SyntaxError, ValueError, RecursionError, MemoryError, _Undecodable):
+        return None
+
+
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+
+
+def _json_call(obj: Any) -> Call:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        raise _Undecodable("not a {name, parameters} object")
+    args = obj.get("parameters", obj.get("arguments", {}))
+    if isinstance(args, str):  # OpenAI style: the arguments as a JSON string
+        args = json.loads(args)
+    if not isinstance(args, dict):
+        raise _Undecodable("parameters is not an object")
+    return {"name": obj["name"], "arguments": args}
+
+
+def _json_block(block: str) -> list[Call]:
+    block = block.strip()
+    if not block:
+        return []
+    try:  # the whole block as one (possibly pretty-printed) object or a list of objects
+        whole = json.loads(block)
+        return [_json_call(o) for o in whole] if isinstance(whole, list) else [_json_call(whole)]
+    except json.JSONDecodeError:
+        return [_json_call(json.loads(line)) for line in block.splitlines() if line.strip()]
+
+
+def decode_toolrl_calls(text: str) -> list[Call] | None:
+    """ToolRL's `<tool_call>` blocks, one `{"name": ..., "parameters"|"arguments": {...}}` JSON per line -> calls.
+
+    Every block of the response counts (Qwen writes one per call); a last block left open by a stop string is
+    read to the end. None when there is no block or any line is not such an object.
+    """
+    blocks = _TOOL_CALL.findall(_after_think(text))
+    if not blocks:
+        return None
+    try:
+        return [call for block in blocks for call in _json_block(block)]
+    except (json.JSONDecodeError, RecursionError, _Undecodable):
+        return None
+
+
+# ---- the AST checker ---------------------------------------------------------------------------------------
+
+# Schema type -> the Python type a value must have ("any" is read as a string, as bfcl-eval does;
+# number/object are the JSON-Schema spellings of float/dict).
+PYTHON_TYPES = {"string": str, "integer": int, "float": float, "number": float, "boolean": bool,
+                "array": list, "tuple": list, "dict": dict, "object": dict, "any": str}
+_NESTED = ("array", "tuple")  # types whose items are type-checked too (one level, as bfcl-eval)
+_STANDARDIZE = re.compile(r"[ ,./\-_*^]")
+
+
+def standardize_string(s: str) -> str:
+    """bfcl-eval's string normalisation: drop spaces and `,./-_*^`, lowercase, `'` -> `"`."""
+    return _STANDARDIZE.sub("", s).lower().replace("'", '"')
+
+
+def _std(x: Any) -> Any:
+    return standardize_string(x) if isinstance(x, str) else x
+
+
+def _answer_type(acceptable: list) -> type | None:
+    """The type of the first non-optional acceptable value (how bfcl-eval spots variables)."""
+    return next((type(a) for a in acceptable if a != ""), None)
+
+
+def _type_check(param: str, value: Any, acceptable: list, schema_type: str, expected: type,
+                nested: type | None, nested_name: str = "") -> tuple[bool, str, bool]:
+    """-> (valid, error, is_variable). A value of the gold answers' type, when that differs from the schema's,
+    is a "variable" and is later compared exactly (bfcl-eval's `type_checker`)."""
+    answer_type = _answer_type(acceptable)
+    is_variable = answer_type is not None and answer_type is not expected
+    if type(value) is expected:
+        if nested is None:
+            return True, "", is_variable
+        for answer in acceptable:  # the items must fit the item type for at least one acceptable list
+            if type(answer) is not list or all(
+                    _type_check(param, item, answer, nested_name, nested, None)[0] for item in value):
+                return True, "", is_variable
+        return False, (f"Nested type checking failed for parameter {param!r}. Expected outer type {schema_type} "
+                       f"with inner type {nested_name}. Parameter value: {value!r}."), False
+    if answer_type is not None and type(value) is answer_type:
+        return True, "", True
+    return False, (f"Incorrect type for parameter {param!r}. Expected type {schema_type}, got "
+                   f"{type(value).__name__}. Parameter value: {value!r}."), False
+
+
+def _string_check(param: str, value: str, acceptable: list) -> str:
+    if standardize_string(value) not in [standardize_string(a) for a in acceptable if isinstance(a, str)]:
+        return f"Invalid value for parameter {param!r}: {value!r}. Expected one of {acceptable}. Case insensitive."
+    return ""
+
+
+def _list_check(param: str, value: list, acceptable: list) -> str:
+    # "" (optional) standardizes to [] as in bfcl-eval, so an empty list then matches
+    options = [[_std(x) for x in a] for a in acceptable if isinstance(a, (list, str))]
+    if [_std(x) for x in value] not in options:
+        return f"Invalid value for parameter {param!r}: {value!r}. Expected one of {acceptable}."
+    return ""
+
+
+def _dict_check(value: dict, acceptable: list) -> str:
+    """One level: every key known and its value acceptable, every non-optional key present."""
+    error = f"Invalid value: {value!r}. Expected one of {acceptable}."
+    for answer in acceptable:
+        if not isinstance(answer, dict):  # "" (optional)
+            continue
+        error = ""
+        for key, v in value.items():
+            if key not in answer:
+                error = f"Unexpected dict key parameter: '{key}'."
+                break
+            options = [_std(a) for a in answer[key]]
+            if _std(v) not in options:
+                error = f"Invalid value for parameter {key!r}: {v!r}. Expected one of {options}."
+                break
+        else:
+            missing = [k for k, options in answer.items() if k not in value and "" not in options]
+            if missing:
+                error = f"Missing dict key parameter: '{missing[0]}'."
+        if not error:
+            return ""
+    return error
+
+
+def _list_dict_check(value: list, acceptable: list) -> str:
+    """A list of dicts: same length as an acceptable list, each dict checked against the one at its index."""
+    error = f"Invalid value: {value!r}. Expected one of {acceptable}."
+    for answer in acceptable:
+        if not isinstance(answer, (list, str)) or len(value) != len(answer):
+            error = "Wrong number of dictionaries in the list."
+            continue
+        errors = (_dict_check(v, [a]) if isinstance(v, dict) else f"Not a dict: {v!r}." for v, a in zip(value, answer))
+        error = next((e for e in errors if e), "")
+        if not error:
+            return ""
+    return error
+
+
+def _check_call(schema: dict, call: dict[str, dict], answer: dict[str, dict[str, list]],
+                underscore_to_dot: bool) -> str:
+    """One decoded call {name: arguments} against one gold call {name: {param: [acceptable]}}; "" if it matches."""
+    gold = next(iter(answer.values()))
+    name = schema["name"]
+    if underscore_to_dot and "." in name:  # for models whose API forbids "." in names (not prompting models)
+        name = name.replace(".", "_")
+    if name not in call:
+        return f"Function name {name!r} not found in model output."
+    arguments = call[name]
+    properties = schema["parameters"]["properties"]
+    for param in schema["parameters"].get("required", []):
+        if param not in arguments:
+            return f"Missing required parameter: {param!r}."
+    for param, value in arguments.items():
+        if param not in properties or param not in gold:
+            return f"Unexpected parameter: {param!r}."
+        schema_type = properties[param]["type"]
+        if schema_type not in PYTHON_TYPES:
+            raise ValueError(f"parameter {param!r} of {schema['name']!r} has type {schema_type!r}, which the "
+                             f"checker does not know; known: {', '.join(PYTHON_TYPES)}")
+        expected, nested, nested_name = PYTHON_TYPES[schema_type], None, ""
+        if schema_type in _NESTED and "type" in properties[param].get("items", {}):
+            nested_name = properties[param]["items"]["type"]
+            nested = PYTHON_TYPES[nested_name]
+        if schema_type == "tuple" and type(value) is tuple:
+            value = list(value)
+        if schema_type in ("float", "number") and type(value) is int:  # an int is accepted for a float
+            value = float(value)
+        acceptable = gold[param]
+        valid, error, is_variable = _type_check(param, value, acceptable, schema_type, expected, nested, nested_name)
+        if not valid:
+            return error
+        if not is_variable:
+            if expected is dict:
+                error = _dict_check(value, acceptable)
+            elif expected is list and nested is dict:
+                error = _list_dict_check(value, acceptable)
+            elif expected is str:
+                error = _string_check(param, value, acceptable)
+            elif expected is list:
+                error = _list_check(param, value, acceptable)
+            else:
+                error = "" if value in acceptable else (
+                    f"Invalid value for parameter {param!r}: {value!r}. Expected one of {acceptable}.")
+            if error:
+                return error
+        elif value not in acceptable:
+            return f"Invalid value for parameter {param!r}: {value!r}. Expected one of {acceptable}."
+    for param, acceptable in gold.items():
+        if param not in arguments and "" not in acceptable:
+            return f"Optional parameter {param!r} not provided and not marked as optional."
+    return ""
+
+
+def _schema(functions: list[dict], name: str) -> dict:
+    for schema in functions:
+        if schema["name"] == name:
+            return schema
+    raise ValueError(f"the gold function {name!r} has no schema among {[f['name'] for f in functions]}")
+
+
+def _is_call_list(calls: Any) -> bool:
+    return isinstance(calls, list) and all(
+        isinstance(c, Mapping) and isinstance(c.get("name"), str) and isinstance(c.get("arguments"), Mapping)
+        for c in calls)
+
+
+def check(calls: Sequence[Call] | None, entry: Entry, language: str = "python",
+          underscore_to_dot: bool = False) -> tuple[bool, str]:
+    """Score decoded calls (None = the output did not decode) against an entry -> (valid, error).
+
+    (ir)relevance: irrelevance is correct when there is no call (no decode, or an empty list), live_relevance
+    when there is at least one. Otherwise, as bfcl-eval's `ast_checker`: "parallel" categories need as many
+    calls as gold calls, matched in any order (each gold call, in order, takes the first unmatched call that
+    passes); "multiple" ones one call, checked against the gold function's schema; the rest exactly one call.
+    `underscore_to_dot` mirrors models scored with "." replaced by "_" in names (off for prompting models).
+    """
+    if language != "python":
+        raise ValueError(f"language={language!r}: only python is supported "
+                         "(BFCL's Java and JavaScript categories need its type converters)")
+    category = entry.category
+    has_call = _is_call_list(calls) and len(calls) > 0
+    if "relevance" in category:  # irrelevance and live_relevance
+        if "irrelevance" in category:
+            return (True, "") if not has_call else (False, "Valid syntax. Successfully decode AST when it should not.")
+        return (True, "") if has_call else (False, "Invalid syntax. Failed to decode AST when it should have.")
+    if calls is None:
+        return False, "Invalid syntax. Failed to decode AST."
+    if not _is_call_list(calls):
+        return False, "Did not output in the specified format."
+    outputs = [{c["name"]: dict(c["arguments"])} for c in calls]
+    gold = entry.ground_truth
+    if gold is None:
+        raise ValueError(f"entry {entry.id} of {category} has no ground truth to check calls against")
+    if "parallel" in category or "multiple" in category:
+        if len(outputs) != len(gold):
+            return False, f"Wrong number of functions: {len(outputs)} for {len(gold)} expected."
+    elif len(outputs) != 1:
+        return False, f"Wrong number of functions: {len(outputs)} for 1 expected."
+    if "parallel" not in category:
+        schema = _schema(entry.functions, next(iter(gold[0]))) if "multiple" in category else entry.functions[0]
+        error = _check_call(schema, outputs[0], gold[0], underscore_to_dot)
+        return not error, error
+    matched: set[int] = set()
+    for i, answer in enumerate(gold):
+        schema = _schema(entry.functions, next(iter(answer)))
+        errors = {}
+        for j, output in enumerate(outputs):
+            if j in matched:
+                continue
+            errors[j] = _check_call(schema, output, answer, underscore_to_dot)
+            if not errors[j]:
+                matched.add(j)
+                break
+        else:
+            details = "; ".join(f"output {j}: {e}" for j, e in errors.items())
+            return False, (f"Could not find a matching function among index {sorted(errors)} of model output for "
+                           f"index {i} of possible answers ({next(iter(answer))}). {details}")
+    return True, ""
+
+
+# ---- scores ------------------------------------------------------------------------------------------------
+
+
+def aggregate(results: Mapping[str, float], counts: Mapping[str, int]) -> dict[str, float]:
+    """Summary scores of per-category accuracies (fractions in [0, 1]).
+
+    - `non_live_ast_python_simple`: the leaderboard's Non-Live AST, the unweighted mean of simple, multiple,
+      parallel and parallel_multiple, with simple = simple_python only (the leaderboard's simple also averages
+      Java and JavaScript); present only when all four categories are.
+    - `live_ast`: the leaderboard's Live AST, the mean of the four live AST categories weighted by their
+      entry counts; present only when all four are.
+    - `categories_mean`: the unweighted mean of every category present (not a leaderboard number).
+    """
+    summary = {}
+    if all(c in results for c in NON_LIVE_AST):
+        summary["non_live_ast_python_simple"] = sum(results[c] for c in NON_LIVE_AST) / len(NON_LIVE_AST)
+    if all(c in results for c in LIVE_AST):
+        total = sum(counts[c] for c in LIVE_AST)
+        summary["live_ast"] = sum(results[c] * counts[c] for c in LIVE_AST) / total if total else 0.0
+    if results:
+        summary["categories_mean"] = sum(results.values()) / len(results)
+    return summary
+
+
+def format_table(results: Mapping[str, float], counts: Mapping[str, int]) -> str:
+    """Per-category accuracies (%) with entry counts, then the summary scores of `aggregate`."""
+    order = [c for c in CATEGORIES if c in results] + sorted(set(results) - set(CATEGORIES))
+    width = max([len(c) for c in order] + [len("non_live_ast_python_simple")])
+    lines = [f"{'category':<{width}}  {'n':>5}  {'accuracy':>8}"]
+    lines += [f"{c:<{width}}  {counts.get(c, 0):>5}  {100 * results[c]:>8.2f}" for c in order]
+    summary = aggregate(results, counts)
+    if summary:
+        lines.append("-" * (width + 17))
+        sizes = {"non_live_ast_python_simple": sum(counts.get(c, 0) for c in NON_LIVE_AST),
+                 "live_ast": sum(counts.get(c, 0) for c in LIVE_AST),
+                 "categories_mean": sum(counts.get(c, 0) for c in order)}
+        lines += [f"{k:<{width}}  {sizes[k]:>5}  {100 * v:>8.2f}" for k, v in summary.items()]
+    return "\n".join(lines)
