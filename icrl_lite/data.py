@@ -6,12 +6,16 @@ and Search-R1 corpora (`contents` = '"Title"\\ntext') are normalised to one shap
 questions {"id", "question", "answers": list[str], ...}, documents {"id", "title", "text"}.
 Math problems (`load_math`) come in our format, GSM8K's (`answer` ending "#### 42") or MATH's (`problem`,
 `solution` with a final \\boxed{...}, or `answer`) and are normalised to the same question shape.
+Function-calling examples (`load_fc`) come in our format, xLAM's or ToolACE's and are normalised to
+{"id", "question", "functions": [JSON schema], "ground_truth": [{"name", "arguments"}]}.
 The bundled closed-world task lives in data/qa/ (made by scripts/make_qa_task.py), the bundled math task in
-data/math/ (made by scripts/make_math_task.py).
+data/math/ (made by scripts/make_math_task.py), the bundled function-calling task in data/fc/ (made by
+scripts/make_fc_task.py).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -22,6 +26,7 @@ _REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DATA_DIR: Path = _REPO_DATA if (_REPO_DATA / "qa").is_dir() else Path(__file__).resolve().parent / "bundled"
 BUNDLED_QA = ("corpus", "train", "dev", "test", "demos")
 BUNDLED_MATH = ("train", "dev", "test", "demos")
+BUNDLED_FC = ("train", "dev", "test", "demos")
 
 
 def bundled_qa_path(name: str) -> Path:
@@ -36,6 +41,13 @@ def bundled_math_path(name: str) -> Path:
     if name not in BUNDLED_MATH:
         raise ValueError(f"unknown bundled math file {name!r}; choose one of: {', '.join(BUNDLED_MATH)}")
     return DATA_DIR / "math" / f"{name}.jsonl"
+
+
+def bundled_fc_path(name: str) -> Path:
+    """Path of a file of the bundled function-calling task: "train", "dev", "test" or "demos"."""
+    if name not in BUNDLED_FC:
+        raise ValueError(f"unknown bundled function-calling file {name!r}; choose one of: {', '.join(BUNDLED_FC)}")
+    return DATA_DIR / "fc" / f"{name}.jsonl"
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -118,6 +130,32 @@ def load_math(source: str | Path, split: str = "train", limit: int | None = None
     return [_math_problem(record, i, where) for i, (where, record) in enumerate(located)]
 
 
+def load_fc(source: str | Path, split: str = "train", limit: int | None = None) -> list[dict]:
+    """Function-calling examples as {"id", "question", "functions", "ground_truth", ...other fields kept}.
+
+    `functions` is the list of JSON schemas offered; `ground_truth` the calls that serve the question,
+    [{"name": ..., "arguments": {...}}] ([] when no function should be called). Record formats, detected per record:
+      - ours (data/fc/): `question`, `functions`, `ground_truth` (calls may say `parameters` for `arguments`);
+      - xLAM (Salesforce/xlam-function-calling-60k): `query`, `tools` and `answers`, each a list or a JSON string
+        of one; xLAM's flat parameter specs ({"city": {"type": "str, optional", ...}}) become schemas
+        {"type": "dict", "properties", "required"};
+      - ToolACE: `conversations` [{"from": "user" | "assistant" | "tool", "value"}] (a list or a JSON string) with
+        the tools as the JSON list inside the `system` text (or in a `tools` field). The first user turn is the
+        question; the assistant turn after it is the calls, written `[get_weather(city="Paris"), ...]`; an
+        assistant turn in plain text means no call.
+    `source` is a .jsonl / .json file, a `save_to_disk` directory or a hub name ("name" or "name:config");
+    `split` is used for the last two. The consumed fields are dropped; others (`kind`, a demo's `solution`) are kept.
+    """
+    path = Path(source)
+    if path.is_dir():
+        located = [(f"{source} [{split}] row {i}", r) for i, r in enumerate(_saved_dataset(path, split, limit))]
+    elif path.exists() or path.suffix in (".json", ".jsonl"):
+        located = _located_records(path)[:limit]
+    else:
+        located = [(f"{source} [{split}] row {i}", r) for i, r in enumerate(_hub_dataset(str(source), split, limit))]
+    return [_fc_example(record, i, where) for i, (where, record) in enumerate(located)]
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 def _existing_file(path: str | Path) -> Path:
     path = Path(path)
@@ -187,6 +225,175 @@ def _math_problem(record: dict, index: int, where: str) -> dict:
     record_id = record.get("id", record.get("unique_id"))
     return {"id": str(record_id) if record_id is not None else str(index), "question": str(question),
             "answers": answers, **rest}
+
+
+def _fc_example(record: dict, index: int, where: str) -> dict:
+    """One function-calling record in any accepted format, normalised; `where` names it in errors."""
+    if {"question", "functions", "ground_truth"} <= set(record):
+        question, consumed = record["question"], ("question", "functions", "ground_truth")
+        functions = _json_list(record["functions"], "functions", where)
+        calls = _json_list(record["ground_truth"], "ground_truth", where)
+    elif {"query", "tools", "answers"} <= set(record):
+        question, consumed = record["query"], ("query", "tools", "answers")
+        functions = [_schema_from_xlam(tool, where) for tool in _json_list(record["tools"], "tools", where)]
+        calls = _json_list(record["answers"], "answers", where)
+    elif "conversations" in record and ("system" in record or "tools" in record):
+        (question, functions, calls), consumed = _toolace(record, where), ("system", "tools", "conversations")
+    else:
+        raise ValueError(f"{where}: not a function-calling record; expected 'question' + 'functions' + "
+                         f"'ground_truth' (bundled), 'query' + 'tools' + 'answers' (xLAM) or 'system' + "
+                         f"'conversations' (ToolACE); found fields {sorted(record)}")
+    for function in functions:
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValueError(f"{where}: every function must be a JSON schema with a 'name'; got {function!r:.80}")
+    rest = {k: v for k, v in record.items() if k not in (*consumed, "id")}
+    return {"id": _id(record, index), "question": str(question), "functions": functions,
+            "ground_truth": [_call(call, where) for call in calls], **rest}
+
+
+def _json_list(value: Any, field: str, where: str) -> list:
+    """A list, given as is or as a JSON string."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: '{field}' is not valid JSON: {err.msg} (column {err.colno})") from None
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: '{field}' must be a list (or a JSON string of one); got {type(value).__name__}")
+    return value
+
+
+def _call(call: Any, where: str) -> dict:
+    """{"name", "arguments"} from a call with `arguments` (or ToolRL's `parameters`), a dict or a JSON string."""
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        raise ValueError(f"{where}: a call needs a 'name' and 'arguments'; got {call!r:.80}")
+    arguments = call.get("arguments", call.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: the arguments of {call['name']!r} are not valid JSON: {err.msg}") from None
+    if not isinstance(arguments, dict):
+        raise ValueError(f"{where}: the arguments of {call['name']!r} must be an object; got {arguments!r:.80}")
+    return {"name": call["name"], "arguments": arguments}
+
+
+_XLAM_TYPES = {"str": "string", "int": "integer", "float": "float", "bool": "boolean", "list": "array",
+               "tuple": "array", "dict": "dict"}
+
+
+def _schema_from_xlam(tool: Any, where: str) -> Any:
+    """xLAM's {"parameters": {"city": {"type": "str, optional", ...}}} as a schema with properties and required;
+    a tool whose parameters already are a schema (a string `type`) is returned as it is."""
+    if not isinstance(tool, dict) or not isinstance(tool.get("parameters"), dict):
+        return tool
+    params = tool["parameters"]
+    if isinstance(params.get("type"), str) or not params:
+        return tool
+    properties, required = {}, []
+    for name, spec in params.items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: parameter {name!r} of {tool.get('name')!r} must be an object; got {spec!r:.80}")
+        declared = str(spec.get("type", "")).strip()
+        base = declared.removesuffix("optional").strip().rstrip(",").strip()
+        word = re.match(r"\w*", base).group().lower()
+        properties[name] = {**spec, "type": _XLAM_TYPES.get(word, base)} if declared else dict(spec)
+        if not declared.endswith("optional"):
+            required.append(name)
+    return {**tool, "parameters": {"type": "dict", "properties": properties, "required": required}}
+
+
+def _toolace(record: dict, where: str) -> tuple[str, list, list]:
+    """(question, functions, calls) of a ToolACE conversation: its first user turn and the assistant reply."""
+    if record.get("tools"):
+        functions = _json_list(record["tools"], "tools", where)
+    else:
+        functions = _tool_list_in(str(record["system"]), where)
+    turns = _json_list(record["conversations"], "conversations", where)
+    roles = [str(t.get("from", t.get("role", ""))) if isinstance(t, dict) else "" for t in turns]
+    users = [i for i, role in enumerate(roles) if role in ("user", "human")]
+    if not users:
+        raise ValueError(f"{where}: no user turn in 'conversations' (roles {roles})")
+    first = users[0]
+    replies = [i for i in range(first + 1, len(turns)) if roles[i] in ("assistant", "gpt")]
+    if not replies:
+        raise ValueError(f"{where}: no assistant turn after the first user turn")
+    question = turns[first].get("value", turns[first].get("content", ""))
+    reply = str(turns[replies[0]].get("value", turns[replies[0]].get("content", ""))).strip()
+    calls = _python_calls(reply, [f.get("name", "") for f in functions if isinstance(f, dict)])
+    if calls is None:
+        if reply.startswith("[") and "(" in reply:
+            raise ValueError(f"{where}: cannot parse the assistant's call list {reply[:80]!r}; expected "
+                             '[func(param=value, ...), ...] with literal values')
+        calls = []  # a plain-text answer: no call
+    return question, functions, calls
+
+
+def _tool_list_in(text: str, where: str) -> list:
+    """The first JSON list of objects with a "name" inside `text` (ToolACE's system prompt)."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\[", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+            return value
+    raise ValueError(f"{where}: no JSON list of tools found in 'system' (and no 'tools' field)")
+
+
+_JSON_WORDS = {"true": True, "false": False, "null": None}
+
+
+def _python_calls(text: str, names: list[str]) -> list[dict] | None:
+    """`[f(a=1), g(b="x")]` as [{"name": "f", "arguments": {"a": 1}}, ...]; None if `text` is no such list.
+
+    Function names that are not Python identifiers (ToolACE has "Market Trends API") are taken from `names`.
+    """
+    aliases = {}
+    for i, name in enumerate(sorted(names, key=len, reverse=True)):
+        if name and not name.isidentifier() and f"{name}(" in text:
+            aliases[f"_function_{i}"] = name
+            text = text.replace(f"{name}(", f"_function_{i}(")
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return None
+    nodes = [tree] if isinstance(tree, ast.Call) else getattr(tree, "elts", None)
+    if not isinstance(tree, (ast.Call, ast.List, ast.Tuple)) or not all(isinstance(n, ast.Call) for n in nodes):
+        return None
+    calls = []
+    for node in nodes:
+        name = _dotted_name(node.func)
+        if name is None or node.args or any(k.arg is None for k in node.keywords):
+            return None
+        try:
+            arguments = {k.arg: _literal(k.value) for k in node.keywords}
+        except ValueError:
+            return None
+        calls.append({"name": aliases.get(name, name), "arguments": arguments})
+    return calls
+
+
+def _dotted_name(node: ast.expr) -> str | None:
+    """`f` or `math.factorial`."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        owner = _dotted_name(node.value)
+        return f"{owner}.{node.attr}" if owner else None
+    return None
+
+
+def _literal(node: ast.expr) -> Any:
+    """A Python literal, also accepting JSON's true / false / null; tuples become lists."""
+    if isinstance(node, ast.Name) and node.id in _JSON_WORDS:
+        return _JSON_WORDS[node.id]
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e) for e in node.elts]
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values)}
+    return ast.literal_eval(node)
 
 
 _BOXED_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
