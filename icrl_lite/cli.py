@@ -9,6 +9,9 @@ from .config import describe, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["eval", "bfcl"]:
+        return eval_bfcl(argv[2:])
     from .evaluate import EvalConfig
     from .trainer import TrainConfig
 
@@ -21,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its latest checkpoint")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. learning_rate=5e-5 model.lora_rank=8")
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint (or `base`) on its task (QA with search, math with Python)",
+    ev = sub.add_parser("eval", help="evaluate a checkpoint (or `base`) on its task (QA with search, math with Python, "
+                        "function calling); `icrl-lite eval bfcl --help` for the BFCL benchmark",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="more keys as key=value:\n" + "\n".join(describe(EvalConfig)))
     ev.add_argument("--checkpoint", default="base", help="checkpoint or run directory, or `base` (default)")
@@ -74,6 +78,32 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"icrl-lite: error: {e}", file=sys.stderr)
         return 2
+
+
+def eval_bfcl(argv: list[str]) -> int:
+    """`icrl-lite eval bfcl`: BFCL's Python single-turn categories, scored by our AST checker."""
+    from .benchmark import BfclConfig, format_report, run_bfcl
+
+    parser = argparse.ArgumentParser(prog="icrl-lite eval bfcl", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Evaluate a checkpoint (or `base`) on BFCL (data from `pip install --no-deps bfcl-eval`).",
+                                     epilog="more keys as key=value:\n" + "\n".join(describe(BfclConfig)))
+    parser.add_argument("--checkpoint", default="base", help="checkpoint or run directory, or `base` (default)")
+    parser.add_argument("--categories", default="", help="comma-separated categories (default: all Python single-turn ones)")
+    parser.add_argument("--prompt", default="bfcl", choices=["bfcl", "toolrl"])
+    parser.add_argument("--limit", type=int, default=0, help="first N entries per category")
+    parser.add_argument("--output", default="", help="JSONL of raw outputs and verdicts")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    flags = [f"checkpoint={args.checkpoint}", f"prompt={args.prompt}", f"limit={args.limit}", f"output={args.output}"]
+    if args.categories:
+        flags.append(f"categories=[{args.categories}]")
+    try:
+        report = run_bfcl(load_config(BfclConfig, None, flags + args.overrides))
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"icrl-lite: error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .curriculum import choose_demos
-from .data import load_corpus, load_demos
+from .data import load_corpus
 from .model import ModelConfig
 from .prompts import build_messages, render_prompt
 from .rewards import extract_answer
@@ -30,11 +30,11 @@ class EvalConfig:
     checkpoint: str = "base"
     """A checkpoint directory written by `icrl-lite train` (or its run directory: the latest checkpoint), or `base` for the untrained model."""
     task: str = ""
-    """qa (search a corpus) | math (compute with the restricted Python tool); empty = the checkpoint's task (qa for base)."""
+    """qa (search a corpus) | math (compute with the restricted Python tool) | fc (function calling); empty = the checkpoint's task (qa for base)."""
     split: str = "test"
     """Bundled split (train | dev | test) or, with `dataset`, the split of a hub dataset."""
     dataset: str = ""
-    """Question file (JSONL/JSON) or HF dataset name; qa: question + answers (or FlashRAG golden_answers), math: ours, GSM8K or MATH format; empty = the bundled task."""
+    """Question file (JSONL/JSON) or HF dataset name; qa: question + answers (or FlashRAG golden_answers), math: ours, GSM8K or MATH format, fc: ours, xLAM or ToolACE format; empty = the bundled task."""
     corpus: str = ""
     """Corpus JSONL (id, title, text) for search; empty = the bundled corpus."""
     tools: list[str] = field(default_factory=list)
@@ -107,9 +107,10 @@ def bundled_corpus(task: Task) -> Path:
     return path
 
 
-def score(rollout: Rollout, answers: Sequence[str], task: Task, tools: Sequence[Tool], alpha: float = 0.8) -> dict[str, float]:
-    """Reward metrics of one rollout plus its tool use and length."""
-    _, metrics = task.reward(rollout.policy_text, answers, alpha=alpha)
+def score(rollout: Rollout, gold, task: Task, tools: Sequence[Tool], alpha: float = 0.8, variant: str = "fine",
+          progress: float = 0.0) -> dict[str, float]:
+    """Reward metrics of one rollout plus its tool use and length (`gold`: the record's answers or calls)."""
+    _, metrics = task.reward(rollout.policy_text, gold, alpha=alpha, variant=variant, progress=progress)
     for tool in tools:
         metrics[task.tool_metric(tool.name)] = float(sum(c["tool"] == tool.name for c in rollout.tool_calls))
     metrics["invalid_turns"] = float(rollout.invalid_turns)
@@ -127,7 +128,7 @@ def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Too
              demo_pool: list[dict] = (), progress: bool = True) -> tuple[dict[str, float], list[dict]]:
     """Greedy (or sampled) rollouts for every question; returns (mean metrics, per-question records)."""
     engine = RolloutEngine(model, tokenizer, tools, replace(cfg.rollout, temperature=cfg.temperature),
-                           invalid_message=task.invalid_message)
+                           final_stops=task.final_stops, invalid_message=task.invalid_message)
     records: list[dict] = []
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     started, sampled = time.time(), 0
@@ -137,12 +138,12 @@ def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Too
         prompts = []
         for i, ex in enumerate(batch):
             demos = [demo_pool[j] for j in choose_demos(len(demo_pool), cfg.demos, cfg.seed, -1, start + i)] if cfg.demos else []
-            prompts.append(render_prompt(tokenizer, build_messages(ex["question"], demos, cfg.demo_layout, instruction)))
+            prompts.append(render_prompt(tokenizer, build_messages(ex, demos, cfg.demo_layout, instruction)))
         for ex, rollout in zip(batch, engine.generate(prompts, 1, generator)):
-            metrics = score(rollout, ex["answers"], task, tools)
+            metrics = score(rollout, ex[task.gold_field], task, tools)
             sampled += rollout.sampled_tokens
             records.append({
-                "id": ex["id"], "question": ex["question"], "answers": ex["answers"],
+                "id": ex["id"], "question": ex["question"], task.gold_field: ex[task.gold_field],
                 "prediction": extract_answer(rollout.policy_text), **metrics,
                 "tool_calls": rollout.tool_calls, "trajectory": rollout.text,
             })
@@ -174,7 +175,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     examples = task.load(cfg.dataset, split=cfg.split) if cfg.dataset else task.load(task.bundled(cfg.split))
     if cfg.limit:
         examples = examples[: cfg.limit]
-    pool = load_demos(cfg.demo_pool or task.bundled("demos")) if cfg.demos else []
+    pool = task.load_demos(cfg.demo_pool or task.bundled("demos")) if cfg.demos else []
     model, tokenizer, source = load_for_inference(cfg.checkpoint, cfg.model)
     summary, records = run_eval(model, tokenizer, examples, task, tools, instruction, cfg, pool)
     output = Path(cfg.output) if cfg.output else default_output(source, cfg)

@@ -11,6 +11,7 @@ Two demonstration layouts:
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 SEARCH_INSTRUCTION = (
@@ -43,36 +44,61 @@ INVALID_PYTHON = (
     "Let me try again.\n"
 )
 
+FUNCTION_INSTRUCTION = (
+    "You can call these functions, given as JSON schemas:\n{functions}\n"
+    "First reason inside <think> and </think>. To call functions, write <tool_call>, then one JSON object per "
+    'line, {{"name": "function name", "parameters": {{"parameter name": value}}}}, then </tool_call>. Use only the '
+    "functions and parameter names listed above, with the values the question gives. If no function fits the "
+    "question, say so inside <response> and </response> instead of calling one.\n"
+    "Question: {question}\n"
+)
+
 DEMO_HEADER = "Here are some existing QA examples that you can refer to:\n"
 DEMO_FOOTER = "Do not answer the example problems above. Now solve the following problem.\n"
 
 LAYOUTS = ("chat", "user")
 
 
+def format_functions(functions: Sequence[dict]) -> str:
+    """Function schemas for a prompt, one compact JSON object per line."""
+    return "\n".join(json.dumps(f, ensure_ascii=False) for f in functions)
+
+
+def fill(instruction: str, item: str | dict) -> str:
+    """The instruction for one question (a string, or a record with `question` and optional `functions`)."""
+    if isinstance(item, str):
+        item = {"question": item}
+    return instruction.format(question=item["question"], functions=format_functions(item.get("functions", ())))
+
+
 def build_messages(
-    question: str,
+    question: str | dict,
     demos: Sequence[dict] = (),
     layout: str = "chat",
     instruction: str = SEARCH_INSTRUCTION,
 ) -> list[dict[str, str]]:
-    """Chat messages for one rollout prompt; `demos` have `question` and `solution` (a full trajectory)."""
+    """Chat messages for one rollout prompt; `demos` have `question` and `solution` (a full trajectory).
+
+    `question` is the question text or its record (function-calling records carry their `functions`).
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"demo layout {layout!r} is not one of {LAYOUTS}: use `chat` (small models) or `user` (the paper's)")
     if layout == "chat":
         messages = []
         for demo in demos:
-            messages.append({"role": "user", "content": instruction.format(question=demo["question"])})
+            messages.append({"role": "user", "content": fill(instruction, demo)})
             messages.append({"role": "assistant", "content": demo["solution"]})
-        messages.append({"role": "user", "content": instruction.format(question=question)})
+        messages.append({"role": "user", "content": fill(instruction, question)})
         return messages
     if not demos:
-        return [{"role": "user", "content": instruction.format(question=question)}]
-    head, _, _ = instruction.partition("Question:")
+        return [{"role": "user", "content": fill(instruction, question)}]
+    head, _, _ = fill(instruction, question).partition("Question:")
     blocks = [
         f"=====Example {k}=====\nExample Problem: {demo['question']}\nExample Solution: {demo['solution']}\n"
         for k, demo in enumerate(demos, start=1)
     ]
-    content = head + DEMO_HEADER + "".join(blocks) + DEMO_FOOTER + f"Question: {question}\n"
+    text = question if isinstance(question, str) else question["question"]
+    content = head + DEMO_HEADER + "".join(blocks) + DEMO_FOOTER + f"Question: {text}\n"
     return [{"role": "user", "content": content}]
 
 

@@ -103,15 +103,15 @@ class RolloutEngine:
     """Generate tool-using rollouts for a batch of prompts with one shared KV cache."""
 
     def __init__(self, model, tokenizer, tools: Sequence[Tool], config: RolloutConfig,
-                 answer_close: str = "</answer>", max_wait: int = 8, invalid_message: str = INVALID_ACTION):
+                 final_stops: Sequence[str] = ("</answer>",), max_wait: int = 8, invalid_message: str = INVALID_ACTION):
         config.validate()
         self.model, self.tokenizer, self.tools, self.cfg = model, tokenizer, list(tools), config
-        self.answer_close = answer_close
+        self.final_stops = list(final_stops)  # strings that end the rollout (the final answer's closing tag)
         self.max_wait = max_wait
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos_token_ids(model, tokenizer))
         # a stop string can only complete on a token whose text holds its last character
-        last_chars = {s[-1] for s in [answer_close] + [t.close_tag for t in self.tools]}
+        last_chars = {s[-1] for s in self.final_stops + [t.close_tag for t in self.tools]}
         pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         self.may_stop = {i for i, piece in enumerate(pieces) if any(c in piece for c in last_chars)}
         self.invalid_ids = self._ids(invalid_message)
@@ -245,12 +245,12 @@ class RolloutEngine:
         r.loss_mask.append(1)
         row.pending = [token]
         turn_len = len(r.response_ids) - row.turn_start
-        tools_on = row.turns_used < cfg.max_turns
+        tools_on = bool(self.tools) and row.turns_used < cfg.max_turns  # without tools a rollout is one turn
         if token in self.eos_ids:
             return self._end_turn(row, tools_on, eos=True)
         if token in self.may_stop:
             text = self.tokenizer.decode(r.response_ids[row.turn_start:])
-            stops = [self.answer_close] + ([t.close_tag for t in self.tools] if tools_on else [])
+            stops = self.final_stops + ([t.close_tag for t in self.tools] if tools_on else [])
             if any(s in text for s in stops):
                 return self._end_turn(row, tools_on, eos=False, text=text)
         if len(r.response_ids) >= cfg.max_response_tokens or len(r.prompt_ids) + len(r.response_ids) >= cfg.max_context_tokens:
@@ -264,7 +264,7 @@ class RolloutEngine:
         if text is None:
             text = self.tokenizer.decode(r.response_ids[row.turn_start:])
         call = find_call(text, self.tools) if tools_on else None
-        answer_at = text.find(self.answer_close)
+        answer_at = min((i for i in (text.find(s) for s in self.final_stops) if i != -1), default=-1)
         if answer_at != -1 and (call is None or answer_at < text.find(call[0].close_tag)):
             row.done, r.finished = True, True
             return None

@@ -2,8 +2,12 @@
 
 `qa`: answer questions by searching a corpus (ICRL's setting; reward 0.8 * EM + 0.2 * format).
 `math`: solve word problems with the restricted Python tool (reward 0.8 * answer-correct + 0.2 * format,
-answers compared with math-verify). Both share the rollout engine, GRPO and the demonstration curriculum;
-a task only decides what goes into the prompt, which tools run, and how a response is scored.
+answers compared with math-verify).
+`fc`: function calling (ToolRL): the prompt lists the question's functions as JSON schemas, the policy answers
+in one turn with `<think>` / `<tool_call>` (JSON lines) / `<response>`, scored by ToolRL's reward
+(format + correctness in [-3, 4], or its coarse / dynamic variants).
+All share the rollout engine, GRPO and the demonstration curriculum; a task only decides what goes into
+the prompt, which tools run, where a rollout stops, and how a response is scored.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import bundled_math_path, bundled_qa_path, load_math, load_qa
-from .prompts import INVALID_ACTION, INVALID_PYTHON, PYTHON_INSTRUCTION, SEARCH_INSTRUCTION
+from .data import bundled_fc_path, bundled_math_path, bundled_qa_path, load_fc, load_math, load_qa
+from .function_calls import toolrl_reward
+from .prompts import FUNCTION_INSTRUCTION, INVALID_ACTION, INVALID_PYTHON, PYTHON_INSTRUCTION, SEARCH_INSTRUCTION
 from .rewards import icrl_reward, math_reward
 from .tools import PythonConfig, SearchConfig, Tool, build_python, build_search, make_tool
 
@@ -24,23 +29,54 @@ from .tools import PythonConfig, SearchConfig, Tool, build_python, build_search,
 TOOL_METRICS = {"search": "searches", "python": "python_calls"}
 
 
+REWARD_VARIANTS = ("fine", "coarse", "dynamic")
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
-    instruction: str  # the prompt template, with {question}
+    instruction: str  # the prompt template, with {question} (and {functions} for function calling)
     invalid_message: str  # forced after a turn without a valid action
     default_tools: tuple[str, ...]
-    reward: Callable[..., tuple[float, dict[str, float]]]  # (response, answers, alpha) -> (reward, metrics)
-    load: Callable[..., list[dict]]  # (source, split=, limit=) -> [{id, question, answers}]
+    reward: Callable[..., tuple[float, dict[str, float]]]  # (response, gold, alpha, variant, progress)
+    load: Callable[..., list[dict]]  # (source, split=, limit=) -> records with `question` and the gold field
     bundled: Callable[[str], Path]  # bundled file by name: train | dev | test | demos | corpus
+    gold_field: str = "answers"  # the record field the reward compares with
+    final_stops: tuple[str, ...] = ("</answer>",)  # strings that end a rollout
 
     def tool_metric(self, tool: str) -> str:
         return TOOL_METRICS.get(tool, f"{tool}_calls")
 
+    def load_demos(self, path: str | Path) -> list[dict]:
+        """Worked demonstrations: records of the task's format with a `solution` (the full trajectory)."""
+        demos = self.load(path)
+        for demo in demos:
+            if "solution" not in demo:
+                raise ValueError(f"{path}: demo {demo['id']!r} has no 'solution' (the worked trajectory the prompt shows)")
+        return demos
+
+
+def _answer_reward(reward):
+    def score(response, gold, alpha=0.8, variant="fine", progress=0.0):
+        return reward(response, gold, alpha=alpha)
+
+    return score
+
+
+def _function_call_reward(response, gold, alpha=0.8, variant="fine", progress=0.0):
+    reward, metrics = toolrl_reward(response, gold, variant=variant, progress=progress)
+    metrics["em"] = metrics["exact"]  # the accuracy every task logs
+    metrics["format_valid"] = float(metrics["format"] == 1.0)
+    return reward, metrics
+
 
 TASKS = {
-    "qa": Task("qa", SEARCH_INSTRUCTION, INVALID_ACTION, ("search",), icrl_reward, load_qa, bundled_qa_path),
-    "math": Task("math", PYTHON_INSTRUCTION, INVALID_PYTHON, ("python",), math_reward, load_math, bundled_math_path),
+    "qa": Task("qa", SEARCH_INSTRUCTION, INVALID_ACTION, ("search",), _answer_reward(icrl_reward), load_qa,
+               bundled_qa_path),
+    "math": Task("math", PYTHON_INSTRUCTION, INVALID_PYTHON, ("python",), _answer_reward(math_reward), load_math,
+                 bundled_math_path),
+    "fc": Task("fc", FUNCTION_INSTRUCTION, "", (), _function_call_reward, load_fc, bundled_fc_path,
+               gold_field="ground_truth", final_stops=("</tool_call>", "</response>")),
 }
 
 

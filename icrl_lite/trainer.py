@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from .config import save_config
 from .curriculum import Curriculum, choose_demos
-from .data import load_demos
 from .evaluate import EvalConfig, mean_metrics, run_eval, score, setup_task, validate_task_fields
 from .grpo import group_advantages, grpo_loss
 from .model import ModelConfig, load_policy, reference_mode, response_logprobs
 from .prompts import build_messages, render_prompt
 from .rollout import Rollout, RolloutConfig, RolloutEngine
+from .tasks import REWARD_VARIANTS
 from .tools import PythonConfig, SearchConfig
 
 
@@ -39,9 +39,11 @@ class TrainConfig:
     seed: int = 0
     """Seed for question order, demo choice and sampling."""
     task: str = "qa"
-    """qa (search a corpus, ICRL's setting) | math (compute with the restricted Python tool)."""
+    """qa (search a corpus, ICRL's setting) | math (compute with the restricted Python tool) | fc (function calling, ToolRL's reward)."""
+    reward_variant: str = "fine"
+    """fc only: ToolRL's fine-grained reward | coarse (exact match only) | dynamic (correctness range widens over training)."""
     train_data: str = ""
-    """Training questions: JSONL/JSON file or HF dataset name (qa: question + answers or FlashRAG golden_answers; math: ours, GSM8K or MATH format); empty = the task's bundled data."""
+    """Training questions: JSONL/JSON file or HF dataset name (qa: question + answers or FlashRAG golden_answers; math: ours, GSM8K or MATH format; fc: ours, xLAM or ToolACE format); empty = the task's bundled data."""
     train_split: str = "train"
     """Split used when train_data is an HF dataset name."""
     eval_data: str = ""
@@ -118,6 +120,8 @@ class TrainConfig:
             raise ValueError("eval_every and save_every must be >= 0")
         Curriculum(self.stages)
         validate_task_fields(self)
+        if self.reward_variant not in REWARD_VARIANTS:
+            raise ValueError(f"reward_variant={self.reward_variant!r}: use one of {', '.join(REWARD_VARIANTS)}")
         self.model.validate()
         self.rollout.validate()
 
@@ -132,7 +136,7 @@ class Trainer:
         task = self.task
         self.train_set = task.load(cfg.train_data, split=cfg.train_split) if cfg.train_data else task.load(task.bundled("train"))
         self.eval_set = (task.load(cfg.eval_data) if cfg.eval_data else task.load(task.bundled("dev")))[: cfg.eval_size]
-        self.demo_pool = load_demos(cfg.demo_pool or task.bundled("demos"))
+        self.demo_pool = task.load_demos(cfg.demo_pool or task.bundled("demos"))
         max_demos = max(s.demos for s in self.curriculum.stages)
         if max_demos > len(self.demo_pool):
             raise ValueError(f"the curriculum asks for {max_demos} demos but the pool has {len(self.demo_pool)}; add demos or lower stages")
@@ -147,7 +151,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
-        self.engine = RolloutEngine(self.model, self.tokenizer, self.tools, cfg.rollout, invalid_message=task.invalid_message)
+        self.engine = RolloutEngine(self.model, self.tokenizer, self.tools, cfg.rollout, final_stops=task.final_stops,
+                                    invalid_message=task.invalid_message)
         self.step_index = 0
         if checkpoint is not None:
             self.load_state(checkpoint)
@@ -194,13 +199,14 @@ class Trainer:
         started = time.time()
         demos = self.curriculum.demos_at(step)
         questions = random.Random(cfg.seed * 1_000_003 + step).sample(self.train_set, cfg.prompts_per_step)
-        prompts = [self.prompt(q["question"], demos, step, i) for i, q in enumerate(questions)]
+        prompts = [self.prompt(q, demos, step, i) for i, q in enumerate(questions)]
         generator = torch.Generator(device=self.model.device).manual_seed(cfg.seed * 1_000_003 + step)
         rollouts = self.engine.generate(prompts, cfg.num_generations, generator)
         gen_seconds = time.time() - started
 
-        answers = [q["answers"] for q in questions for _ in range(cfg.num_generations)]
-        scored = [score(r, a, self.task, self.tools, cfg.alpha) for r, a in zip(rollouts, answers)]
+        golds = [q[self.task.gold_field] for q in questions for _ in range(cfg.num_generations)]
+        progress = step / max(1, self.curriculum.total_steps - 1)
+        scored = [score(r, g, self.task, self.tools, cfg.alpha, cfg.reward_variant, progress) for r, g in zip(rollouts, golds)]
         rewards = torch.tensor([m["reward"] for m in scored])  # (N,)
         advantages, informative = group_advantages(rewards, cfg.num_generations)
         chosen = [i for i in range(len(rollouts)) if informative[i]]
@@ -220,7 +226,7 @@ class Trainer:
             "gen_tokens_per_s": sampled / max(gen_seconds, 1e-9),
         }
 
-    def prompt(self, question: str, demos: int, step: int, index: int) -> list[int]:
+    def prompt(self, question: str | dict, demos: int, step: int, index: int) -> list[int]:
         picks = choose_demos(len(self.demo_pool), demos, self.cfg.seed, step, index)
         messages = build_messages(question, [self.demo_pool[j] for j in picks], self.cfg.demo_layout, self.instruction)
         return render_prompt(self.tokenizer, messages)

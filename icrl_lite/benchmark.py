@@ -1,0 +1,138 @@
+"""`icrl-lite eval bfcl`: a checkpoint (or the base model) on BFCL's Python single-turn categories.
+
+Each entry's first turn is rendered with one of two prompts, generated greedily in batches by the rollout
+engine (no tools run), decoded into calls and scored by our AST checker (`icrl_lite.bfcl`):
+- `bfcl`: the leaderboard's default prompting system prompt (the functions as indented JSON, answers as a
+  Python list of calls `[f(a=1), g(b="x")]`), exactly as `bfcl-eval` builds it for prompting models;
+- `toolrl`: our function-calling instruction (the prompt `task=fc` trains with), answers in `<tool_call>`
+  JSON lines.
+Compare a trained checkpoint with the base model under the SAME prompt: the published anchors use each
+model's best prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .bfcl import CATEGORIES, aggregate, check, decode_python_calls, decode_toolrl_calls, format_table, load_category
+from .model import ModelConfig
+from .prompts import FUNCTION_INSTRUCTION, fill, render_prompt
+from .rollout import RolloutConfig, RolloutEngine
+
+PROMPTS = ("bfcl", "toolrl")
+
+# The leaderboard's default system prompt for prompting models (bfcl-eval, style "classic", plaintext,
+# functions as JSON, return format python, no tool-call tag). Its persona and task run together as in bfcl-eval.
+BFCL_SYSTEM_PROMPT = (
+    "You are an expert in composing functions.You are given a question and a set of possible functions. Based on "
+    "the question, you will need to make one or more function/tool calls to achieve the purpose. If none of the "
+    "functions can be used, point it out. If the given question lacks the parameters required by the function, "
+    "also point it out.\n\nYou should only return the function calls in your response.\n\nIf you decide to invoke "
+    "any of the function(s), you MUST put it in the format of [func_name1(params_name1=params_value1, "
+    "params_name2=params_value2...), func_name2(params)].  You SHOULD NOT include any other text in the "
+    "response.\n\nAt each turn, you should try your best to complete the tasks requested by the user within the "
+    "current turn. Continue to output functions to call until you have fulfilled the user's request to the best "
+    "of your ability. Once you have no more functions to call, the system will consider the current turn "
+    "complete and proceed to the next turn or task.\n\nHere is a list of functions in json format that you can "
+    "invoke.\n{functions}\n"
+)
+
+
+@dataclass
+class BfclConfig:
+    checkpoint: str = "base"
+    """A checkpoint or run directory written by `icrl-lite train`, or `base` for the untrained model."""
+    categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
+    """BFCL categories to run (Python single-turn)."""
+    prompt: str = "bfcl"
+    """bfcl (the leaderboard's prompting system prompt, calls as a Python list) | toolrl (our function-calling instruction, <tool_call> JSON lines)."""
+    limit: int = 0
+    """First N entries of each category (0 = all)."""
+    batch_size: int = 16
+    """Entries generated together (sorted by prompt length to waste little padding)."""
+    max_new_tokens: int = 192
+    """Tokens generated per entry."""
+    output: str = ""
+    """JSONL of raw outputs and verdicts; empty = next to the checkpoint, or ./bfcl-base-<prompt>.jsonl."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model (ignored for checkpoints, which record their own)."""
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.categories) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown BFCL categories {unknown}; choose from {', '.join(CATEGORIES)}")
+        if self.prompt not in PROMPTS:
+            raise ValueError(f"prompt={self.prompt!r}: use bfcl or toolrl")
+        if self.limit < 0 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("limit must be >= 0, batch_size and max_new_tokens >= 1")
+        self.model.validate()
+
+
+def bfcl_messages(entry, prompt: str) -> list[dict[str, str]]:
+    """The chat messages of an entry's first turn under `prompt`."""
+    turn = [dict(m) for m in entry.question]
+    if prompt == "bfcl":
+        system = BFCL_SYSTEM_PROMPT.format(functions=json.dumps(entry.functions, indent=4))
+        if turn and turn[0]["role"] == "system":  # bfcl-eval puts its prompt first and keeps the entry's after it
+            turn[0]["content"] = system + "\n\n" + turn[0]["content"]
+            return turn
+        return [{"role": "system", "content": system}] + turn
+    context = "\n".join(m["content"] for m in turn if m["role"] == "system")
+    question = "\n".join(m["content"] for m in turn if m["role"] != "system")
+    text = fill(FUNCTION_INSTRUCTION, {"question": question, "functions": entry.functions})
+    return [{"role": "user", "content": f"{context}\n\n{text}" if context else text}]
+
+
+def run_bfcl(cfg: BfclConfig, progress: bool = True) -> dict:
+    """Generate and score every entry; writes the JSONL of outputs; returns accuracies, counts and aggregates."""
+    from .trainer import load_for_inference
+
+    cfg.validate()
+    entries = {c: load_category(c, limit=cfg.limit or None) for c in cfg.categories}
+    model, tokenizer, source = load_for_inference(cfg.checkpoint, cfg.model)
+    context = getattr(model.config, "max_position_embeddings", 8192)
+    budget = RolloutConfig(temperature=0.0, max_turns=1, max_turn_tokens=cfg.max_new_tokens,
+                           max_response_tokens=cfg.max_new_tokens, max_context_tokens=context)
+    stops = ("</tool_call>", "</response>") if cfg.prompt == "toolrl" else ()
+    engine = RolloutEngine(model, tokenizer, [], budget, final_stops=stops)
+    decode = decode_toolrl_calls if cfg.prompt == "toolrl" else decode_python_calls
+    output = Path(cfg.output) if cfg.output else (
+        source / f"bfcl-{cfg.prompt}.jsonl" if source is not None else Path(f"bfcl-base-{cfg.prompt}.jsonl"))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    accuracy, counts = {}, {}
+    started, total = time.time(), sum(len(e) for e in entries.values())
+    bar = tqdm(total=total, desc="bfcl", disable=not progress, dynamic_ncols=True)
+    generator = torch.Generator(device=model.device).manual_seed(0)
+    with output.open("w") as f:
+        for category, items in entries.items():
+            prompts = [render_prompt(tokenizer, bfcl_messages(e, cfg.prompt)) for e in items]
+            order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
+            correct = 0
+            for start in range(0, len(order), cfg.batch_size):
+                batch = order[start:start + cfg.batch_size]
+                rollouts = engine.generate([prompts[i] for i in batch], 1, generator)
+                for i, rollout in zip(batch, rollouts):
+                    calls = decode(rollout.policy_text)
+                    valid, error = check(calls, items[i])
+                    if len(prompts[i]) >= context:
+                        valid, error = False, f"prompt of {len(prompts[i])} tokens is longer than the model's context"
+                    correct += valid
+                    f.write(json.dumps({"id": items[i].id, "category": category, "prompt_tokens": len(prompts[i]),
+                                        "output": rollout.policy_text, "calls": calls, "valid": valid,
+                                        "error": error}) + "\n")
+                bar.update(len(batch))
+            accuracy[category], counts[category] = correct / max(1, len(items)), len(items)
+            bar.set_postfix({category: f"{accuracy[category]:.3f}"})
+    bar.close()
+    return {"accuracy": accuracy, "counts": counts, "aggregate": aggregate(accuracy, counts), "records": str(output),
+            "seconds": time.time() - started}
+
+
+def format_report(report: dict) -> str:
+    return format_table(report["accuracy"], report["counts"]) + f"\nrecords: {report['records']}  ({report['seconds']:.0f} s)"

@@ -1,0 +1,67 @@
+"""`icrl-lite eval bfcl`: the prompts it renders and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from icrl_lite.benchmark import BFCL_SYSTEM_PROMPT, BfclConfig, bfcl_messages, run_bfcl
+from icrl_lite.bfcl import Entry
+from icrl_lite.model import ModelConfig
+
+FUNCTIONS = [{"name": "get_weather", "description": "Weather of a city.",
+              "parameters": {"type": "dict", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+
+
+def entry(*messages):
+    return Entry(id="t_0", category="simple_python", question=list(messages), functions=FUNCTIONS,
+                 ground_truth=[{"get_weather": {"city": ["Paris"]}}])
+
+
+def test_bfcl_prompt_is_the_leaderboards_default_prompting_system_prompt():
+    defaults = pytest.importorskip("bfcl_eval.constants.default_prompts")
+    style = defaults.PROMPT_STYLE_TEMPLATES["classic"]
+    official = defaults.PROMPT_TEMPLATE_MAPPING["plaintext"].format(
+        persona=style["persona"], task=style["task"],
+        tool_call_format=style["tool_call_no_tag"].format(output_format=defaults.OUTPUT_FORMAT_MAPPING["python"],
+                                                          param_types=defaults.PARAM_TYPE_MAPPING["python"]),
+        multiturn_behavior=style["multiturn_behavior"],
+        available_tools=style["available_tools"].format(format="json", functions="FUNCTIONS"),
+    )
+    assert BFCL_SYSTEM_PROMPT.format(functions="FUNCTIONS") == official
+
+
+def test_bfcl_prompt_goes_first_and_keeps_an_entrys_own_system_message():
+    plain = bfcl_messages(entry({"role": "user", "content": "Weather in Paris?"}), "bfcl")
+    assert [m["role"] for m in plain] == ["system", "user"]
+    assert json.dumps(FUNCTIONS, indent=4) in plain[0]["content"]
+    with_system = bfcl_messages(entry({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}), "bfcl")
+    assert [m["role"] for m in with_system] == ["system", "user"]
+    assert with_system[0]["content"].endswith("\n\nBe brief.")
+
+
+def test_toolrl_prompt_is_one_user_message_with_the_functions_and_question():
+    (message,) = bfcl_messages(entry({"role": "user", "content": "Weather in Paris?"}), "toolrl")
+    assert message["role"] == "user"
+    assert '"name": "get_weather"' in message["content"] and "Question: Weather in Paris?" in message["content"]
+    assert "<tool_call>" in message["content"]
+
+
+def test_unknown_category_is_rejected_with_the_choices():
+    with pytest.raises(ValueError, match="simple_python"):
+        BfclConfig(categories=["simple_klingon"]).validate()
+
+
+def test_a_tiny_run_scores_every_entry_and_writes_its_records(tiny_model_dir, tmp_path):
+    output = tmp_path / "bfcl.jsonl"
+    cfg = BfclConfig(categories=["simple_python", "irrelevance"], limit=3, batch_size=2, max_new_tokens=8,
+                     output=str(output), model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"))
+    report = run_bfcl(cfg, progress=False)
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(records) == 6 and report["counts"] == {"simple_python": 3, "irrelevance": 3}
+    for category in ("simple_python", "irrelevance"):
+        mine = [r for r in records if r["category"] == category]
+        assert report["accuracy"][category] == sum(r["valid"] for r in mine) / 3
+    # a random tiny model writes no call list: irrelevance is all correct, simple_python all wrong
+    assert report["accuracy"] == {"simple_python": 0.0, "irrelevance": 1.0}
