@@ -120,14 +120,7 @@ def load_math(source: str | Path, split: str = "train", limit: int | None = None
     e.g. "openai/gsm8k:main", "HuggingFaceH4/MATH-500" with split="test"); `split` is used for the last two.
     The consumed fields (`problem`, `answer`, `solution`) are dropped; others (`level`, `type`, ...) are kept.
     """
-    path = Path(source)
-    if path.is_dir():
-        located = [(f"{source} [{split}] row {i}", r) for i, r in enumerate(_saved_dataset(path, split, limit))]
-    elif path.exists() or path.suffix in (".json", ".jsonl"):
-        located = _located_records(path)[:limit]
-    else:
-        located = [(f"{source} [{split}] row {i}", r) for i, r in enumerate(_hub_dataset(str(source), split, limit))]
-    return [_math_problem(record, i, where) for i, (where, record) in enumerate(located)]
+    return [_math_problem(record, i, where) for i, (where, record) in enumerate(_locate(source, split, limit))]
 
 
 def load_fc(source: str | Path, split: str = "train", limit: int | None = None) -> list[dict]:
@@ -146,17 +139,20 @@ def load_fc(source: str | Path, split: str = "train", limit: int | None = None) 
     `source` is a .jsonl / .json file, a `save_to_disk` directory or a hub name ("name" or "name:config");
     `split` is used for the last two. The consumed fields are dropped; others (`kind`, a demo's `solution`) are kept.
     """
-    path = Path(source)
-    if path.is_dir():
-        located = [(f"{source} [{split}] row {i}", r) for i, r in enumerate(_saved_dataset(path, split, limit))]
-    elif path.exists() or path.suffix in (".json", ".jsonl"):
-        located = _located_records(path)[:limit]
-    else:
-        located = [(f"{source} [{split}] row {i}", r) for i, r in enumerate(_hub_dataset(str(source), split, limit))]
-    return [_fc_example(record, i, where) for i, (where, record) in enumerate(located)]
+    return [_fc_example(record, i, where) for i, (where, record) in enumerate(_locate(source, split, limit))]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _locate(source: str | Path, split: str, limit: int | None) -> list[tuple[str, dict]]:
+    """(where, record) pairs from a JSON/JSONL file, a `save_to_disk` directory or a hub dataset name."""
+    path = Path(source)
+    if path.is_dir():
+        return [(f"{source} [{split}] row {i}", r) for i, r in enumerate(_saved_dataset(path, split, limit))]
+    if path.exists() or path.suffix in (".json", ".jsonl"):
+        return _located_records(path)[:limit]
+    return [(f"{source} [{split}] row {i}", r) for i, r in enumerate(_hub_dataset(str(source), split, limit))]
+
+
 def _existing_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():

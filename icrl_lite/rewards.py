@@ -173,17 +173,17 @@ def icrl_reward(response: str, answers: Sequence[str], alpha: float = ALPHA) -> 
     answer = extract_answer(response)
     em = exact_match(answer, answers) if answer is not None else 0.0
     f1 = f1_score(answer, answers) if answer is not None else 0.0
-    fmt, fmt_metrics = icrl_format(response)
-    reward = alpha * em + (1.0 - alpha) * fmt
-    metrics = {
-        "reward": reward,
-        "em": em,
-        "f1": f1,
-        "format": fmt,
-        "format_valid": float(fmt == 1.0),
-        "has_answer": float(answer is not None),
-    }
-    metrics.update({k: v for k, v in fmt_metrics.items() if k != "format"})
+    return _combine(alpha, {"em": em, "f1": f1}, icrl_format(response), answer)
+
+
+def _combine(alpha: float, accuracy: dict[str, float], fmt: tuple[float, dict[str, float]],
+             answer: str | None) -> tuple[float, dict[str, float]]:
+    """``alpha * accuracy + (1 - alpha) * format`` (accuracy: the dict's first value) and the metrics dict."""
+    score, flags = fmt
+    reward = alpha * next(iter(accuracy.values())) + (1.0 - alpha) * score
+    metrics = {"reward": reward, **accuracy, "format": score, "format_valid": float(score == 1.0),
+               "has_answer": float(answer is not None)}
+    metrics.update({k: v for k, v in flags.items() if k != "format"})
     return reward, metrics
 
 
@@ -299,15 +299,4 @@ def math_reward(response: str, answers: Sequence[str], alpha: float = ALPHA) -> 
     _check_golds(answers)
     answer = extract_answer(response)
     correct = float(answer is not None and math_equal(answer, answers))
-    fmt, fmt_metrics = math_format(response)
-    reward = alpha * correct + (1.0 - alpha) * fmt
-    metrics = {
-        "reward": reward,
-        "correct": correct,
-        "em": correct,
-        "format": fmt,
-        "format_valid": float(fmt == 1.0),
-        "has_answer": float(answer is not None),
-    }
-    metrics.update({k: v for k, v in fmt_metrics.items() if k != "format"})
-    return reward, metrics
+    return _combine(alpha, {"correct": correct, "em": correct}, math_format(response), answer)
