@@ -148,3 +148,17 @@ def make_tiny_config(tiny_model_dir, tmp_path):
         return cfg
 
     return make
+
+
+def test_function_calling_task_trains_on_the_bundled_set_with_toolrl_rewards(make_tiny_config):
+    cfg = make_tiny_config(task="fc", demo_pool="", stages=[{"demos": 1, "steps": 1}])
+    history = Trainer(cfg).train()
+    (metrics,) = history
+    assert {"format", "correctness", "exact", "em", "format_valid"} <= metrics.keys()
+    assert -3.0 <= metrics["reward"] <= 4.0
+
+
+def test_math_task_runs_python_in_the_sandbox_and_scores_with_math_verify(make_tiny_config):
+    cfg = make_tiny_config(task="math", demo_pool="", stages=[{"demos": 1, "steps": 1}])
+    (metrics,) = Trainer(cfg).train()
+    assert {"correct", "python_calls", "no_tool"} <= metrics.keys()
