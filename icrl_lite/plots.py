@@ -1,11 +1,12 @@
-"""Plot a run's metrics.jsonl: reward, exact match, searches, response length, with curriculum stages shaded."""
+"""Plot a run's metrics.jsonl: reward, accuracy, tool calls, response length, with curriculum stages shaded."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-PANELS = (("reward", "reward"), ("em", "exact match"), ("searches", "searches / rollout"),
+PANELS = (("reward", "reward"), ("em", "accuracy (exact match)"), ("searches", "searches / rollout"),
+          ("python_calls", "python calls / rollout"), ("format", "format score"),
           ("response_tokens", "sampled tokens / rollout"))
 
 
@@ -27,8 +28,9 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
         raise ImportError("plotting needs matplotlib: pip install 'icrl-lite[plot]'") from None
     rows = read_metrics(run_dir)
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
-    for ax, (key, title) in zip(axes, PANELS):
+    panels = [(key, title) for key, title in PANELS if key in rows[0]][:4]  # the task's tool and score panels
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (key, title) in zip(axes, panels):
         ax.plot(steps, [r[key] for r in rows], marker=".", label="train rollouts")
         evals = [(r["step"], r[f"eval/{key}"]) for r in rows if f"eval/{key}" in r]
         if evals:
