@@ -57,7 +57,7 @@ class TrainConfig:
     instruction: str = ""
     """Prompt template with {question}; empty = the task's instruction (describe your tools here when you bring your own)."""
     demo_pool: str = ""
-    """Demonstrations JSONL (question, answers, solution); empty = the task's bundled pool."""
+    """Demonstrations JSONL: records of the task's format plus `solution` (the full worked trajectory); empty = the task's bundled pool."""
     demo_layout: str = "chat"
     """chat: demos as prior chat turns (best for small models) | user: the paper's layout inside the user message."""
     stages: list[dict] = field(default_factory=lambda: [
