@@ -1,12 +1,12 @@
 """BFCL (Berkeley Function Calling Leaderboard, v4): data, output decoders, the AST checker and the scores.
 
-Pure and stdlib-only: no model, no torch, no import of `bfcl_eval` (its imports pull heavy pinned
+Pure: stdlib and `function_calls` only, no model, no torch, no import of `bfcl_eval` (its imports pull heavy pinned
 dependencies); the package is only located, to read its data files (`pip install --no-deps bfcl-eval`).
 
 - `load_category` reads one Python single-turn category: the first turn's chat messages, the function
   schemas and, except for the (ir)relevance categories, which have none, the possible answers.
 - `decode_python_calls` mirrors bfcl-eval's `default_decode_ast_prompting` (a Python list of keyword calls,
-  `[f(a=1), g.h(b=[1, 2])]`); `decode_toolrl_calls` reads ToolRL's `<tool_call>` JSON lines.
+  `[f(a=1), g.h(b=[1, 2])]`); `decode_toolrl_calls` reads ToolRL's `<tool_call>` JSON lines with the reward's own parser.
 - `check` mirrors `ast_checker.py` rule by rule (type checks, string normalisation, optional parameters,
   greedy any-order matching of parallel calls) and the runner's relevance / irrelevance rule; its error
   strings are the official ones (those on call counts also give the counts).
@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from icrl_lite.function_calls import parse_calls
 
 # The Python single-turn categories (non-live, then live).
 CATEGORIES = (
@@ -209,41 +211,19 @@ def decode_python_calls(text: str) -> list[Call] | None:
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 
 
-def _json_call(obj: Any) -> Call:
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        raise _Undecodable("not a {name, parameters} object")
-    args = obj.get("parameters", obj.get("arguments", {}))
-    if isinstance(args, str):  # OpenAI style: the arguments as a JSON string
-        args = json.loads(args)
-    if not isinstance(args, dict):
-        raise _Undecodable("parameters is not an object")
-    return {"name": obj["name"], "arguments": args}
-
-
-def _json_block(block: str) -> list[Call]:
-    block = block.strip()
-    if not block:
-        return []
-    try:  # the whole block as one (possibly pretty-printed) object or a list of objects
-        whole = json.loads(block)
-        return [_json_call(o) for o in whole] if isinstance(whole, list) else [_json_call(whole)]
-    except json.JSONDecodeError:
-        return [_json_call(json.loads(line)) for line in block.splitlines() if line.strip()]
-
-
 def decode_toolrl_calls(text: str) -> list[Call] | None:
     """ToolRL's `<tool_call>` blocks, one `{"name": ..., "parameters"|"arguments": {...}}` JSON per line -> calls.
 
     Every block of the response counts (Qwen writes one per call); a last block left open by a stop string is
-    read to the end. None when there is no block or any line is not such an object.
+    read to the end. A block is parsed by the same rules as the ToolRL reward (`function_calls.parse_calls`), so a
+    call the training reward counts as unparseable is unparseable here too. None when there is no block or any
+    call is not such an object.
     """
     blocks = _TOOL_CALL.findall(_after_think(text))
-    if not blocks:
+    parsed = [parse_calls(block) for block in blocks]
+    if not parsed or any(calls is None for calls in parsed):
         return None
-    try:
-        return [call for block in blocks for call in _json_block(block)]
-    except (json.JSONDecodeError, RecursionError, _Undecodable):
-        return None
+    return [{"name": c["name"], "arguments": c["parameters"]} for calls in parsed for c in calls]
 
 
 # ---- the AST checker ---------------------------------------------------------------------------------------
