@@ -115,7 +115,6 @@ class RolloutEngine:
         pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         self.may_stop = {i for i, piece in enumerate(pieces) if any(c in piece for c in last_chars)}
         self.invalid_ids = self._ids(invalid_message)
-        self._rows: list[_Row] = []  # rows of the running `generate`, whose tool sessions it closes
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -125,17 +124,17 @@ class RolloutEngine:
     def generate(self, prompts: Sequence[Sequence[int]], num_samples: int = 1,
                  generator: torch.Generator | None = None) -> list[Rollout]:
         """Rollouts for every prompt x `num_samples`, ordered prompt-major (group-contiguous)."""
+        rows = [_Row(Rollout(prompt_ids=list(p))) for p in prompts for _ in range(num_samples)]
         was_training = self.model.training
         self.model.eval()
         try:
             with merged_adapter(self.model, self.cfg.merge_lora):
-                rows = self._run(prompts, num_samples, generator)
+                self._run(rows, prompts, num_samples, generator)
         finally:
             self.model.train(was_training)
-            for row in self._rows:
+            for row in rows:  # stateful tools' sessions end with their rollout, even after an error
                 for session in row.sessions.values():
                     session.close()
-            self._rows = []
         for row in rows:
             r = row.rollout
             r.text = self.tokenizer.decode(r.response_ids, skip_special_tokens=True)
@@ -143,10 +142,9 @@ class RolloutEngine:
         return [row.rollout for row in rows]
 
     # ---- the decode loop -------------------------------------------------------------------------------
-    def _run(self, prompts, num_samples, generator) -> list[_Row]:
+    def _run(self, rows: list[_Row], prompts, num_samples, generator) -> None:
+        """Decode `rows` (prompt-major: `num_samples` rows per prompt) to the end, in place."""
         device = self.model.device
-        rows = [_Row(Rollout(prompt_ids=list(p))) for p in prompts for _ in range(num_samples)]
-        self._rows = rows  # their tool sessions are closed by `generate`, even after an error
         ids, attn = left_pad([list(p) for p in prompts], self.pad_id, device)  # (U, P)
         cache = DynamicCache()
         cache.layer_class_to_replicate = SlabLayer
@@ -182,7 +180,6 @@ class RolloutEngine:
             fed = step_mask.sum(1) > 0  # (B,)
             logits = torch.where(fed[:, None], new_logits, logits)
             attn = compact(cache, attn)
-        return rows
 
     def _schedule(self, rows: list[_Row]) -> list[list[int]]:
         """Which tokens each row feeds this step: a decode step (one sampled token per row) or a forced
