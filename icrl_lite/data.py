@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +97,15 @@ def load_corpus(path: str | Path) -> list[dict]:
     return [document(record, i, path) for i, record in enumerate(_read_records(Path(path)))]
 
 
-def load_demos(path: str | Path) -> list[dict]:
-    """Worked demonstrations {"id", "question", "answers": list[str], "solution", ...}."""
-    demos = []
-    for i, record in enumerate(_read_records(Path(path))):
-        if "solution" not in record:
-            raise ValueError(f"{path} record {i}: a demo needs 'question', 'answers' and 'solution'; "
-                             f"found fields {sorted(record)}")
-        demos.append(_question(record, i, str(path)))
+def load_demos(path: str | Path, load: Callable[[str | Path], list[dict]] | None = None) -> list[dict]:
+    """Worked demonstrations: records read by `load` (default `load_qa`: question, answers) plus a `solution`,
+    the full trajectory the prompt shows."""
+    demos = (load or load_qa)(path)
+    for i, demo in enumerate(demos):
+        if "solution" not in demo:
+            raise ValueError(f"{path} record {i}: a demo needs 'question', 'answers' and 'solution' (the worked "
+                             f"trajectory; function-calling demos have 'functions' and 'ground_truth' instead of "
+                             f"'answers'); found fields {sorted(demo)}")
     return demos
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import bundled_fc_path, bundled_math_path, bundled_qa_path, load_fc, load_math, load_qa
+from .data import bundled_fc_path, bundled_math_path, bundled_qa_path, load_demos, load_fc, load_math, load_qa
 from .function_calls import toolrl_reward
 from .prompts import FUNCTION_INSTRUCTION, INVALID_ACTION, INVALID_PYTHON, PYTHON_INSTRUCTION, SEARCH_INSTRUCTION
 from .rewards import icrl_reward, math_reward
@@ -49,11 +49,7 @@ class Task:
 
     def load_demos(self, path: str | Path) -> list[dict]:
         """Worked demonstrations: records of the task's format with a `solution` (the full trajectory)."""
-        demos = self.load(path)
-        for demo in demos:
-            if "solution" not in demo:
-                raise ValueError(f"{path}: demo {demo['id']!r} has no 'solution' (the worked trajectory the prompt shows)")
-        return demos
+        return load_demos(path, self.load)
 
 
 def _answer_reward(reward):
