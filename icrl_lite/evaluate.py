@@ -16,12 +16,11 @@ import torch
 from tqdm import tqdm
 
 from .curriculum import choose_demos
-from .data import load_corpus
 from .model import ModelConfig
 from .prompts import build_messages, render_prompt
 from .rewards import extract_answer
 from .rollout import Rollout, RolloutConfig, RolloutEngine
-from .tasks import TOOL_METRICS, Task, build_tools, get_task, load_plugins
+from .tasks import TOOL_METRICS, Task, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig, Tool
 
 
@@ -76,35 +75,6 @@ class EvalConfig:
         validate_task_fields(self)
         self.model.validate()
         self.rollout.validate()
-
-
-def validate_task_fields(cfg) -> None:
-    """Checks shared by the train and eval configs: task, instruction, tool sections."""
-    if cfg.task:
-        get_task(cfg.task)
-    if cfg.instruction and "{question}" not in cfg.instruction:
-        raise ValueError("instruction must contain {question}, where the question goes")
-    cfg.search.validate()
-    cfg.python.validate()
-
-
-def setup_task(cfg) -> tuple[Task, list[Tool], str]:
-    """The task, its tools and its instruction for a train or eval config (loads plugins, checks the corpus)."""
-    task = get_task(cfg.task)
-    load_plugins(cfg.plugins)
-    names = cfg.tools or list(task.default_tools)
-    corpus = None
-    if "search" in names and cfg.search.backend != "web":
-        corpus = cfg.corpus or bundled_corpus(task)
-        load_corpus(corpus)  # clear errors for a missing or malformed corpus before any model work
-    return task, build_tools(names, cfg.search, cfg.python, corpus), cfg.instruction or task.instruction
-
-
-def bundled_corpus(task: Task) -> Path:
-    path = task.bundled("corpus")
-    if not path.exists():
-        raise ValueError(f"the {task.name} task ships no corpus for the search tool: give corpus=<file.jsonl>")
-    return path
 
 
 def score(rollout: Rollout, gold, task: Task, tools: Sequence[Tool], alpha: float = 0.8, variant: str = "fine",

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import bundled_fc_path, bundled_math_path, bundled_qa_path, load_demos, load_fc, load_math, load_qa
+from .data import bundled_fc_path, bundled_math_path, bundled_qa_path, load_corpus, load_demos, load_fc, load_math, load_qa
 from .function_calls import toolrl_reward
 from .prompts import FUNCTION_INSTRUCTION, INVALID_ACTION, INVALID_PYTHON, PYTHON_INSTRUCTION, SEARCH_INSTRUCTION
 from .rewards import icrl_reward, math_reward
@@ -111,3 +111,32 @@ def load_plugins(plugins: Sequence[str]) -> None:
             spec.loader.exec_module(module)
         else:
             importlib.import_module(plugin)
+
+
+def validate_task_fields(cfg) -> None:
+    """Checks shared by the train and eval configs: task, instruction, tool sections."""
+    if cfg.task:
+        get_task(cfg.task)
+    if cfg.instruction and "{question}" not in cfg.instruction:
+        raise ValueError("instruction must contain {question}, where the question goes")
+    cfg.search.validate()
+    cfg.python.validate()
+
+
+def setup_task(cfg) -> tuple[Task, list[Tool], str]:
+    """The task, its tools and its instruction for a train or eval config (loads plugins, checks the corpus)."""
+    task = get_task(cfg.task)
+    load_plugins(cfg.plugins)
+    names = cfg.tools or list(task.default_tools)
+    corpus = None
+    if "search" in names and cfg.search.backend != "web":
+        corpus = cfg.corpus or bundled_corpus(task)
+        load_corpus(corpus)  # clear errors for a missing or malformed corpus before any model work
+    return task, build_tools(names, cfg.search, cfg.python, corpus), cfg.instruction or task.instruction
+
+
+def bundled_corpus(task: Task) -> Path:
+    path = task.bundled("corpus")
+    if not path.exists():
+        raise ValueError(f"the {task.name} task ships no corpus for the search tool: give corpus=<file.jsonl>")
+    return path

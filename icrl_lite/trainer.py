@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from .config import save_config
 from .curriculum import Curriculum, choose_demos
-from .evaluate import EvalConfig, mean_metrics, run_eval, score, setup_task, validate_task_fields
+from .evaluate import EvalConfig, mean_metrics, run_eval, score
 from .grpo import group_advantages, grpo_loss
 from .model import ModelConfig, load_policy, reference_mode, response_logprobs
 from .prompts import build_messages, render_prompt
 from .rollout import Rollout, RolloutConfig, RolloutEngine
-from .tasks import REWARD_VARIANTS
+from .tasks import REWARD_VARIANTS, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig
 
 
