@@ -252,13 +252,18 @@ def _fc_example(record: dict, index: int, where: str) -> dict:
 def _json_list(value: Any, field: str, where: str) -> list:
     """A list, given as is or as a JSON string."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: '{field}' is not valid JSON: {err.msg} (column {err.colno})") from None
+        value = _loads(value, f"{where}: '{field}' is not valid JSON")
     if not isinstance(value, list):
         raise ValueError(f"{where}: '{field}' must be a list (or a JSON string of one); got {type(value).__name__}")
     return value
+
+
+def _loads(text: str, error: str) -> Any:
+    """json.loads, failing with `error` and the parser's reason."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{error}: {err.msg} (column {err.colno})") from None
 
 
 def _call(call: Any, where: str) -> dict:
@@ -267,10 +272,7 @@ def _call(call: Any, where: str) -> dict:
         raise ValueError(f"{where}: a call needs a 'name' and 'arguments'; got {call!r:.80}")
     arguments = call.get("arguments", call.get("parameters", {}))
     if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: the arguments of {call['name']!r} are not valid JSON: {err.msg}") from None
+        arguments = _loads(arguments, f"{where}: the arguments of {call['name']!r} are not valid JSON")
     if not isinstance(arguments, dict):
         raise ValueError(f"{where}: the arguments of {call['name']!r} must be an object; got {arguments!r:.80}")
     return {"name": call["name"], "arguments": arguments}
