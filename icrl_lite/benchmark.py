@@ -13,6 +13,7 @@ model's best prompt.
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +55,16 @@ class BfclConfig:
     """bfcl (the leaderboard's prompting system prompt, calls as a Python list) | toolrl (our function-calling instruction, <tool_call> JSON lines)."""
     limit: int = 0
     """First N entries of each category (0 = all)."""
-    batch_size: int = 16
-    """Entries generated together (sorted by prompt length to waste little padding)."""
+    sample: int = 0
+    """A seeded random sample of N entries per category, kept in file order (the whole category when it has
+    at most N; 0 = all). Unlike `limit`, it spreads over each file, whose entries are grouped by source."""
+    seed: int = 0
+    """Seed of `sample`."""
+    batch_size: int = 32
+    """Most entries generated together (sorted by prompt length to waste little padding)."""
+    max_batch_tokens: int = 16384
+    """Most prompt tokens in one batch (padding included): long prompts go in smaller batches, so that
+    the prefill's attention stays within memory (live_multiple has prompts of 5,000+ tokens)."""
     max_new_tokens: int = 192
     """Tokens generated per entry."""
     output: str = ""
@@ -69,8 +78,10 @@ class BfclConfig:
             raise ValueError(f"unknown BFCL categories {unknown}; choose from {', '.join(CATEGORIES)}")
         if self.prompt not in PROMPTS:
             raise ValueError(f"prompt={self.prompt!r}: use bfcl or toolrl")
-        if self.limit < 0 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("limit must be >= 0, batch_size and max_new_tokens >= 1")
+        if self.limit and self.sample:
+            raise ValueError("give limit (the first N entries) or sample (N random entries), not both")
+        if self.sample < 0 or self.limit < 0 or self.batch_size < 1 or self.max_new_tokens < 1 or self.max_batch_tokens < 1:
+            raise ValueError("limit must be >= 0; batch_size, max_batch_tokens and max_new_tokens >= 1")
         self.model.validate()
 
 
@@ -94,7 +105,7 @@ def run_bfcl(cfg: BfclConfig, progress: bool = True) -> dict:
     from .trainer import load_for_inference
 
     cfg.validate()
-    entries = {c: load_category(c, limit=cfg.limit or None) for c in cfg.categories}
+    entries = {c: pick(load_category(c, limit=cfg.limit or None), cfg.sample, cfg.seed) for c in cfg.categories}
     model, tokenizer, source = load_for_inference(cfg.checkpoint, cfg.model)
     context = getattr(model.config, "max_position_embeddings", 8192)
     budget = RolloutConfig(temperature=0.0, max_turns=1, max_turn_tokens=cfg.max_new_tokens,
@@ -112,10 +123,8 @@ def run_bfcl(cfg: BfclConfig, progress: bool = True) -> dict:
     with output.open("w") as f:
         for category, items in entries.items():
             prompts = [render_prompt(tokenizer, bfcl_messages(e, cfg.prompt)) for e in items]
-            order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
             correct = 0
-            for start in range(0, len(order), cfg.batch_size):
-                batch = order[start:start + cfg.batch_size]
+            for batch in length_batches([len(p) for p in prompts], cfg.batch_size, cfg.max_batch_tokens):
                 rollouts = engine.generate([prompts[i] for i in batch], 1, generator)
                 for i, rollout in zip(batch, rollouts):
                     calls = decode(rollout.policy_text)
@@ -132,6 +141,25 @@ def run_bfcl(cfg: BfclConfig, progress: bool = True) -> dict:
     bar.close()
     return {"accuracy": accuracy, "counts": counts, "aggregate": aggregate(accuracy, counts), "records": str(output),
             "seconds": time.time() - started}
+
+
+def pick(entries: list, n: int, seed: int) -> list:
+    """`n` entries drawn at random with `seed` (all when n is 0 or covers them), in their original order."""
+    if not n or n >= len(entries):
+        return entries
+    return [entries[i] for i in sorted(random.Random(seed).sample(range(len(entries)), n))]
+
+
+def length_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most `batch_size` rows and `max_tokens` padded
+    tokens (rows x the longest); a prompt longer than `max_tokens` is a batch of its own."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def format_report(report: dict) -> str:

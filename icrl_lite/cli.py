@@ -91,10 +91,12 @@ def eval_bfcl(argv: list[str]) -> int:
     parser.add_argument("--categories", default="", help="comma-separated categories (default: all Python single-turn ones)")
     parser.add_argument("--prompt", default="bfcl", choices=["bfcl", "toolrl"])
     parser.add_argument("--limit", type=int, default=0, help="first N entries per category")
+    parser.add_argument("--sample", type=int, default=0, help="N random entries per category (seed=S picks them; default all)")
     parser.add_argument("--output", default="", help="JSONL of raw outputs and verdicts")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
-    flags = [f"checkpoint={args.checkpoint}", f"prompt={args.prompt}", f"limit={args.limit}", f"output={args.output}"]
+    flags = [f"checkpoint={args.checkpoint}", f"prompt={args.prompt}", f"limit={args.limit}", f"sample={args.sample}",
+             f"output={args.output}"]
     if args.categories:
         flags.append(f"categories=[{args.categories}]")
     try:

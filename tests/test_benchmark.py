@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from icrl_lite.benchmark import BFCL_SYSTEM_PROMPT, BfclConfig, bfcl_messages, run_bfcl
+from icrl_lite.benchmark import BFCL_SYSTEM_PROMPT, BfclConfig, bfcl_messages, run_bfcl, length_batches, pick
 from icrl_lite.bfcl import Entry
 from icrl_lite.model import ModelConfig
 
@@ -65,3 +65,29 @@ def test_a_tiny_run_scores_every_entry_and_writes_its_records(tiny_model_dir, tm
         assert report["accuracy"][category] == sum(r["valid"] for r in mine) / 3
     # a random tiny model writes no call list: irrelevance is all correct, simple_python all wrong
     assert report["accuracy"] == {"simple_python": 0.0, "irrelevance": 1.0}
+
+
+def test_length_batches_sort_by_length_and_respect_both_caps():
+    lengths = [500, 10, 4000, 20, 30, 450, 6000]
+    batches = length_batches(lengths, batch_size=2, max_tokens=1000)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every entry once
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths)
+    for b in batches:
+        assert len(b) <= 2
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 1000
+    assert [6] in batches and [2] in batches  # prompts longer than the cap go alone
+
+
+def test_sample_is_seeded_spread_and_in_file_order():
+    entries = list(range(100))
+    first, again, other = pick(entries, 10, 0), pick(entries, 10, 0), pick(entries, 10, 1)
+    assert first == again and first != other
+    assert first == sorted(first) and len(set(first)) == 10
+    assert max(first) > 50  # not the first ten: the sample spreads over the file
+    assert pick(entries, 0, 0) == entries and pick(entries[:5], 10, 0) == entries[:5]
+
+
+def test_limit_and_sample_together_are_refused():
+    with pytest.raises(ValueError, match="not both"):
+        BfclConfig(limit=5, sample=5).validate()
