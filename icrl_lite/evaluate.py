@@ -40,6 +40,10 @@ class EvalConfig:
     """Tools by name (search, python, or registered through plugins); empty = the task's tools."""
     plugins: list[str] = field(default_factory=list)
     """Python files or modules to import first, e.g. ones that register tools."""
+    functions: str = ""
+    """fc only: Python implementations of the functions (a .py file or module; its IMPLEMENTATIONS dict or its
+    public functions by name). Calls are then executed, their results come back in <obs>, and the episode
+    goes on until a <response> (multi-step; turns capped by rollout.max_turns). Empty = one turn."""
     instruction: str = ""
     """Prompt template with {question}; empty = the task's instruction."""
     demos: int = 0
@@ -138,6 +142,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     if cfg.checkpoint != "base":
         trained = run_config(resolve_checkpoint(cfg.checkpoint))
         cfg.task = cfg.task or trained.task
+        if not cfg.functions and cfg.task == trained.task:  # a multi-step run is evaluated multi-step
+            cfg.functions = trained.functions
         if cfg.rollout == RolloutConfig():  # no budget overridden: evaluate with the budgets the run trained with
             cfg.rollout = trained.rollout
     cfg.task = cfg.task or "qa"

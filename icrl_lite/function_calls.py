@@ -215,12 +215,27 @@ def format_reward(parsed: Parsed, expected: tuple[str, ...]) -> float:
     return float(parsed.blocks == tuple(expected) and not parsed.outside_text)
 
 
+def steps_format_reward(parsed: Parsed, gold_calls: Sequence[Call]) -> float:
+    """Format of a multi-step episode (the policy's turns joined, results left out): 1.0 when it is
+    (think, tool_call) turns, at least one when the gold has calls, none when it has none, then one final
+    (think, response), with nothing outside the blocks; else 0.0."""
+    blocks = parsed.blocks
+    if len(blocks) < 2 or blocks[-2:] != ("think", "response") or parsed.outside_text:
+        return 0.0
+    turns = blocks[:-2]
+    if len(turns) % 2 or any(turns[i:i + 2] != ("think", "tool_call") for i in range(0, len(turns), 2)):
+        return 0.0
+    return float(bool(turns) == bool(gold_calls))
+
+
 def toolrl_reward(response_text: str, gold_calls: Sequence[Call], variant: str = "fine", progress: float = 0.0,
-                  gold_response: str | None = None) -> tuple[float, dict[str, float]]:
+                  gold_response: str | None = None, multi_step: bool = False) -> tuple[float, dict[str, float]]:
     """ToolRL reward of one response (the policy's text only): format + correctness.
 
     ``variant``: ``fine`` (graded correctness, total in [-3, 4]), ``coarse`` (+3 on exact match, else -3) or
     ``dynamic`` (graded correctness scaled by (1 + 2 * progress) / 3, ``progress`` in [0, 1]).
+    ``multi_step``: the text is a whole multi-step episode (several call turns, then a response): format is
+    ``steps_format_reward``; correctness compares all its calls, every turn's, with the gold.
     Metrics: ``reward``, ``format``, ``correctness``, ``exact`` (the calls equal the gold; with no gold call:
     no call made), ``name_jaccard`` and ``param_score`` (the summed parameter score over its maximum
     sum(1 + #params); both 0 when no call is expected or the calls do not parse), ``calls_predicted``,
@@ -241,7 +256,7 @@ def toolrl_reward(response_text: str, gold_calls: Sequence[Call], variant: str =
         params /= s_max - 1.0
     exact = calls_equal(pred, gold) if pred is not None else (not gold and not parse_error)
 
-    fmt = format_reward(parsed, expected_blocks(gold, gold_response))
+    fmt = steps_format_reward(parsed, gold) if multi_step else format_reward(parsed, expected_blocks(gold, gold_response))
     correctness = correctness_reward(pred, gold)
     if variant == "coarse" and gold:
         correctness = MAX_CORRECTNESS if exact else -MAX_CORRECTNESS

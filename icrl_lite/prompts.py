@@ -53,6 +53,22 @@ FUNCTION_INSTRUCTION = (
     "Question: {question}\n"
 )
 
+# Multi-step function calling (the task provides implementations): calls run and their results come back.
+FUNCTION_STEPS_INSTRUCTION = (
+    "You can call these functions, given as JSON schemas:\n{functions}\n"
+    "First reason inside <think> and </think>. To call functions, write <tool_call>, then one JSON object per "
+    'line, {{"name": "function name", "parameters": {{"parameter name": value}}}}, then </tool_call>. Use only the '
+    "functions and parameter names listed above, with the values the question gives. The results come back "
+    "between <obs> and </obs>, one JSON object per call; you may then call more functions. When you are done, or "
+    "if no function fits the question, give your final answer inside <response> and </response>.\n"
+    "Question: {question}\n"
+)
+INVALID_FUNCTION = (
+    "\nMy previous action is invalid. If I want to call functions, I should put one JSON object per line between "
+    "<tool_call> and </tool_call>. If I want to give the final answer, I should put it between <response> and "
+    "</response>. Let me try again.\n"
+)
+
 DEMO_HEADER = "Here are some existing QA examples that you can refer to:\n"
 DEMO_FOOTER = "Do not answer the example problems above. Now solve the following problem.\n"
 

@@ -5,7 +5,8 @@
 answers compared with math-verify).
 `fc`: function calling (ToolRL): the prompt lists the question's functions as JSON schemas, the policy answers
 in one turn with `<think>` / `<tool_call>` (JSON lines) / `<response>`, scored by ToolRL's reward
-(format + correctness in [-3, 4], or its coarse / dynamic variants).
+(format + correctness in [-3, 4], or its coarse / dynamic variants). With `functions=` (Python implementations)
+the episode is multi-step: calls run, results come back in `<obs>`, and the policy continues to a `<response>`.
 All share the rollout engine, GRPO and the demonstration curriculum; a task only decides what goes into
 the prompt, which tools run, where a rollout stops, and how a response is scored.
 """
@@ -16,17 +17,19 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .data import bundled_fc_path, bundled_math_path, bundled_qa_path, load_corpus, load_demos, load_fc, load_math, load_qa
 from .function_calls import toolrl_reward
-from .prompts import FUNCTION_INSTRUCTION, INVALID_ACTION, INVALID_PYTHON, PYTHON_INSTRUCTION, SEARCH_INSTRUCTION
+from .prompts import (FUNCTION_INSTRUCTION, FUNCTION_STEPS_INSTRUCTION, INVALID_ACTION, INVALID_FUNCTION, INVALID_PYTHON,
+                      PYTHON_INSTRUCTION, SEARCH_INSTRUCTION)
 from .rewards import icrl_reward, math_reward
 from .tools import PythonConfig, SearchConfig, Tool, build_python, build_search, make_tool
+from .tools.functions import function_tool, load_implementations
 
 # how each tool's calls are counted in the metrics
-TOOL_METRICS = {"search": "searches", "python": "python_calls"}
+TOOL_METRICS = {"search": "searches", "python": "python_calls", "functions": "function_turns"}
 
 
 REWARD_VARIANTS = ("fine", "coarse", "dynamic")
@@ -59,11 +62,14 @@ def _answer_reward(reward):
     return score
 
 
-def _function_call_reward(response, gold, alpha=0.8, variant="fine", progress=0.0):
-    reward, metrics = toolrl_reward(response, gold, variant=variant, progress=progress)
-    metrics["em"] = metrics["exact"]  # the accuracy every task logs
-    metrics["format_valid"] = float(metrics["format"] == 1.0)
-    return reward, metrics
+def _function_call_reward(multi_step: bool):
+    def score(response, gold, alpha=0.8, variant="fine", progress=0.0):
+        reward, metrics = toolrl_reward(response, gold, variant=variant, progress=progress, multi_step=multi_step)
+        metrics["em"] = metrics["exact"]  # the accuracy every task logs
+        metrics["format_valid"] = float(metrics["format"] == 1.0)
+        return reward, metrics
+
+    return score
 
 
 TASKS = {
@@ -71,9 +77,16 @@ TASKS = {
                bundled_qa_path),
     "math": Task("math", PYTHON_INSTRUCTION, INVALID_PYTHON, ("python",), _answer_reward(math_reward), load_math,
                  bundled_math_path),
-    "fc": Task("fc", FUNCTION_INSTRUCTION, "", (), _function_call_reward, load_fc, bundled_fc_path,
+    "fc": Task("fc", FUNCTION_INSTRUCTION, "", (), _function_call_reward(False), load_fc, bundled_fc_path,
                gold_field="ground_truth", final_stops=("</tool_call>", "</response>")),
 }
+
+
+def with_implementations(task: Task) -> Task:
+    """The fc task made multi-step: `<tool_call>` runs the calls (the `functions` tool) and only `</response>`
+    ends the episode; the instruction says results come back in <obs>; format accepts several call turns."""
+    return replace(task, instruction=FUNCTION_STEPS_INSTRUCTION, invalid_message=INVALID_FUNCTION,
+                   reward=_function_call_reward(True), final_stops=("</response>",))
 
 
 def get_task(name: str) -> Task:
@@ -117,6 +130,8 @@ def validate_task_fields(cfg) -> None:
     """Checks shared by the train and eval configs: task, instruction, tool sections."""
     if cfg.task:
         get_task(cfg.task)
+    if cfg.functions and cfg.task and cfg.task != "fc":
+        raise ValueError(f"functions= gives implementations of function-calling tools: it needs task=fc, not {cfg.task}")
     if cfg.instruction and "{question}" not in cfg.instruction:
         raise ValueError("instruction must contain {question}, where the question goes")
     cfg.search.validate()
@@ -126,13 +141,19 @@ def validate_task_fields(cfg) -> None:
 def setup_task(cfg) -> tuple[Task, list[Tool], str]:
     """The task, its tools and its instruction for a train or eval config (loads plugins, checks the corpus)."""
     task = get_task(cfg.task)
+    if cfg.functions and task.name != "fc":
+        raise ValueError(f"functions= gives implementations of function-calling tools: it needs task=fc, not {task.name}")
     load_plugins(cfg.plugins)
     names = cfg.tools or list(task.default_tools)
     corpus = None
     if "search" in names and cfg.search.backend != "web":
         corpus = cfg.corpus or bundled_corpus(task)
         load_corpus(corpus)  # clear errors for a missing or malformed corpus before any model work
-    return task, build_tools(names, cfg.search, cfg.python, corpus), cfg.instruction or task.instruction
+    tools = build_tools(names, cfg.search, cfg.python, corpus)
+    if cfg.functions:
+        task = with_implementations(task)
+        tools.append(function_tool(load_implementations(cfg.functions)))
+    return task, tools, cfg.instruction or task.instruction
 
 
 def bundled_corpus(task: Task) -> Path:

@@ -54,6 +54,10 @@ class TrainConfig:
     """Tools by name (search, python, or registered through plugins); empty = the task's tools."""
     plugins: list[str] = field(default_factory=list)
     """Python files or modules to import first, e.g. ones that register tools."""
+    functions: str = ""
+    """fc only: Python implementations of the functions (a .py file or module; its IMPLEMENTATIONS dict or its
+    public functions by name). Calls are then executed, their results come back in <obs>, and the episode
+    goes on until a <response> (multi-step; turns capped by rollout.max_turns). Empty = one turn."""
     instruction: str = ""
     """Prompt template with {question}; empty = the task's instruction (describe your tools here when you bring your own)."""
     demo_pool: str = ""
