@@ -216,3 +216,22 @@ def test_training_and_evaluation_run_multi_step_and_count_the_call_turns(tiny_mo
     summary = evaluate(EvalConfig(checkpoint=str(tmp_path / "run"), split="dev", limit=2, batch_size=2,
                                   output=str(tmp_path / "eval.jsonl")))
     assert "function_turns" in summary
+
+
+def test_the_example_demos_hold_what_the_example_functions_return():
+    from pathlib import Path
+
+    from icrl_lite.data import load_demos, load_fc
+
+    here = Path(__file__).resolve().parents[1] / "examples" / "fc_steps"
+    table = load_implementations(str(here / "functions.py"))
+    demos = load_demos(here / "demos.jsonl", load_fc)
+    stepped = [d for d in demos if d["ground_truth"]]
+    assert len(stepped) >= 3
+    for demo in demos:
+        text = demo["solution"]
+        assert steps_format_reward(parse_response(text), demo["ground_truth"]) == 1.0
+        assert toolrl_reward(text, demo["ground_truth"], multi_step=True)[1]["exact"] == 1.0
+        if demo["ground_truth"]:
+            block = text[text.index("<tool_call>") + 11:text.index("</tool_call>")]
+            assert f"<obs>\n{execute_calls(block, table)}\n</obs>" in text
