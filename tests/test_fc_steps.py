@@ -237,3 +237,15 @@ def test_the_example_demos_hold_what_the_example_functions_return():
         if demo["ground_truth"]:
             block = text[text.index("<tool_call>") + 11:text.index("</tool_call>")]
             assert f"<obs>\n{execute_calls(block, table)}\n</obs>" in text
+
+
+def test_awkward_results_and_exits_stay_one_valid_json_line_each(tmp_path):
+    path = tmp_path / "awkward.py"
+    path.write_text("import sys\n\ndef big():\n    return 'x' * 50_000\n\ndef tuple_keys():\n    return {(1, 2): 3}\n\n"
+                    "def leave():\n    sys.exit(3)\n")
+    table = load_implementations(str(path))
+    block = "\n".join(f'{{"name": "{n}", "parameters": {{}}}}' for n in ("big", "tuple_keys", "leave"))
+    big, keys, leave = lines(execute_calls(block, table))
+    assert big["result"].endswith("...(cut)") and len(json.dumps(big)) <= 2000
+    assert keys == {"name": "tuple_keys", "result": "{(1, 2): 3}"}
+    assert leave == {"name": "leave", "error": "SystemExit: 3"}

@@ -74,14 +74,28 @@ def execute_calls(call_text: str, implementations: Mapping[str, Callable[..., An
                 outcome = future.result(timeout=timeout)
             except FutureTimeout:
                 outcome = {"error": f"timed out after {timeout:g} s"}
-        lines.append(json.dumps({"name": call["name"], **outcome}, ensure_ascii=False, default=str)[:MAX_RESULT_CHARS])
+        lines.append(_line(call["name"], outcome))
     return "\n".join(lines)
+
+
+def _line(name: str, outcome: dict) -> str:
+    """One call's JSON line; a result JSON cannot hold becomes its text, a long one is cut (still valid JSON)."""
+    try:
+        line = json.dumps({"name": name, **outcome}, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):  # e.g. dict keys that are not strings, circular structures
+        outcome = {key: repr(value) for key, value in outcome.items()}
+        line = json.dumps({"name": name, **outcome}, ensure_ascii=False)
+    if len(line) > MAX_RESULT_CHARS:
+        key, value = next(iter(outcome.items()))
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        line = json.dumps({"name": name, key: text[: MAX_RESULT_CHARS - 100] + " ...(cut)"}, ensure_ascii=False)
+    return line
 
 
 def _call(fn: Callable[..., Any], parameters: dict) -> dict:
     try:
         return {"result": fn(**parameters)}
-    except Exception as e:  # noqa: BLE001 - the model sees the failure as the call's result
+    except BaseException as e:  # noqa: BLE001 - the model sees the failure (sys.exit() included) as the result
         return {"error": f"{type(e).__name__}: {e}"}
 
 
