@@ -1,7 +1,8 @@
 """Tools the model can call, their config sections, and a registry for tools users bring.
 
 Built-in: `search` (backend `bm25` | `dense` | `hybrid` | `web`, see `SearchConfig`) and `python` (the restricted
-interpreter, see `PythonConfig`). A tool of your own is a name, its tags and a function from call text to an
+interpreter, see `PythonConfig`); `functions` (functions.py) runs the `<tool_call>` blocks of multi-step function
+calling with a task's Python implementations (config `functions=`). A tool of your own is a name, its tags and a function from call text to an
 observation string; register a factory for it and select it by name in the config:
 
     # my_tools.py
@@ -14,7 +15,8 @@ observation string; register a factory for it and select it by name in the confi
 
     $ icrl-lite train plugins=[my_tools.py] tools=[search,lookup] instruction="... {question}"
 
-This package is a leaf: it imports nothing else from icrl_lite but `data`, and loads no language model.
+This package is a leaf: it imports nothing else from icrl_lite but `data` and `function_calls` (pure parsing),
+and loads no language model.
 """
 
 from __future__ import annotations
