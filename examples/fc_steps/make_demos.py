@@ -1,4 +1,5 @@
-"""Multi-step demonstrations for `functions=examples/fc_steps/functions.py`, written to demos.jsonl here.
+"""Multi-step demonstrations for `functions=examples/fc_steps/functions.py`, written to demos.jsonl here,
+and dev.jsonl: the bundled dev queries whose gold calls this example implements (to evaluate multi-step).
 
 Takes the bundled demos whose gold calls this example implements (and the no-call ones), RUNS the gold
 calls with the implementations, and writes each trajectory as the policy should produce it:
@@ -39,6 +40,11 @@ def main() -> None:
         for record in demos:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     print(f"{len(demos)} demos -> {HERE / 'demos.jsonl'}")
+    dev = [r for r in load_fc(bundled_fc_path("dev")) if r["ground_truth"] and all(c["name"] in table for c in r["ground_truth"])]
+    with (HERE / "dev.jsonl").open("w") as f:
+        for record in dev:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    print(f"{len(dev)} dev queries -> {HERE / 'dev.jsonl'}")
 
 
 if __name__ == "__main__":
