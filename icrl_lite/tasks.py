@@ -13,9 +13,6 @@ the prompt, which tools run, where a rollout stops, and how a response is scored
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +23,7 @@ from .prompts import (FUNCTION_INSTRUCTION, FUNCTION_STEPS_INSTRUCTION, INVALID_
                       PYTHON_INSTRUCTION, SEARCH_INSTRUCTION)
 from .rewards import icrl_reward, math_reward
 from .tools import PythonConfig, SearchConfig, Tool, build_python, build_search, make_tool
+from .tools.base import import_source
 from .tools.functions import function_tool, load_implementations
 
 # how each tool's calls are counted in the metrics
@@ -111,27 +109,13 @@ def build_tools(names: Sequence[str], search: SearchConfig, python: PythonConfig
 def load_plugins(plugins: Sequence[str]) -> None:
     """Import modules (dotted names or .py files) that register tools with `icrl_lite.tools.register_tool`."""
     for plugin in plugins:
-        path = Path(plugin)
-        if plugin.endswith(".py"):
-            if not path.is_file():
-                raise FileNotFoundError(f"plugin file {plugin!r} not found")
-            name = f"icrl_lite_plugin_{path.stem}"
-            if name in sys.modules:
-                continue
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:
-            importlib.import_module(plugin)
+        import_source(plugin, "plugin file")
 
 
 def validate_task_fields(cfg) -> None:
     """Checks shared by the train and eval configs: task, instruction, tool sections."""
     if cfg.task:
         get_task(cfg.task)
-    if cfg.functions and cfg.task and cfg.task != "fc":
-        raise ValueError(f"functions= gives implementations of function-calling tools: it needs task=fc, not {cfg.task}")
     if cfg.instruction and "{question}" not in cfg.instruction:
         raise ValueError("instruction must contain {question}, where the question goes")
     cfg.search.validate()

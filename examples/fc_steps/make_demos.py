@@ -31,20 +31,22 @@ def main() -> None:
             continue
         first_turn = record["solution"]  # <think> ... </think>\n<tool_call> ... </tool_call>
         block = first_turn[first_turn.index("<tool_call>") + len("<tool_call>"):first_turn.index("</tool_call>")]
-        results = [json.loads(line) for line in execute_calls(block, table).splitlines()]
+        observation = execute_calls(block, table)
+        results = [json.loads(line) for line in observation.splitlines()]
         said = "; ".join(f"{r['name']} gave {json.dumps(r.get('result', r.get('error')))}" for r in results)
-        record["solution"] = (f"{first_turn}\n\n<obs>\n{execute_calls(block, table)}\n</obs>\n\n"
+        record["solution"] = (f"{first_turn}\n\n<obs>\n{observation}\n</obs>\n\n"
                               f"<think> The results are in: {said}. </think>\n<response> {said}. </response>")
         demos.append(record)
-    with (HERE / "demos.jsonl").open("w") as f:
-        for record in demos:
+    write(HERE / "demos.jsonl", demos)
+    write(HERE / "dev.jsonl", [r for r in load_fc(bundled_fc_path("dev"))
+                               if r["ground_truth"] and all(c["name"] in table for c in r["ground_truth"])])
+
+
+def write(path: Path, records: list[dict]) -> None:
+    with path.open("w") as f:
+        for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    print(f"{len(demos)} demos -> {HERE / 'demos.jsonl'}")
-    dev = [r for r in load_fc(bundled_fc_path("dev")) if r["ground_truth"] and all(c["name"] in table for c in r["ground_truth"])]
-    with (HERE / "dev.jsonl").open("w") as f:
-        for record in dev:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    print(f"{len(dev)} dev queries -> {HERE / 'dev.jsonl'}")
+    print(f"{len(records)} records -> {path}")
 
 
 if __name__ == "__main__":

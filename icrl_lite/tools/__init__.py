@@ -1,9 +1,9 @@
 """Tools the model can call, their config sections, and a registry for tools users bring.
 
 Built-in: `search` (backend `bm25` | `dense` | `hybrid` | `web`, see `SearchConfig`) and `python` (the restricted
-interpreter, see `PythonConfig`); `functions` (functions.py) runs the `<tool_call>` blocks of multi-step function
-calling with a task's Python implementations (config `functions=`). A tool of your own is a name, its tags and a function from call text to an
-observation string; register a factory for it and select it by name in the config:
+interpreter, see `PythonConfig`); `functions` (functions.py) runs the `<tool_call>` blocks of multi-step
+function calling with a task's Python implementations (config `functions=`). A tool of your own is a name, its
+tags and a function from call text to an observation string; register a factory for it and select it by name in the config:
 
     # my_tools.py
     from icrl_lite.tools import Tool, register_tool

@@ -8,8 +8,14 @@ is a `Tool`; `find_call` is the one parser that recognises calls, whichever tool
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 
@@ -73,3 +79,25 @@ def find_call(text: str, tools: Sequence[Tool]) -> tuple[Tool, str] | None:
     if start == -1:
         return None
     return tool, text[start + len(tool.open_tag) : end].strip()
+
+
+def import_source(source: str, what: str) -> ModuleType:
+    """A module given as a `.py` file (imported once per resolved path) or as an importable dotted name;
+    `what` names it in the error for a missing file ("plugin file", "functions=")."""
+    if not source.endswith(".py"):
+        return importlib.import_module(source)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {source!r} not found")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    name = f"icrl_lite_user_{path.stem}_{digest}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]  # a broken file is not cached: fixing it and retrying works
+            raise
+    return sys.modules[name]

@@ -12,18 +12,15 @@ function does not take or runs past the timeout becomes an error result the mode
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from pathlib import Path
 from typing import Any
 
 from ..function_calls import parse_calls
-from .base import Tool
+from .base import Tool, import_source
 
 CALL_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="icrl-fn")
 MAX_RESULT_CHARS = 2000
@@ -35,15 +32,7 @@ def load_implementations(source: str) -> dict[str, Callable[..., Any]]:
     The module's `IMPLEMENTATIONS` dict ({function name: callable}) if it defines one, else every public
     function defined in the module itself (not the ones it imports), under its own name.
     """
-    if source.endswith(".py"):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"functions={source!r}: no such file (a .py file or a module defining the functions)")
-        spec = importlib.util.spec_from_file_location(f"icrl_lite_functions_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(source)
+    module = import_source(source, "functions=")
     table = getattr(module, "IMPLEMENTATIONS", None)
     if table is None:
         table = {name: fn for name, fn in vars(module).items()
