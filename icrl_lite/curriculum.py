@@ -16,10 +16,17 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Stage:
-    """One curriculum stage: ``demos`` demonstrations in every prompt for ``steps`` training steps."""
+    """One curriculum stage: ``demos`` demonstrations in the prompt for ``steps`` training steps.
+
+    ``zero_shot`` of each group's rollouts are sampled from the prompt WITHOUT demos (mixed groups; our
+    departure from the paper, whose stages put the same k demos in every rollout). With ``demos: 0`` every
+    rollout is zero-shot anyway. A sequence of stages with falling ``demos`` and rising ``zero_shot`` is a
+    demo-probability schedule that keeps zero-shot rollouts in every step.
+    """
 
     demos: int
     steps: int
+    zero_shot: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.demos, bool) or not isinstance(self.demos, int) or self.demos < 0:
@@ -28,6 +35,8 @@ class Stage:
             raise ValueError(
                 f"Stage.steps must be an integer >= 1, got {self.steps!r}; drop the stage instead of giving it 0 steps"
             )
+        if isinstance(self.zero_shot, bool) or not isinstance(self.zero_shot, int) or self.zero_shot < 0:
+            raise ValueError(f"Stage.zero_shot (rollouts per group without demos) must be an integer >= 0, got {self.zero_shot!r}")
 
 
 def default_stages(steps_per_stage: int) -> list[Stage]:
@@ -39,14 +48,14 @@ def _as_stage(stage: Stage | Mapping[str, int]) -> Stage:
     if isinstance(stage, Stage):
         return stage
     if isinstance(stage, Mapping):
-        unknown = set(stage) - {"demos", "steps"}
+        unknown = set(stage) - {"demos", "steps", "zero_shot"}
         missing = {"demos", "steps"} - set(stage)
         if unknown or missing:
             raise ValueError(
-                f"a stage needs exactly the keys 'demos' and 'steps', e.g. {{'demos': 3, 'steps': 100}}; "
-                f"got {dict(stage)!r}"
+                f"a stage needs the keys 'demos' and 'steps' (and optionally 'zero_shot'), e.g. "
+                f"{{'demos': 3, 'steps': 100}}; got {dict(stage)!r}"
             )
-        return Stage(demos=stage["demos"], steps=stage["steps"])
+        return Stage(demos=stage["demos"], steps=stage["steps"], zero_shot=stage.get("zero_shot", 0))
     raise TypeError(f"a stage must be a Stage or a dict like {{'demos': 3, 'steps': 100}}, got {stage!r}")
 
 
@@ -86,11 +95,17 @@ class Curriculum:
         """Number of demonstrations in the prompts of ``step``."""
         return self.stages[self.stage_at(step)].demos
 
+    def zero_shot_at(self, step: int, group_size: int) -> int:
+        """Rollouts of a group at ``step`` sampled without demos (all of them in a 0-demo stage)."""
+        stage = self.stages[self.stage_at(step)]
+        return group_size if stage.demos == 0 else min(stage.zero_shot, group_size)
+
     def describe(self) -> str:
         """E.g. ``"3 demos x 100 steps -> 2 x 100 -> 0 x 100"``."""
         first, *rest = self.stages
-        parts = [f"{first.demos} demos x {first.steps} steps"]
-        parts += [f"{s.demos} x {s.steps}" for s in rest]
+        mixed = lambda s: f" (+{s.zero_shot} zero-shot)" if s.zero_shot and s.demos else ""  # noqa: E731
+        parts = [f"{first.demos} demos x {first.steps} steps{mixed(first)}"]
+        parts += [f"{s.demos} x {s.steps}{mixed(s)}" for s in rest]
         return " -> ".join(parts)
 
     def __repr__(self) -> str:

@@ -7,8 +7,8 @@ Departures from the GRPO paper (DeepSeekMath), as in ICRL's training recipe and 
 
 - The loss is a token-level mean over all policy tokens of the batch (DAPO), not a mean over tokens of
   each sequence followed by a mean over sequences, so long responses are not down-weighted.
-- Advantages use the sample standard deviation of the group (``unbiased=True``, as TRL does); groups whose
-  rewards are all equal carry no signal and get an advantage of exactly 0.
+- Advantages are scaled by the group's sample std (GRPO, TRL's default), the batch's, or not at all (Dr. GRPO):
+  ``scale_rewards``; groups whose rewards are all equal carry no signal and get an advantage of exactly 0.
 """
 
 from __future__ import annotations
@@ -17,18 +17,31 @@ import torch
 from torch import Tensor
 
 
-def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
-    """Group-normalised advantages ``(r - group mean) / (group std + eps)``.
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6,
+                     scale: str = "group") -> tuple[Tensor, Tensor]:
+    """Group-relative advantages ``(r - group mean) / s``.
 
     ``rewards`` is (N,) with N = num_groups * group_size, laid out group-contiguous (the group_size
-    samples of prompt 0, then those of prompt 1, ...). The std is the sample std (divides by
-    group_size - 1). Returns ``advantages`` (N,) float and ``informative`` (N,) bool, True where the
-    sample's group has non-zero variance; advantages of the other groups are exactly 0.
+    samples of prompt 0, then those of prompt 1, ...). ``scale`` picks ``s``:
+
+    - ``group``: the group's sample std + eps (GRPO; TRL's default). A 0.02 format-only spread then gets the
+      same advantage as a 0.8 correct-answer spread.
+    - ``batch``: the sample std of all N rewards + eps (one scale for the step: a group's advantage keeps its
+      size relative to the others').
+    - ``none``: 1 (Dr. GRPO): advantages are raw reward differences.
+
+    The std is the sample std (divides by n - 1). Returns ``advantages`` (N,) float and ``informative`` (N,)
+    bool, True where the sample's group has non-zero variance; advantages of the other groups are exactly 0.
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D (N,), got shape {tuple(rewards.shape)}; flatten it first")
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 (GRPO compares several samples of one prompt), got {group_size}")
+    if scale not in SCALE_REWARDS:
+        raise ValueError(f"scale={scale!r}: use one of {', '.join(SCALE_REWARDS)}")
     n = rewards.shape[0]
     if n % group_size != 0:
         raise ValueError(
@@ -37,9 +50,14 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> tup
         )
     r = rewards.float().view(-1, group_size)  # (G, K)
     mean = r.mean(dim=1, keepdim=True)  # (G, 1)
-    std = r.std(dim=1, unbiased=True, keepdim=True)  # (G, 1)
+    if scale == "group":
+        denom = r.std(dim=1, unbiased=True, keepdim=True) + eps  # (G, 1)
+    elif scale == "batch":
+        denom = (r.std(unbiased=True) if n > 1 else torch.zeros(())) + eps  # ()
+    else:
+        denom = torch.ones(())  # ()
     informative = r.amax(dim=1, keepdim=True) != r.amin(dim=1, keepdim=True)  # (G, 1) exact, no float noise
-    adv = torch.where(informative, (r - mean) / (std + eps), torch.zeros_like(r))  # (G, K)
+    adv = torch.where(informative, (r - mean) / denom, torch.zeros_like(r))  # (G, K)
     return adv.view(-1), informative.expand_as(r).reshape(-1)  # (N,), (N,)
 
 
@@ -130,3 +148,32 @@ def grpo_loss(
             "ratio_mean": (ratio * m).sum() / local_tokens,
         }
     return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+def shaped_offpolicy_loss(
+    logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    gamma: float = 0.1,
+    num_tokens: int | float | Tensor | None = None,
+) -> Tensor:
+    """LUFFY's policy-shaped objective for off-policy tokens: ``-A * f(p)`` per token, ``f(p) = p / (p + gamma)``.
+
+    ``p = exp(logp)`` is the current policy's probability of a token that another policy sampled (here: the
+    same model with demonstrations in its prompt, scored without them). LUFFY takes the off-policy ratio as
+    ``p / 1`` and shapes it with ``f``; the gradient ``A * gamma * p / (p + gamma)^2 * grad log p`` stays
+    large for tokens the policy finds unlikely (``p`` near ``gamma``) instead of vanishing like ``p * grad log p``,
+    and fades for tokens it already predicts. No clip. Same shapes and token mean as ``grpo_loss``.
+    """
+    if logp.shape != mask.shape or advantages.shape != (logp.shape[0],):
+        raise ValueError(f"logp and mask must be (B, T) and advantages (B,), got {tuple(logp.shape)}, "
+                         f"{tuple(mask.shape)}, {tuple(advantages.shape)}")
+    if gamma <= 0:
+        raise ValueError(f"gamma must be > 0 (LUFFY uses 0.1), got {gamma}")
+    keep = mask.bool()  # (B, T)
+    p = torch.exp(torch.where(keep, logp, torch.zeros_like(logp)))  # (B, T)
+    per_token = -advantages.detach().to(logp.dtype).unsqueeze(1) * p / (p + gamma)  # (B, T)
+    m = keep.to(logp.dtype)  # (B, T)
+    denom = m.sum().clamp(min=1.0) if num_tokens is None else torch.as_tensor(num_tokens, dtype=logp.dtype)
+    return (per_token * m).sum() / denom  # ()

@@ -53,7 +53,7 @@ def test_bad_stage_messages_say_how_to_fix(kwargs, message):
 def test_bad_curriculum_messages():
     with pytest.raises(ValueError, match="non-empty list of stages"):
         Curriculum([])
-    with pytest.raises(ValueError, match="exactly the keys 'demos' and 'steps'"):
+    with pytest.raises(ValueError, match="needs the keys 'demos' and 'steps'"):
         Curriculum([{"demos": 3, "step": 100}])
 
 
@@ -86,3 +86,17 @@ def test_choose_demos_k_larger_than_pool_raises():
     with pytest.raises(ValueError, match="cannot choose 4 distinct demos from a pool of 3"):
         choose_demos(pool_size=3, k=4, seed=0, step=0, index=0)
     assert choose_demos(pool_size=3, k=0, seed=0, step=0, index=0) == []
+
+
+def test_zero_shot_rollouts_per_stage():
+    c = Curriculum([{"demos": 3, "steps": 2, "zero_shot": 2}, {"demos": 2, "steps": 1}, {"demos": 0, "steps": 1}])
+    assert [c.zero_shot_at(s, 8) for s in range(4)] == [2, 2, 0, 8]  # a 0-demo stage is all zero-shot
+    assert c.zero_shot_at(0, 1) == 1  # capped at the group size
+    assert "(+2 zero-shot)" in c.describe()
+
+
+def test_zero_shot_must_be_a_non_negative_int():
+    with pytest.raises(ValueError, match="zero_shot"):
+        Curriculum([{"demos": 3, "steps": 2, "zero_shot": -1}])
+    with pytest.raises(ValueError, match="optionally 'zero_shot'"):
+        Curriculum([{"demos": 3, "steps": 2, "zero_shots": 1}])

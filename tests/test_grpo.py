@@ -155,3 +155,35 @@ def test_micro_batches_with_total_num_tokens_match_full_batch_gradient():
 def test_loss_rejects_mismatched_advantages():
     with pytest.raises(ValueError, match="advantages must be"):
         grpo_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), MASK)
+
+
+def test_scale_rewards_batch_and_none_hand_numbers():
+    # groups [0, 0.02] (format-only difference) and [0, 0.8] (correct answer)
+    rewards = torch.tensor([0.0, 0.02, 0.0, 0.8])
+    group, _ = group_advantages(rewards, 2, eps=0.0, scale="group")
+    # per-group std of a pair {0, d} is d / sqrt(2): both groups get +-1/sqrt(2), the complaint
+    torch.testing.assert_close(group, torch.tensor([-1, 1, -1, 1.0]) / math.sqrt(2))
+    none, _ = group_advantages(rewards, 2, scale="none")
+    torch.testing.assert_close(none, torch.tensor([-0.01, 0.01, -0.4, 0.4]))
+    batch, _ = group_advantages(rewards, 2, eps=0.0, scale="batch")
+    std = torch.tensor([0.0, 0.02, 0.0, 0.8]).std().item()  # one scale for the whole step
+    torch.testing.assert_close(batch, torch.tensor([-0.01, 0.01, -0.4, 0.4]) / std)
+    assert abs(batch[3] / batch[1] - 40) < 1e-4  # the correct-answer group keeps its 40x larger advantage
+
+
+def test_scale_rewards_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="group, batch, none"):
+        group_advantages(torch.zeros(4), 2, scale="std")
+
+
+def test_shaped_offpolicy_loss_hand_numbers_and_gradient():
+    from icrl_lite.grpo import shaped_offpolicy_loss
+
+    # p = 0.1 and 0.9 with gamma 0.1: f = 0.5 and 0.9; A = 2 -> per-token -1.0 and -1.8, mean -1.4
+    logp = torch.log(torch.tensor([[0.1, 0.9, 0.5]])).requires_grad_()
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss = shaped_offpolicy_loss(logp, torch.tensor([2.0]), mask, gamma=0.1)
+    torch.testing.assert_close(loss, torch.tensor(-1.4))
+    loss.backward()
+    # d/dlogp of -A p/(p+g) / 2 tokens = -A g p / (p+g)^2 / 2: p=0.1 -> -0.25, p=0.9 -> -0.09; masked -> 0
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.25, -0.09, 0.0]]))
