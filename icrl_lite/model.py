@@ -283,16 +283,20 @@ def decoder(model):
     return base.get_decoder()
 
 
-def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Log-probability of each token given its prefix: (B, T) -> (B, T-1), for tokens 1..T-1."""
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 1024,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Log-probability of each token given its prefix: (B, T) -> (B, T-1), for tokens 1..T-1, under
+    softmax(logits / temperature)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) handles left padding and holes
     hidden = decoder(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=False).last_hidden_state[:, :-1]  # (B, T-1, H)
-    return token_logprobs(model.get_output_embeddings(), hidden, input_ids[:, 1:], chunk)
+    return token_logprobs(model.get_output_embeddings(), hidden, input_ids[:, 1:], chunk, temperature)
 
 
-def response_logprobs(model, prompt: list[int], responses: list[list[int]], chunk: int = 1024) -> torch.Tensor:
-    """Log-probabilities of several responses to ONE prompt: (G, R) for R = the longest response.
+def response_logprobs(model, prompt: list[int], responses: list[list[int]], chunk: int = 1024,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Log-probabilities of several responses to ONE prompt: (G, R) for R = the longest response, under
+    softmax(logits / temperature): score with the temperature the tokens were sampled with.
 
     The prompt goes through the model once and its KV cache is shared by the G responses; gradients flow
     back through that shared cache, so this is exact, but the prompt (long, with demonstrations) costs one
@@ -317,25 +321,28 @@ def response_logprobs(model, prompt: list[int], responses: list[list[int]], chun
     position_ids = torch.arange(len(prompt) - 1, len(prompt) + width, device=device).expand(len(responses), -1)
     hidden = body(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
                   past_key_values=cache, use_cache=True).last_hidden_state[:, :-1]  # (G, R, H)
-    return token_logprobs(model.get_output_embeddings(), hidden, ids[:, 1:], chunk)
+    return token_logprobs(model.get_output_embeddings(), hidden, ids[:, 1:], chunk, temperature)
 
 
-def token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+def token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int, temperature: float = 1.0) -> torch.Tensor:
     """log p(targets | hidden) through the LM head, `chunk` positions at a time: (B, T, H), (B, T) -> (B, T).
+
+    p = softmax(logits / temperature); temperature 0 (greedy sampling) scores at 1.
 
     Each chunk's fp32 logits are recomputed in the backward pass (activation checkpointing) instead of
     kept, so the whole batch's B x T x vocab logits never sit in memory at once.
     """
+    scale = 1.0 / temperature if temperature > 0 else 1.0
     pieces = []
     for start in range(0, hidden.shape[1], chunk):
         h, t = hidden[:, start:start + chunk], targets[:, start:start + chunk]
         if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, head, h, t, use_reentrant=False))
+            pieces.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, head, h, t, scale, use_reentrant=False))
         else:
-            pieces.append(_chunk_logprobs(head, h, t))
+            pieces.append(_chunk_logprobs(head, h, t, scale))
     return torch.cat(pieces, dim=1)
 
 
-def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden).float()  # (B, c, V)
+def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    logits = head(hidden).float() * scale  # (B, c, V)
     return logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, c)

@@ -12,9 +12,11 @@ with nothing to feed gets a masked hole. Positions are tracked per row, so holes
 when holes make up most of the cache it is compacted. Forced chunks wait a few steps so that several rows'
 observations go through the model together.
 
-Departures from the paper: a turn that ends by EOS or the turn budget without a valid action gets the
-corrective message (ICRL's loop does this for turns without a tag); corrective turns count toward
-`max_turns`; after `max_turns` the final turn has tools disabled.
+The EOS rule: an end-of-sequence token ends the rollout when the turn holds an answer or tools are off (the
+final turn). Otherwise, by default, it is ICRL's loop: a turn with neither a tool call nor an answer, ended by
+EOS or by the turn budget, gets the corrective message and the policy tries again (`stop_at_eos=true` ends
+the rollout at EOS instead). Corrective turns count toward `max_turns`; after `max_turns` the final turn has
+tools disabled.
 """
 
 from __future__ import annotations
@@ -54,7 +56,12 @@ class RolloutConfig:
     top_p: float = 1.0
     """Nucleus sampling mass."""
     merge_lora: bool = True
-    """Decode with the LoRA adapter merged into the base weights (~2x faster; weights restored exactly)."""
+    """Decode with the LoRA adapter merged into the base weights (~2x faster; weights restored exactly). Training
+    corrects for the tiny merged/unmerged difference: the loss's ratio is taken against the sampler's own log-probs."""
+    stop_at_eos: bool = False
+    """What an end-of-sequence token does while tools are still available and the turn holds no valid action:
+    false = ICRL's loop (the corrective message is forced and the policy tries again; the EOS stays in the
+    response with mask 1), true = the rollout ends there. An EOS in the final (tools-off) turn always ends it."""
 
     def validate(self) -> None:
         for name in ("max_turns", "max_turn_tokens", "max_response_tokens", "max_obs_tokens", "max_context_tokens"):
@@ -71,6 +78,7 @@ class Rollout:
     prompt_ids: list[int]
     response_ids: list[int] = field(default_factory=list)
     loss_mask: list[int] = field(default_factory=list)  # 1 = sampled by the policy, 0 = forced
+    logprobs: list[float] = field(default_factory=list)  # the sampler's log-prob of each token (0.0 where forced)
     text: str = ""  # decoded response, tool output included (special tokens removed)
     policy_text: str = ""  # only what the policy sampled: what rewards score
     tool_calls: list[dict] = field(default_factory=list)  # {"tool", "query", "observation"}
@@ -121,15 +129,27 @@ class RolloutEngine:
 
     # ---- public -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], num_samples: int = 1,
+    def generate(self, prompts: Sequence[Sequence[int]], num_samples: int | Sequence[int] = 1,
                  generator: torch.Generator | None = None) -> list[Rollout]:
-        """Rollouts for every prompt x `num_samples`, ordered prompt-major (group-contiguous)."""
-        rows = [_Row(Rollout(prompt_ids=list(p))) for p in prompts for _ in range(num_samples)]
+        """Rollouts for every prompt x `num_samples` (one count for all prompts, or one per prompt), ordered
+        prompt-major (group-contiguous).
+
+        Each rollout records the sampler's log-prob of every sampled token (`Rollout.logprobs`): log
+        softmax(logits / temperature), after top-p truncation, on the weights that sampled it (merged or not).
+        """
+        counts = [num_samples] * len(prompts) if isinstance(num_samples, int) else list(num_samples)
+        if len(counts) != len(prompts) or any(c < 0 for c in counts):
+            raise ValueError(f"num_samples must be one count >= 0 or one per prompt ({len(prompts)}), got {num_samples!r}")
+        prompts = [p for p, c in zip(prompts, counts) if c > 0]
+        counts = [c for c in counts if c > 0]
+        if not prompts:
+            return []
+        rows = [_Row(Rollout(prompt_ids=list(p))) for p, c in zip(prompts, counts) for _ in range(c)]
         was_training = self.model.training
         self.model.eval()
         try:
             with merged_adapter(self.model, self.cfg.merge_lora):
-                self._run(rows, prompts, num_samples, generator)
+                self._run(rows, prompts, counts, generator)
         finally:
             self.model.train(was_training)
             for row in rows:  # stateful tools' sessions end with their rollout, even after an error
@@ -142,23 +162,25 @@ class RolloutEngine:
         return [row.rollout for row in rows]
 
     # ---- the decode loop -------------------------------------------------------------------------------
-    def _run(self, rows: list[_Row], prompts, num_samples, generator) -> None:
-        """Decode `rows` (prompt-major: `num_samples` rows per prompt) to the end, in place."""
+    def _run(self, rows: list[_Row], prompts, counts: list[int], generator) -> None:
+        """Decode `rows` (prompt-major: `counts[i]` rows for prompt i) to the end, in place."""
         device = self.model.device
         ids, attn = left_pad([list(p) for p in prompts], self.pad_id, device)  # (U, P)
         cache = DynamicCache()
         cache.layer_class_to_replicate = SlabLayer
         logits, pos = self._forward(ids, attn, torch.zeros(len(prompts), dtype=torch.long, device=device), cache, None)
-        cache.batch_repeat_interleave(num_samples)
-        attn = attn.repeat_interleave(num_samples, 0)  # (R, P)
-        logits, pos = logits.repeat_interleave(num_samples, 0), pos.repeat_interleave(num_samples, 0)  # (R, V), (R,)
+        expand = torch.repeat_interleave(torch.arange(len(prompts), device=device),
+                                         torch.tensor(counts, device=device))  # (R,) row -> its prompt
+        cache.batch_select_indices(expand)
+        attn, logits, pos = attn[expand], logits[expand], pos[expand]  # (R, P), (R, V), (R,)
         batch = list(range(len(rows)))  # batch slot -> row index
 
         while batch:
             ready = [b for b, r in enumerate(batch) if not rows[r].pending]
             if ready:
-                tokens = sample(logits[ready], self.cfg.temperature, self.cfg.top_p, generator)  # (n,)
-                calls = [self._accept(rows[batch[b]], tok) for b, tok in zip(ready, tokens.tolist())]
+                tokens, logps = sample(logits[ready], self.cfg.temperature, self.cfg.top_p, generator,
+                                       return_logprobs=True)  # (n,), (n,)
+                calls = [self._accept(rows[batch[b]], tok, lp) for b, tok, lp in zip(ready, tokens.tolist(), logps.tolist())]
                 self._run_tools([c for c in calls if c is not None])
             keep = [b for b, r in enumerate(batch) if not rows[r].done]
             if len(keep) < len(batch):  # finished rows leave the batch
@@ -235,11 +257,12 @@ class RolloutEngine:
         return logits, pos + step_mask.sum(1)
 
     # ---- per-row logic -------------------------------------------------------------------------------
-    def _accept(self, row: _Row, token: int):
+    def _accept(self, row: _Row, token: int, logprob: float = 0.0):
         """Append a sampled token; end the turn when it calls for it. Returns a pending tool call or None."""
         r, cfg = row.rollout, self.cfg
         r.response_ids.append(token)
         r.loss_mask.append(1)
+        r.logprobs.append(logprob)
         row.pending = [token]
         turn_len = len(r.response_ids) - row.turn_start
         tools_on = bool(self.tools) and row.turns_used < cfg.max_turns  # without tools a rollout is one turn
@@ -265,7 +288,7 @@ class RolloutEngine:
         if answer_at != -1 and (call is None or answer_at < text.find(call[0].close_tag)):
             row.done, r.finished = True, True
             return None
-        if not tools_on:  # the final turn ended without an answer
+        if not tools_on or (eos and call is None and self.cfg.stop_at_eos):  # ended without an answer
             row.done, r.finished = True, eos
             r.truncated = not eos
             return None
@@ -295,6 +318,7 @@ class RolloutEngine:
             return
         r.response_ids.extend(ids)
         r.loss_mask.extend([0] * len(ids))
+        r.logprobs.extend([0.0] * len(ids))
         row.pending = row.pending + ids
         row.turn_start = len(r.response_ids)
 
@@ -321,17 +345,28 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """(N, V) logits -> (N,) token ids, by the Gumbel-max trick (as exact as multinomial, ~10x faster on a CPU)."""
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+           return_logprobs: bool = False):
+    """(N, V) logits -> (N,) token ids, by the Gumbel-max trick (as exact as multinomial, ~10x faster on a CPU).
+
+    With `return_logprobs`, also (N,) log-probs of the chosen tokens under the distribution sampled from
+    (softmax(logits / temperature) after top-p; greedy decoding reports softmax(logits)).
+    """
     if temperature == 0:
-        return logits.argmax(-1)
+        tokens = logits.argmax(-1)  # (N,)
+        if not return_logprobs:
+            return tokens
+        return tokens, torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
     scores = logits / temperature  # (N, V)
     if top_p < 1:
         probs, order = torch.softmax(scores, dim=-1).sort(dim=-1, descending=True)
         outside = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
         scores = scores.scatter(-1, order, scores.gather(-1, order).masked_fill(outside, float("-inf")))
     uniform = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(min=1e-20)
-    return (scores - torch.log(-torch.log(uniform))).argmax(-1)
+    tokens = (scores - torch.log(-torch.log(uniform))).argmax(-1)  # (N,)
+    if not return_logprobs:
+        return tokens
+    return tokens, torch.log_softmax(scores.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
 def compact(cache, attn: torch.Tensor, min_len: int = 256) -> torch.Tensor:
