@@ -301,7 +301,14 @@ def response_logprobs(model, prompt: list[int], responses: list[list[int]], chun
     The prompt goes through the model once and its KV cache is shared by the G responses; gradients flow
     back through that shared cache, so this is exact, but the prompt (long, with demonstrations) costs one
     forward/backward instead of G. Positions past a response's end hold junk: mask them.
+
+    With gradient checkpointing on, transformers' checkpointed layers run without a KV cache (it would be
+    written twice when the backward pass replays them), so the shared prompt would silently vanish from the
+    context. Then each response is scored as one sequence, prompt + response: just as exact, but the prompt
+    costs G forward/backward passes.
     """
+    if checkpoints_layers(model):
+        return _joined_logprobs(model, prompt, responses, chunk, temperature)
     from transformers import DynamicCache
 
     device = model.device
@@ -322,6 +329,24 @@ def response_logprobs(model, prompt: list[int], responses: list[list[int]], chun
     hidden = body(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
                   past_key_values=cache, use_cache=True).last_hidden_state[:, :-1]  # (G, R, H)
     return token_logprobs(model.get_output_embeddings(), hidden, ids[:, 1:], chunk, temperature)
+
+
+def checkpoints_layers(model) -> bool:
+    """Whether the decoder's layers run under gradient checkpointing now (training mode with it switched on)."""
+    return model.training and any(getattr(m, "gradient_checkpointing", False) for m in decoder(model).modules())
+
+
+def _joined_logprobs(model, prompt: list[int], responses: list[list[int]], chunk: int, temperature: float) -> torch.Tensor:
+    """`response_logprobs` without a KV cache: each row is prompt + response, right-padded: (G, R)."""
+    device, start = model.device, len(prompt)
+    width = max(len(r) for r in responses)
+    ids = torch.full((len(responses), start + width), prompt[-1], dtype=torch.long, device=device)  # (G, P+R)
+    ids[:, :start] = torch.tensor(prompt, device=device)
+    for g, response in enumerate(responses):
+        ids[g, start:start + len(response)] = torch.tensor(response, device=device)
+    # right padding needs no attention mask: causal attention already hides the pads from every real token
+    hidden = decoder(model)(input_ids=ids, use_cache=False).last_hidden_state[:, start - 1:-1]  # (G, R, H)
+    return token_logprobs(model.get_output_embeddings(), hidden, ids[:, start:], chunk, temperature)
 
 
 def token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int, temperature: float = 1.0) -> torch.Tensor:
