@@ -50,3 +50,42 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def tool_calls(row: dict) -> float:
+    """Tool calls per rollout in a metrics row: the sum of its per-tool counts (searches, python_calls, ...)."""
+    from .tasks import TOOL_METRICS
+
+    return float(sum(v for k, v in row.items() if k in TOOL_METRICS.values() or k.endswith("_calls")))
+
+
+def plot_overlay(runs: dict[str, list[str | Path]], output: str | Path) -> Path:
+    """Overlay several arms' training curves (each arm: its seeds' run dirs): reward and tool calls per rollout vs step.
+
+    One colour per arm: the mean over seeds as a thick line, each seed as a thin one.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'icrl-lite[plot]'") from None
+    panels = (("reward", "reward", lambda r: r["reward"]), ("tool_calls", "tool calls / rollout", tool_calls))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.4))
+    for colour, (arm, run_dirs) in enumerate(runs.items()):
+        curves = [read_metrics(d) for d in run_dirs]
+        for ax, (_, title, value) in zip(axes, panels):
+            for rows in curves if len(curves) > 1 else []:
+                ax.plot([r["step"] for r in rows], [value(r) for r in rows], color=f"C{colour}", lw=0.6, alpha=0.5)
+            steps = min(len(rows) for rows in curves)  # the mean over seeds where every seed has the step
+            mean = [sum(value(rows[i]) for rows in curves) / len(curves) for i in range(steps)]
+            ax.plot([r["step"] for r in curves[0][:steps]], mean, color=f"C{colour}", lw=2, marker=".", label=arm)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(output)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
