@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--config", help="YAML file of eval keys")
     ev.add_argument("overrides", nargs="*", metavar="key=value")
 
+    study = sub.add_parser("study", help="train and evaluate several arms x seeds on one budget: results.md/.json and curves",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=study_keys())
+    study.add_argument("--config", required=True, help="study YAML or packaged study name (e.g. qa-smoke)")
+    study.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. seeds=[0,1,2] eval.limit=50")
+
     plot = sub.add_parser("plot", help="draw a run's training curves to a PNG")
     plot.add_argument("run_dir")
     plot.add_argument("--output", default=None, help="PNG path (default: <run_dir>/curves.png)")
@@ -50,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "config":
             print("\n".join(describe(TrainConfig if args.which == "train" else EvalConfig)))
+            return 0
+        if args.command == "study":
+            from .study import load_study, run_study
+
+            results = run_study(load_study(args.config, args.overrides), command=" ".join(["icrl-lite", *argv]))
+            print(f"results: {results['config']['output_dir']}/results.md")
             return 0
         if args.command == "plot":
             from .plots import plot_run
@@ -78,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"icrl-lite: error: {e}", file=sys.stderr)
         return 2
+
+
+def study_keys() -> str:
+    from .study import ArmConfig, StudyConfig
+
+    return ("study keys (in the YAML, or key=value):\n" + "\n".join(describe(StudyConfig))
+            + "\neach arm's keys:\n" + "\n".join(describe(ArmConfig, "arms[].")))
 
 
 def eval_bfcl(argv: list[str]) -> int:
