@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .config import save_config
 from .curriculum import Curriculum, choose_demos
 from .evaluate import EvalConfig, mean_metrics, run_eval, score
-from .grpo import group_advantages, grpo_loss
+from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
 from .model import ModelConfig, load_policy, reference_mode, response_logprobs
 from .prompts import build_messages, render_prompt
 from .rollout import Rollout, RolloutConfig, RolloutEngine
@@ -87,6 +87,20 @@ class TrainConfig:
     """PPO clip range."""
     alpha: float = 0.8
     """Reward = alpha * exact match + (1 - alpha) * format."""
+    scale_rewards: str = "group"
+    """Advantage scale: group (GRPO: divide by the group's reward std) | batch (the step's std) | none (Dr. GRPO)."""
+    demo_loss_prompt: str = "own"
+    """Which prompt scores rollouts sampled with demos in the loss: own (ICRL: the prompt they were sampled with)
+    | zero_shot (the same question without demos: the tokens are off-policy, weighted by offpolicy_weight)."""
+    offpolicy_weight: str = "positive"
+    """With demo_loss_prompt=zero_shot, how demo-sampled tokens train the demo-free policy: positive (rollouts
+    with advantage > 0 only, ratio 1: reward-weighted fine-tuning on the model's own successes) | ratio
+    (PPO-clipped ratio to the demo-prompted sampler) | shaped (LUFFY: -A * p / (p + shaping_gamma), no clip)."""
+    shaping_gamma: float = 0.1
+    """offpolicy_weight=shaped: LUFFY's gamma."""
+    probe_demos: int = 4
+    """Diagnostics: each step, log-prob of the first tool tag of this many pool demos' solutions under the
+    0-demo prompt (`probe/tool_logp`); 0 = off."""
     eval_every: int = 10
     """Zero-shot evaluation on eval_data every N steps (0 = never; always at the end when > 0)."""
     eval_size: int = 32
@@ -120,8 +134,16 @@ class TrainConfig:
             raise ValueError("beta and epsilon must be >= 0 and alpha in [0, 1]")
         if self.demo_layout not in ("chat", "user"):
             raise ValueError(f"demo_layout={self.demo_layout!r}: use chat or user")
-        if self.eval_every < 0 or self.save_every < 0:
-            raise ValueError("eval_every and save_every must be >= 0")
+        if self.eval_every < 0 or self.save_every < 0 or self.probe_demos < 0:
+            raise ValueError("eval_every, save_every and probe_demos must be >= 0")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"scale_rewards={self.scale_rewards!r}: use one of {', '.join(SCALE_REWARDS)}")
+        if self.demo_loss_prompt not in ("own", "zero_shot"):
+            raise ValueError(f"demo_loss_prompt={self.demo_loss_prompt!r}: use own (ICRL) or zero_shot")
+        if self.offpolicy_weight not in OFFPOLICY_WEIGHTS:
+            raise ValueError(f"offpolicy_weight={self.offpolicy_weight!r}: use one of {', '.join(OFFPOLICY_WEIGHTS)}")
+        if self.shaping_gamma <= 0:
+            raise ValueError(f"shaping_gamma={self.shaping_gamma} must be > 0 (LUFFY: 0.1)")
         Curriculum(self.stages)
         validate_task_fields(self)
         if self.reward_variant not in REWARD_VARIANTS:
@@ -199,79 +221,135 @@ class Trainer:
         return history
 
     def step(self) -> dict:
-        cfg, step = self.cfg, self.step_index
+        cfg, step, size = self.cfg, self.step_index, self.cfg.num_generations
         started = time.time()
-        demos = self.curriculum.demos_at(step)
+        lr = self.set_learning_rate(step)  # the schedule follows the step, whether or not it updates
+        demos, zero_shot = self.curriculum.demos_at(step), self.curriculum.zero_shot_at(step, size)
         questions = random.Random(cfg.seed * 1_000_003 + step).sample(self.train_set, cfg.prompts_per_step)
-        prompts = [self.prompt(q, demos, step, i) for i, q in enumerate(questions)]
+        bare = [self.prompt(q, 0, step, i) for i, q in enumerate(questions)]  # each question without demos
+        prompts, counts, shots = [], [], []  # shots: demos in each rollout's prompt, group-contiguous
+        for i, q in enumerate(questions):  # a group: size - zero_shot rollouts with demos, then zero_shot without
+            for k, n in ((demos, size - zero_shot), (0, zero_shot)):
+                if n:
+                    prompts.append(self.prompt(q, k, step, i) if k else bare[i])
+                    counts.append(n)
+                    shots += [k] * n
         generator = torch.Generator(device=self.model.device).manual_seed(cfg.seed * 1_000_003 + step)
-        rollouts = self.engine.generate(prompts, cfg.num_generations, generator)
+        rollouts = self.engine.generate(prompts, counts, generator)
         gen_seconds = time.time() - started
 
-        golds = [q[self.task.gold_field] for q in questions for _ in range(cfg.num_generations)]
+        golds = [q[self.task.gold_field] for q in questions for _ in range(size)]
         progress = step / max(1, self.curriculum.total_steps - 1)
         scored = [score(r, g, self.task, self.tools, cfg.alpha, cfg.reward_variant, progress) for r, g in zip(rollouts, golds)]
         rewards = torch.tensor([m["reward"] for m in scored])  # (N,)
-        advantages, informative = group_advantages(rewards, cfg.num_generations)
-        chosen = [i for i in range(len(rollouts)) if informative[i]]
-        update = self.update([rollouts[i] for i in chosen], advantages[chosen]) if chosen else {}
+        advantages, informative = group_advantages(rewards, size, scale=cfg.scale_rewards)  # (N,), (N,)
+        items = []
+        for n, (rollout, k) in enumerate(zip(rollouts, shots)):
+            offpolicy = k > 0 and cfg.demo_loss_prompt == "zero_shot"
+            if not informative[n] or (offpolicy and cfg.offpolicy_weight == "positive" and advantages[n] <= 0):
+                continue
+            prompt = bare[n // size] if offpolicy else rollout.prompt_ids
+            items.append(LossItem(rollout, prompt, advantages[n].item(), offpolicy))
+        update = self.update(items) if items else {}
 
         sampled = sum(r.sampled_tokens for r in rollouts)
-        return {
-            "step": step + 1, "demos": demos, "stage": self.curriculum.stage_at(step),
+        metrics = {
+            "step": step + 1, "demos": demos, "zero_shot_rollouts": zero_shot * cfg.prompts_per_step,
+            "stage": self.curriculum.stage_at(step),
             **mean_metrics(scored),
             "reward_std": rewards.std().item(),
-            "informative_groups": int(informative.sum()) // cfg.num_generations,
+            "informative_groups": int(informative.sum()) // size,
             "groups": cfg.prompts_per_step,
+            "trained_rollouts": len(items), "offpolicy_rollouts": sum(it.offpolicy for it in items),
             "loss": update.get("loss", 0.0), "kl": update.get("kl", 0.0), "grad_norm": update.get("grad_norm", 0.0),
             "clip_fraction": update.get("clip_fraction", 0.0),
-            "lr": self.scheduler.get_last_lr()[0],
-            "step_seconds": time.time() - started, "gen_seconds": gen_seconds,
-            "gen_tokens_per_s": sampled / max(gen_seconds, 1e-9),
+            "lr": lr,
         }
+        if 0 < zero_shot < size:  # mixed groups: how the rollouts without demos did
+            metrics.update({f"zs/{k}": v for k, v in mean_metrics([m for m, k in zip(scored, shots) if k == 0]).items()})
+        if cfg.probe_demos:
+            metrics.update(self.probe())
+        metrics.update({"step_seconds": time.time() - started, "gen_seconds": gen_seconds,
+                        "gen_tokens_per_s": sampled / max(gen_seconds, 1e-9)})
+        return metrics
+
+    def set_learning_rate(self, step: int) -> float:
+        """Set and return the learning rate of `step` (warmup + cosine): a function of the step alone, so
+        steps without an update and resumed runs keep the schedule."""
+        lr = self.cfg.learning_rate * self.lr_lambda(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def prompt(self, question: str | dict, demos: int, step: int, index: int) -> list[int]:
         picks = choose_demos(len(self.demo_pool), demos, self.cfg.seed, step, index)
         messages = build_messages(question, [self.demo_pool[j] for j in picks], self.cfg.demo_layout, self.instruction)
         return render_prompt(self.tokenizer, messages)
 
-    def update(self, rollouts: list[Rollout], advantages: torch.Tensor) -> dict[str, float]:
+    @torch.no_grad()
+    def probe(self) -> dict[str, float]:
+        """How likely the demo-free policy is to call its tool: for the first `probe_demos` pool demos, the
+        log-prob of the first token of the first tool tag in the demo's own solution, given the 0-demo prompt
+        and the solution's text before the tag (usually its <think> block), at temperature 1."""
+        tags = [t.open_tag for t in self.tools]
+        values = []
+        for demo in self.demo_pool[: self.cfg.probe_demos]:
+            at = min((i for i in (demo["solution"].find(t) for t in tags) if i >= 0), default=-1)
+            if at < 0:
+                continue
+            before = self.tokenizer(demo["solution"][:at], add_special_tokens=False)["input_ids"]
+            tag = next(t for t in tags if demo["solution"].startswith(t, at))
+            first = self.tokenizer(demo["solution"][:at] + tag, add_special_tokens=False)["input_ids"][len(before)]
+            logp = response_logprobs(self.model, self.prompt(demo, 0, 0, 0), [before + [first]], self.cfg.logprob_chunk)
+            values.append(logp[0, -1].item())
+        return {"probe/tool_logp": sum(values) / len(values)} if values else {}
+
+    def update(self, items: list[LossItem]) -> dict[str, float]:
         """One optimizer step on the rollouts, token-level mean over all their sampled tokens.
 
-        Rollouts of the same prompt are scored together on one shared prompt pass (`response_logprobs`),
-        `micro_batch_size` at a time, with gradients accumulated over the step.
+        Each item is scored under its loss prompt at the sampling temperature. On-policy tokens (and, with
+        offpolicy_weight=ratio, off-policy ones) take the PPO ratio against the sampler's own log-probs, which
+        also corrects the merged-adapter / unmerged-adapter difference. Off-policy items (sampled with demos,
+        scored without) use ratio 1 on positive advantages (`positive`) or LUFFY's shaping (`shaped`).
+        Items sharing a prompt are scored on one shared prompt pass (`response_logprobs`), `micro_batch_size`
+        at a time, with gradients accumulated over the step.
         """
         cfg, device = self.cfg, self.model.device
+        temperature = cfg.rollout.temperature or 1.0
         self.model.train()
-        num_tokens = sum(r.sampled_tokens for r in rollouts)
+        num_tokens = sum(it.rollout.sampled_tokens for it in items)
         totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, r in enumerate(rollouts):
-            groups.setdefault(tuple(r.prompt_ids), []).append(i)
-        for prompt, members in groups.items():
+        groups: dict[tuple, list[LossItem]] = {}
+        for it in items:
+            groups.setdefault((tuple(it.prompt), it.offpolicy), []).append(it)
+        for (prompt, offpolicy), members in groups.items():
             for start in range(0, len(members), cfg.micro_batch_size):
-                idx = members[start:start + cfg.micro_batch_size]
-                batch = [rollouts[i] for i in idx]
-                responses = [r.response_ids for r in batch]
-                mask = loss_mask(batch).to(device)  # (b, R)
+                batch = members[start:start + cfg.micro_batch_size]
+                rollouts = [it.rollout for it in batch]
+                responses = [r.response_ids for r in rollouts]
+                mask = loss_mask(rollouts).to(device)  # (b, R)
+                adv = torch.tensor([it.advantage for it in batch], device=device)  # (b,)
                 ref_logp = None
                 if cfg.beta > 0:
                     with torch.no_grad(), reference_mode(self.model):
-                        ref_logp = response_logprobs(self.model, list(prompt), responses, cfg.logprob_chunk)  # (b, R)
-                logp = response_logprobs(self.model, list(prompt), responses, cfg.logprob_chunk)  # (b, R)
+                        ref_logp = response_logprobs(self.model, list(prompt), responses, cfg.logprob_chunk, temperature)  # (b, R)
+                logp = response_logprobs(self.model, list(prompt), responses, cfg.logprob_chunk, temperature)  # (b, R)
+                shaped = offpolicy and cfg.offpolicy_weight == "shaped"
+                old = logp.detach() if offpolicy and cfg.offpolicy_weight != "ratio" else sampler_logprobs(rollouts).to(device)
                 loss, metrics = grpo_loss(
-                    logp, logp.detach(), advantages[idx].to(device), mask,
+                    logp, old, torch.zeros_like(adv) if shaped else adv, mask,  # shaped: grpo_loss keeps only the KL
                     ref_logp=ref_logp, epsilon=cfg.epsilon, beta=cfg.beta, num_tokens=num_tokens,
                 )
+                if shaped:
+                    loss = loss + shaped_offpolicy_loss(logp, adv, mask, gamma=cfg.shaping_gamma, num_tokens=num_tokens)
                 loss.backward()
                 weight = mask.sum().item() / num_tokens
                 totals["loss"] += loss.item()
-                totals["kl"] += metrics["kl"].item() * weight if "kl" in metrics else 0.0
+                totals["kl"] += metrics["kl"].item() * weight
                 totals["clip_fraction"] += metrics["clip_fraction"].item() * weight
         params = [p for p in self.model.parameters() if p.requires_grad]
         totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return totals
 
@@ -318,6 +396,29 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step_index = state["step"]
         print(f"[icrl-lite] resumed from {checkpoint} at step {self.step_index}")
+
+
+@dataclass
+class LossItem:
+    """One rollout as the loss sees it: the prompt it is scored under, its advantage, and whether its tokens
+    were sampled from another prompt (with demos) than the one they are scored under (off-policy)."""
+
+    rollout: Rollout
+    prompt: list[int]
+    advantage: float
+    offpolicy: bool = False
+
+
+OFFPOLICY_WEIGHTS = ("positive", "ratio", "shaped")
+
+
+def sampler_logprobs(rollouts: list[Rollout]) -> torch.Tensor:
+    """(b, R) the sampler's log-prob of each response token (0 where forced or past the end)."""
+    width = max(len(r.logprobs) for r in rollouts)
+    out = torch.zeros((len(rollouts), width))
+    for i, r in enumerate(rollouts):
+        out[i, : len(r.logprobs)] = torch.tensor(r.logprobs, dtype=torch.float)
+    return out
 
 
 def loss_mask(rollouts: list[Rollout]) -> torch.Tensor:

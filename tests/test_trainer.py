@@ -12,6 +12,7 @@ import torch
 from icrl_lite import trainer as trainer_module
 from icrl_lite.model import ModelConfig
 from icrl_lite.rollout import Rollout, RolloutConfig
+from icrl_lite.trainer import LossItem
 from icrl_lite.trainer import TrainConfig, Trainer, latest_checkpoint, loss_mask
 
 METRIC_KEYS = {"reward", "em", "format_valid", "searches", "response_tokens", "kl", "loss", "grad_norm",
@@ -214,7 +215,7 @@ def test_update_on_zero_advantages_without_kl_leaves_the_adapter_unchanged(make_
     prompt = trainer.tokenizer("Question: where?")["input_ids"]
     rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
     before = lora_state(trainer.model)
-    trainer.update(rollouts, torch.zeros(2))
+    trainer.update([LossItem(r, prompt, 0.0) for r in rollouts])
     after = lora_state(trainer.model)
     assert all(torch.equal(before[n], after[n]) for n in before)
 
@@ -224,7 +225,7 @@ def test_update_with_advantages_moves_the_adapter(make_config):
     prompt = trainer.tokenizer("Question: where?")["input_ids"]
     rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
     before = lora_state(trainer.model)
-    metrics = trainer.update(rollouts, torch.tensor([1.0, -1.0]))
+    metrics = trainer.update([LossItem(r, prompt, a) for r, a in zip(rollouts, (1.0, -1.0))])
     after = lora_state(trainer.model)
     assert metrics["grad_norm"] > 0
     assert any(not torch.equal(before[n], after[n]) for n in before)

@@ -1,0 +1,148 @@
+"""The training step's correctness: log-probs at the sampling temperature, the ratio against the sampler,
+the learning-rate schedule on steps without updates, mixed groups and the loss on the demo-free prompt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from icrl_lite import trainer as trainer_module
+from icrl_lite.model import ModelConfig, merged_adapter, response_logprobs
+from icrl_lite.rollout import RolloutConfig
+from icrl_lite.trainer import LossItem, TrainConfig, Trainer
+
+DEMOS = [
+    {"question": "Where was Zataeth Graemath born?", "answers": ["Vunfoholt"],
+     "solution": "<think> search </think>\n<search> Zataeth Graemath </search>\n\n<information>Doc 1</information>\n\n<answer> Vunfoholt </answer>"},
+    {"question": "When was Skorvilow founded?", "answers": ["1600"],
+     "solution": "<think> find it </think>\n<search> Skorvilow </search>\n\n<information>Doc 1</information>\n\n<answer> 1600 </answer>"},
+]
+
+
+@pytest.fixture
+def make_config(tiny_model_dir, tmp_path):
+    pool = tmp_path / "demos.jsonl"
+    pool.write_text("".join(json.dumps(d) + "\n" for d in DEMOS))
+
+    def make(**overrides) -> TrainConfig:
+        cfg = TrainConfig(
+            output_dir=str(tmp_path / "run"), demo_pool=str(pool), stages=[{"demos": 1, "steps": 2}],
+            prompts_per_step=2, num_generations=2, micro_batch_size=2, eval_every=0, save_every=0, progress=False,
+            probe_demos=0, model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"),
+            rollout=RolloutConfig(max_turns=1, max_turn_tokens=8, max_response_tokens=24, temperature=0.7),
+        )
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        return cfg
+
+    return make
+
+
+def randomise_adapter(model, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_trainer_logprob_of_a_sampled_token_equals_the_samplers_at_temperature_not_1(make_config):
+    trainer = Trainer(make_config(rollout=RolloutConfig(max_turns=0, max_response_tokens=16, temperature=0.7, merge_lora=False)))
+    randomise_adapter(trainer.model)
+    prompt = trainer.tokenizer("Question: where is it?")["input_ids"]
+    rollouts = trainer.engine.generate([prompt], 3, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        scored = response_logprobs(trainer.model, prompt, [r.response_ids for r in rollouts], temperature=0.7)  # (3, R)
+        at_one = response_logprobs(trainer.model, prompt, [r.response_ids for r in rollouts])  # (3, R)
+    for i, r in enumerate(rollouts):
+        sampler = torch.tensor(r.logprobs)
+        torch.testing.assert_close(scored[i, : len(r.logprobs)], sampler, rtol=1e-4, atol=1e-4)
+        assert (at_one[i, : len(r.logprobs)] - sampler).abs().max() > 1e-2  # T=1 scoring would be off
+
+
+def test_merged_sampling_and_unmerged_scoring_agree_in_fp32(make_config):
+    trainer = Trainer(make_config(rollout=RolloutConfig(max_turns=0, max_response_tokens=16, temperature=0.7)))
+    randomise_adapter(trainer.model)
+    prompt = trainer.tokenizer("Question: where is it?")["input_ids"]
+    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(1))  # merged adapter
+    with torch.no_grad():
+        scored = response_logprobs(trainer.model, prompt, [r.response_ids for r in rollouts], temperature=0.7)
+    for i, r in enumerate(rollouts):
+        torch.testing.assert_close(scored[i, : len(r.logprobs)], torch.tensor(r.logprobs), rtol=1e-4, atol=1e-4)
+
+
+def test_the_ratio_is_taken_against_the_samplers_logprobs(make_config):
+    # the sampler reports every token 1 nat less likely than the trainer finds it: ratio e > 1 + epsilon, so
+    # with positive advantages the clip removes every token's gradient and the adapter does not move
+    trainer = Trainer(make_config(beta=0.0))
+    prompt = trainer.tokenizer("Question: where?")["input_ids"]
+    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
+    for r in rollouts:
+        r.logprobs = [lp - 1.0 if bit else 0.0 for lp, bit in zip(r.logprobs, r.loss_mask)]
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    metrics = trainer.update([LossItem(r, prompt, 1.0) for r in rollouts])
+    assert metrics["clip_fraction"] == pytest.approx(1.0)
+    assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if "lora_" in n)
+
+
+def test_learning_rate_follows_the_step_even_without_updates(make_config, tmp_path):
+    cfg = make_config(stages=[{"demos": 0, "steps": 6}], learning_rate=1e-3, warmup_ratio=0.2)
+    trainer = Trainer(cfg)
+    trainer.update = lambda items: pytest.fail("constant rewards must not update")  # type: ignore[method-assign]
+    real = trainer_module.score
+    trainer_module.score = lambda *a, **k: {**real(*a, **k), "reward": 0.5}  # no spread, no update
+    try:
+        history = trainer.train()
+    finally:
+        trainer_module.score = real
+    lrs = [m["lr"] for m in history]
+    assert lrs == pytest.approx([1e-3 * trainer.lr_lambda(s) for s in range(6)])
+    assert lrs[-1] < 0.2e-3  # the cosine reached its tail although no step updated
+
+
+def test_mixed_groups_put_demo_and_zero_shot_rollouts_in_one_group(make_config, monkeypatch):
+    trainer = Trainer(make_config(stages=[{"demos": 1, "steps": 1, "zero_shot": 1}]))
+    seen = {}
+    real_generate = trainer.engine.generate
+
+    def spy(prompts, counts, generator):
+        out = real_generate(prompts, counts, generator)
+        seen["rollouts"] = out
+        return out
+
+    monkeypatch.setattr(trainer.engine, "generate", spy)
+    metrics = trainer.step()
+    rollouts = seen["rollouts"]
+    assert len(rollouts) == 4 and metrics["zero_shot_rollouts"] == 2
+    for g in range(2):  # in each group the first rollout saw a demo, the second the bare question
+        with_demo, bare = rollouts[2 * g].prompt_ids, rollouts[2 * g + 1].prompt_ids
+        assert len(with_demo) > len(bare)
+        assert trainer.tokenizer.decode(with_demo).count("<|im_start|>user") == 2
+        assert trainer.tokenizer.decode(bare).count("<|im_start|>user") == 1
+
+
+@pytest.mark.parametrize("weight", ["positive", "ratio", "shaped"])
+def test_demo_rollouts_are_scored_under_the_zero_shot_prompt(make_config, monkeypatch, weight):
+    trainer = Trainer(make_config(demo_loss_prompt="zero_shot", offpolicy_weight=weight))
+    rewards = iter([1.0, 0.0, 0.0, 1.0])
+    real = trainer_module.score
+    monkeypatch.setattr(trainer_module, "score", lambda *a, **k: {**real(*a, **k), "reward": next(rewards)})
+    captured = {}
+    real_update = trainer.update
+    monkeypatch.setattr(trainer, "update", lambda items: captured.setdefault("items", items) and real_update(items))
+    metrics = trainer.step()
+    items = captured["items"]
+    assert all(it.offpolicy for it in items)
+    assert all(len(it.prompt) < len(it.rollout.prompt_ids) for it in items)  # scored without the demo
+    assert trainer.tokenizer.decode(items[0].prompt).count("<|im_start|>user") == 1
+    expected = 2 if weight == "positive" else 4  # positive: only the rollouts with advantage > 0
+    assert len(items) == metrics["trained_rollouts"] == expected
+    assert metrics["grad_norm"] > 0
+
+
+def test_probe_reports_the_first_tool_token_logprob(make_config):
+    trainer = Trainer(make_config(probe_demos=2))
+    probe = trainer.probe()
+    assert probe["probe/tool_logp"] < 0
