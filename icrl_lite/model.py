@@ -11,10 +11,12 @@ a second copy of the weights in memory. Rollouts can run on a temporarily merged
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -32,7 +34,8 @@ class ModelConfig:
     name: str = "smollm2-135m"
     """Model spec: `smollm2-135m` (embedded, offline), a hub id such as `Qwen/Qwen2.5-3B-Instruct`, or a local directory."""
     dtype: str = "auto"
-    """auto | bf16 | fp16 | fp32. auto: bf16 on CUDA with bf16 or on a CPU with AMX/avx512_bf16, fp16 on older GPUs (T4), else fp32."""
+    """auto | bf16 | fp16 | fp32. auto: bf16 on GPUs with native bf16 (compute capability >= 8), fp16 on older GPUs
+    (T4: fp16 gets dynamic loss scaling); on a CPU bf16 when a quick matmul test finds it >= 1.5x faster than fp32, else fp32."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
     load_in_4bit: bool = False
@@ -75,23 +78,55 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+BF16_MIN_SPEEDUP = 1.5  # bf16 on a CPU only when a matmul runs at least this much faster than in fp32
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware (compute capability >= 8, Ampere on). `torch.cuda.is_bf16_supported()` also counts
+    emulation and says True on a T4, where bf16 runs several times slower than fp16."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def matmul_seconds(dtype: torch.dtype, size: int = 256, reps: int = 3, budget_s: float = 0.05) -> float:
+    """Best time of a (size x size) @ (size x size) matmul in `dtype` on the CPU, over up to `reps` runs
+    that stop early once `budget_s` is spent (an emulated dtype can take 100 ms per run)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a[:16, :16], b[:16, :16])  # load the kernel once
+    best, spent = float("inf"), 0.0
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+        if spent > budget_s:
+            break
+    return best
+
+
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    """Whether bf16 matmuls are clearly faster than fp32 ones on this CPU: measured once per process (~50 ms).
+
+    CPU flags do not tell: with AVX2 only (e.g. some AMD EPYC) bf16 runs ~80x slower than fp32, with
+    avx512_bf16/AMX it can run ~4x faster. ICRL_LITE_CPU_BF16=1 or 0 skips the measurement.
+    """
+    forced = os.environ.get("ICRL_LITE_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return matmul_seconds(torch.float32) >= BF16_MIN_SPEEDUP * matmul_seconds(torch.bfloat16)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """Map a dtype name to a torch dtype; `auto` picks the fastest safe one for the hardware."""
     named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if dtype != "auto":
-        if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError("model.dtype=bf16 but this GPU has no bf16 support (e.g. a T4): use model.dtype=fp16 or auto")
+        if dtype == "bf16" and device.type == "cuda" and not cuda_has_native_bf16(device):
+            raise ValueError("model.dtype=bf16 but this GPU has no native bf16 (e.g. a T4 emulates it, several "
+                             "times slower): use model.dtype=fp16 or auto")
         return named[dtype]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
