@@ -5,20 +5,38 @@ dependencies); the package is only located, to read its data files (`pip install
 
 - `load_category` reads one Python single-turn category: the first turn's chat messages, the function
   schemas and, except for the (ir)relevance categories, which have none, the possible answers.
-- `decode_python_calls` mirrors bfcl-eval's `default_decode_ast_prompting` (a Python list of keyword calls,
-  `[f(a=1), g.h(b=[1, 2])]`); `decode_toolrl_calls` reads ToolRL's `<tool_call>` JSON lines with the reward's own parser.
+- `decode_python_calls` is bfcl-eval's `default_decode_ast_prompting` (a Python list of keyword calls,
+  `[f(a=1), g.h(b=[1, 2])]`) by default (`decode="official"`), or a lenient reading on request;
+  `decode_toolrl_calls` reads ToolRL's `<tool_call>` JSON lines with the reward's own parser.
 - `check` mirrors `ast_checker.py` rule by rule (type checks, string normalisation, optional parameters,
   greedy any-order matching of parallel calls) and the runner's relevance / irrelevance rule; its error
   strings are the official ones (those on call counts also give the counts).
 - `aggregate` / `format_table` turn per-category accuracies into the leaderboard's summary scores.
 
-Departures from bfcl-eval, all on outputs the official decoder would mishandle:
-- a ```python fence around the list is removed (the official decoder fails on it), and only the text after
-  the last `</think>` is read (as bfcl-eval's handlers for thinking models do before decoding);
-- arithmetic inside an argument (`x=2*3`) is computed on numbers, strings and lists only, never `eval`ed;
-  of unary operators only `-` and `+` on a number decode (the official decoder negates any: `not True` -> -1);
-- values that are not JSON-like (bytes, complex numbers, `**kwargs`, non-scalar dict keys) fail to decode;
+The official decoding, kept as the default because scores called BFCL must be the leaderboard's:
+- the text after the last `</think>` is read, as bfcl-eval's Qwen handler (its Qwen3 prompting models) does
+  before decoding; a handler without a thinking phase reads the whole text;
+- backticks, newlines and spaces are stripped from both ends (not tabs or carriage returns), so a bare ```
+  fence comes off but ```python or ```json stays and fails to parse, as does prose before or after the list;
+  a failed decode is a wrong answer on the AST categories and "no call" (correct) on irrelevance;
+- a unary operator negates its literal whatever it is (`+5` -> -5, `not True` -> -1, `~3` -> -3);
+  `**kwargs` becomes a parameter named None; bytes, complex numbers and tuple dict keys are kept.
+`decode="lenient"` (not the leaderboard's) reads the first markdown code block when there is one and reads
+unary `+`/`-` as Python does (other unary operators fail).
+
+Departures from bfcl-eval left in both modes, all on outputs where copying it would be unsafe:
+- arithmetic inside an argument (`x=2*3`) is computed without `eval`, with Python's semantics, on literals only:
+  numbers, strings, bytes, lists, tuples, sets and dicts, joined by any operator (bitwise, comparisons but `is`,
+  `and` / `or`, `if` / `else` included) or subscripted. bfcl-eval `eval`s the expression in its own module,
+  so names there (builtins such as `max(1, 2) + 1`, its imports and constants), f-strings and `is` evaluate;
+  here they fail to decode;
+- size limits: a repetition (`"a" * n`, `[0] * n`) longer than 100,000 items, an integer result wider than
+  14,000 bits (Python cannot print one over 4,300 digits), a shift by more than that, and a printf field of width
+  or precision `*` or 6+ digits fail to decode, where bfcl-eval would try to build them (and run out of memory
+  or time on `9**9**9`);
 - only Python is supported (Java and JavaScript need the official type converters).
+`tests/test_bfcl.py` runs the official decoder (imported with three stubbed dependencies) beside ours on several
+thousand outputs, fenced ones included: they agree on all but the departures above.
 """
 
 from __future__ import annotations
@@ -92,13 +110,21 @@ class _Undecodable(Exception):
     pass
 
 
-_FENCE = re.compile(r"\s*```(?:python|py)?[ \t]*\n(.*?)\n?\s*```\s*", re.DOTALL)
-_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-               ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
-_MAX_REPEAT = 100_000  # longest string / list an argument's arithmetic may build; bits of an integer power
-# what arithmetic operands may contain: literals only (bfcl-eval `eval`s them, so names fail there too)
-_LITERAL_NODES = (ast.Constant, ast.UnaryOp, ast.BinOp, ast.List, ast.Tuple, ast.operator, ast.unaryop,
-                  ast.expr_context)
+DECODES = ("official", "lenient")
+# lenient only: the first markdown code block (any language tag; an unclosed one runs to the end of the output)
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+           ast.LShift: operator.lshift, ast.RShift: operator.rshift, ast.BitOr: operator.or_,
+           ast.BitXor: operator.xor, ast.BitAnd: operator.and_, ast.MatMult: operator.matmul}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_, ast.Invert: operator.invert}
+_COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+            ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}  # no `is`
+_MAX_ITEMS = 100_000  # longest string, bytes or list that `*` may build inside an argument
+# widest integer arithmetic may build: below Python's 4,300-digit limit on int -> str, so records stay writable
+_MAX_INT_BITS = 14_000
+# a printf field whose width or precision is `*` or 6+ digits: `"%999999999d" % 1` builds a 1 GB string
+_WIDE_FORMAT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d{6}|\d*\.(?:\*|\d{6}))")
 
 
 def _after_think(text: str) -> str:
@@ -112,87 +138,142 @@ def _call_name(func: ast.expr) -> str:
         func = func.value
     if isinstance(func, ast.Name):
         parts.append(func.id)
-    return ".".join(reversed(parts))
+    return ".".join(reversed(parts))  # "" for anything else, as bfcl-eval
 
 
-def _keyword_call(node: ast.Call) -> Call:
-    if any(kw.arg is None for kw in node.keywords):  # f(**kwargs)
-        raise _Undecodable("**kwargs")
-    # positional arguments are dropped, as bfcl-eval does (the call then misses its required parameters)
-    return {"name": _call_name(node.func), "arguments": {kw.arg: _value(kw.value) for kw in node.keywords}}
+def _keyword_call(node: ast.Call, lenient: bool) -> Call:
+    # positional arguments are dropped, as bfcl-eval does (the call then misses its required parameters);
+    # `**kwargs` becomes the parameter None, as there (the checker then finds an unexpected parameter)
+    return {"name": _call_name(node.func), "arguments": {kw.arg: _value(kw.value, lenient) for kw in node.keywords}}
 
 
-def _arithmetic(node: ast.BinOp) -> Any:
-    if not all(isinstance(n, _LITERAL_NODES) for n in ast.walk(node)):
-        raise _Undecodable("arithmetic on something other than literals")
-    left, right, op = _value(node.left), _value(node.right), _ARITHMETIC.get(type(node.op))
-    if op is None:
-        raise _Undecodable(f"operator {type(node.op).__name__}")
-    if isinstance(node.op, ast.Mult) and any(isinstance(x, (str, list, tuple)) for x in (left, right)):
-        n = right if isinstance(right, int) else left
-        size = len(left) if isinstance(left, (str, list, tuple)) else len(right)
-        if isinstance(n, int) and n * size > _MAX_REPEAT:
-            raise _Undecodable("repetition too large")
-    if (isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int) and abs(left) > 1
-            and right * left.bit_length() > _MAX_REPEAT):
-        raise _Undecodable("power too large")
+def _literal(node: ast.expr) -> Any:
+    """A literal expression evaluated as Python would (bfcl-eval `eval`s arithmetic), without `eval`: numbers,
+    strings, bytes, lists, tuples, sets and dicts joined by operators (arithmetic, bitwise, comparisons but `is`,
+    `and` / `or`, `if` / `else`) and subscripts; anything else (names, calls, f-strings) fails."""
     try:
-        return op(left, right)
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.List):
+            return [_literal(e) for e in node.elts]
+        if isinstance(node, ast.Tuple):
+            return tuple(_literal(e) for e in node.elts)
+        if isinstance(node, ast.Set):
+            return {_literal(e) for e in node.elts}
+        if isinstance(node, ast.Dict) and all(k is not None for k in node.keys):
+            return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values)}
+        if isinstance(node, ast.UnaryOp):
+            return _UNARY[type(node.op)](_literal(node.operand))
+        if isinstance(node, ast.BinOp):
+            left, right = _literal(node.left), _literal(node.right)
+            _check_size(node.op, left, right)
+            result = _BINARY[type(node.op)](left, right)
+            if isinstance(result, int) and result.bit_length() > _MAX_INT_BITS:
+                raise _Undecodable("integer too large")
+            return result
+        if isinstance(node, ast.Compare):  # 1 < x <= 3: pairwise, stopping at the first false one
+            left = _literal(node.left)
+            for op, comparator in zip(node.ops, node.comparators):
+                right = _literal(comparator)
+                if not _COMPARE[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        if isinstance(node, ast.BoolOp):  # and / or return the deciding operand, skipping the rest
+            for operand in node.values[:-1]:
+                value = _literal(operand)
+                if bool(value) == isinstance(node.op, ast.Or):
+                    return value
+            return _literal(node.values[-1])
+        if isinstance(node, ast.IfExp):
+            return _literal(node.body) if _literal(node.test) else _literal(node.orelse)
+        if isinstance(node, ast.Subscript):
+            return _literal(node.value)[_literal(node.slice)]
+        if isinstance(node, ast.Slice):
+            return slice(*(None if part is None else _literal(part) for part in (node.lower, node.upper, node.step)))
+    except (TypeError, ValueError, ArithmeticError, LookupError) as e:  # "a" + 1, {[1]}, 1 / 0, [1][5]
         raise _Undecodable(str(e)) from e
+    raise _Undecodable(f"{type(node).__name__} in arithmetic (bfcl-eval evaluates it with eval)")
 
 
-def _value(node: ast.expr) -> Any:
+def _check_size(op: ast.operator, left: Any, right: Any) -> None:
+    """Refuse operations whose result would be too large to build (bfcl-eval would try and exhaust memory)."""
+    sequences = (str, bytes, list, tuple)
+    if isinstance(op, ast.Mult) and isinstance(left, sequences) != isinstance(right, sequences):
+        seq, n = (left, right) if isinstance(left, sequences) else (right, left)
+        if isinstance(n, int) and n * len(seq) > _MAX_ITEMS:
+            raise _Undecodable("repetition too large")
+    if (isinstance(op, ast.Pow) and isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+            and right * left.bit_length() > _MAX_INT_BITS):
+        raise _Undecodable("power too large")
+    if isinstance(op, ast.LShift) and isinstance(left, int) and isinstance(right, int) and right > _MAX_INT_BITS:
+        raise _Undecodable("shift too large")
+    if isinstance(op, ast.Mod) and isinstance(left, str | bytes) and _WIDE_FORMAT.search(
+            left if isinstance(left, str) else left.decode("latin-1")):
+        raise _Undecodable("printf width or precision too large")
+
+
+def _value(node: ast.expr, lenient: bool) -> Any:
     """An argument's value, as bfcl-eval's `resolve_ast_by_type` reads it."""
     if isinstance(node, ast.Constant):
-        if node.value is Ellipsis:
-            return "..."
-        if isinstance(node.value, (bytes, complex)):
-            raise _Undecodable(type(node.value).__name__)
-        return node.value
-    if isinstance(node, ast.UnaryOp):  # -5, -2.5
-        if not (isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float))):
-            raise _Undecodable("unary operator on a non-number")
-        if isinstance(node.op, ast.USub):
-            return -node.operand.value
-        if isinstance(node.op, ast.UAdd):
-            return node.operand.value
-        raise _Undecodable(f"operator {type(node.op).__name__}")
+        return "..." if node.value is Ellipsis else node.value
+    if isinstance(node, ast.UnaryOp):
+        operand = node.operand.value if isinstance(node.operand, ast.Constant) else None
+        if lenient:  # Python's reading: `-` and `+` on a number
+            if not isinstance(operand, int | float) or not isinstance(node.op, ast.USub | ast.UAdd):
+                raise _Undecodable("unary operator other than - or + on a number")
+            return -operand if isinstance(node.op, ast.USub) else operand
+        if not isinstance(node.operand, ast.Constant):  # bfcl-eval reads `operand.value`, which these lack
+            raise _Undecodable("unary operator on a non-literal")
+        try:
+            return -operand  # bfcl-eval negates whatever the operator: +5 -> -5, not True -> -1, ~3 -> -3
+        except TypeError as e:  # -"x", -None
+            raise _Undecodable(str(e)) from e
     if isinstance(node, ast.List):
-        return [_value(v) for v in node.elts]
+        return [_value(v, lenient) for v in node.elts]
     if isinstance(node, ast.Tuple):
-        return tuple(_value(v) for v in node.elts)
+        return tuple(_value(v, lenient) for v in node.elts)
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):  # {**other}
             raise _Undecodable("dict unpacking")
-        keys = [_value(k) for k in node.keys]
-        if any(not isinstance(k, (str, int, float, bool, type(None))) for k in keys):
-            raise _Undecodable("dict key that is not a scalar")
-        return {k: _value(v) for k, v in zip(keys, node.values)}
+        try:
+            return {_value(k, lenient): _value(v, lenient) for k, v in zip(node.keys, node.values)}
+        except TypeError as e:  # an unhashable key: {[1]: 2}
+            raise _Undecodable(str(e)) from e
     if isinstance(node, ast.BinOp):
-        return _arithmetic(node)
+        return _literal(node)
     if isinstance(node, ast.Name):  # an unquoted word: kept as its text
         return node.id
     if isinstance(node, ast.Call):  # a call with keywords nests as {name: arguments}; without, as its source
         if not node.keywords:
             return ast.unparse(node)
-        call = _keyword_call(node)
+        call = _keyword_call(node, lenient)
         return {call["name"]: call["arguments"]}
-    if isinstance(node, ast.Subscript):
-        return ast.unparse(node)
+    if isinstance(node, ast.Subscript):  # its source, the way bfcl-eval writes it: x[1, 2] -> "x[(1, 2)]"
+        return ast.unparse(node.value) + "[" + ast.unparse(node.slice) + "]"
     raise _Undecodable(f"unsupported expression {type(node).__name__}")
 
 
-def decode_python_calls(text: str) -> list[Call] | None:
+def decode_python_calls(text: str, decode: str = "official") -> list[Call] | None:
     """`[func(a=1), pkg.other(b=[1, -2])]` (or a bare `func(a=1)`) -> calls; None if not a list of calls.
 
-    Mirrors bfcl-eval's `default_decode_ast_prompting`: strip backticks, newlines and spaces, add the missing
-    brackets, parse as a Python expression; every element must be a call, keyword arguments only. An empty
-    output decodes to [] (no call).
+    decode="official" is bfcl-eval's `default_decode_ast_prompting`, as the leaderboard scores prompting models:
+    read the text after the last `</think>` (bfcl-eval's Qwen handler), strip backticks, newlines and spaces from
+    both ends, add the missing brackets, parse as a Python expression; every element must be a call, keyword
+    arguments only. So a ```python (or ```json) fence, or prose around the list, fails to decode: on the
+    irrelevance categories that counts as "no call" (correct), elsewhere as wrong. A bare ``` fence (no language
+    tag) goes with the stripped backticks and newlines, so that list decodes. An empty output decodes to []
+    (no call). The departures left are listed in the module docstring.
+
+    decode="lenient" (not the leaderboard's) first reads the inside of the first markdown code block, if any
+    (whatever its language tag and the text around it), and reads a unary `+`/`-` on a number as Python does
+    (bfcl-eval negates under any unary operator: `+5` -> -5, `not True` -> -1) and refuses other unary operators.
     """
+    if decode not in DECODES:
+        raise ValueError(f"decode={decode!r}: use official (the leaderboard's) or lenient")
     text = _after_think(text)
-    fenced = _FENCE.fullmatch(text)
-    if fenced:
+    lenient = decode == "lenient"
+    if lenient and (fenced := _FENCE.search(text)):
         text = fenced.group(1)
     text = text.strip("`\n ")
     if not text.startswith("["):
@@ -201,10 +282,12 @@ def decode_python_calls(text: str) -> list[Call] | None:
         text = text + "]"
     try:
         tree = ast.parse(text.strip().strip("'"), mode="eval").body
-        if not isinstance(tree, ast.List) or not all(isinstance(e, ast.Call) for e in tree.elts):
+        # a list (or, like bfcl-eval, a tuple) of calls, or one call
+        elements = [tree] if isinstance(tree, ast.Call) else getattr(tree, "elts", None)
+        if elements is None or not all(isinstance(e, ast.Call) for e in elements):
             return None
-        return [_keyword_call(e) for e in tree.elts]
-    except (SyntaxError, ValueError, RecursionError, MemoryError, _Undecodable):
+        return [_keyword_call(e, lenient) for e in elements]
+    except (SyntaxError, ValueError, RecursionError, MemoryError, _Undecodable):  # ValueError: a null byte
         return None
 
 

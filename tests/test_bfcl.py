@@ -3,7 +3,11 @@ installed BFCL data (counts, and every gold answer passing the checker)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import random
+import sys
+import types
 
 import pytest
 
@@ -69,8 +73,38 @@ def test_decode_dotted_names_and_several_calls():
         call("math.factorial", number=5), call("a.b.c", x="y")]
 
 
-def test_decode_python_fence_and_surrounding_whitespace():
-    assert decode_python_calls("\n  ```python\n[f(a=1)]\n```  \n") == [call("f", a=1)]
+FENCED = {  # outputs whose call list sits in a markdown code block
+    "python": "```python\n[f(a=1)]\n```",
+    "json": "```json\n[f(a=1)]\n```",
+    "text around": "Here is the call:\n```python\n[f(a=1)]\n```\nIt computes the area.",
+    "bare fence, text around": "Sure.\n```\n[f(a=1)]\n```",
+    "unclosed": "```py\n[f(a=1)]",
+    "surrounding whitespace": "\n  ```python\n[f(a=1)]\n```  \n",
+}
+
+
+@pytest.mark.parametrize("text", FENCED.values(), ids=FENCED.keys())
+def test_official_decode_a_fenced_list_is_not_a_call_lenient_reads_it(text):
+    assert decode_python_calls(text) is None  # the default is the leaderboard's decoder
+    assert decode_python_calls(text, decode="lenient") == [call("f", a=1)]
+
+
+def test_a_bare_fence_comes_off_in_the_official_decoder_too():
+    # bfcl-eval strips backticks and newlines from both ends: a fence without a language tag disappears
+    assert decode_python_calls("```\n[f(a=1)]\n```") == [call("f", a=1)]
+    assert decode_python_calls("`f(a=1)`") == [call("f", a=1)]
+
+
+def test_official_decode_prose_before_the_list_or_a_tab_or_crlf_is_not_a_call():
+    assert decode_python_calls("The call is [f(a=1)]") is None
+    assert decode_python_calls("[f(a=1)]\r\n") is None  # only spaces, newlines and backticks are stripped
+    assert decode_python_calls("\t[f(a=1)]") is None
+    assert decode_python_calls("  \n[f(a=1)]\n  ") == [call("f", a=1)]
+
+
+def test_unknown_decode_is_rejected():
+    with pytest.raises(ValueError, match="official"):
+        decode_python_calls("[f(a=1)]", decode="strict")
 
 
 def test_decode_bare_call_without_brackets():
@@ -100,8 +134,29 @@ def test_decode_unquoted_words_and_argument_calls_become_text():
 
 
 def test_decode_computes_arithmetic_without_eval():
-    assert decode_python_calls("[f(a=2*3, b=2**10, c='a'+'b')]") == [call("f", a=6, b=1024, c="ab")]
+    assert decode_python_calls("[f(a=2*3, b=2**10, c='a'+'b', d=6|1, e=1<<4, g=(1+2)*-1)]") == [
+        call("f", a=6, b=1024, c="ab", d=7, e=16, g=-3)]
     assert decode_python_calls("[f(a=__import__('os').getcwd() + 'x')]") is None
+    assert decode_python_calls("[f(a=max(1, 2) + 1)]") is None  # bfcl-eval's eval gives 3: a documented departure
+
+
+@pytest.mark.parametrize("expression", ["'a' * 10**6", "[0] * 200000", "9**9**9", "1 << 10**6", "2**14001",
+                                        "'%999999d' % 1", "'%*d' % (10**9, 1)"])
+def test_decode_refuses_arithmetic_too_large_to_build(expression):
+    assert decode_python_calls(f"[f(a={expression})]") is None
+
+
+def test_official_decode_negates_under_any_unary_operator_lenient_reads_python():
+    text = "[f(a=+5, b=-2.5, c=not True, d=~3)]"
+    assert decode_python_calls(text) == [call("f", a=-5, b=-2.5, c=-1, d=-3)]  # bfcl-eval's resolve_ast_by_type
+    assert decode_python_calls("[f(a=+5, b=-2.5)]", decode="lenient") == [call("f", a=5, b=-2.5)]
+    assert decode_python_calls(text, decode="lenient") is None  # `not` and `~` on an argument do not decode
+
+
+def test_decode_keeps_what_bfcl_eval_keeps():
+    # **kwargs becomes the parameter None, bytes / complex / tuple keys stay, subscripts as bfcl-eval writes them
+    (decoded,) = decode_python_calls("[f(b=b'x', c=1j, d={(1, 2): 3}, e=x[1, 2], **rest)]")
+    assert decoded == {"name": "f", "arguments": {"b": b"x", "c": 1j, "d": {(1, 2): 3}, "e": "x[(1, 2)]", None: "rest"}}
 
 
 # ---- decode_toolrl_calls ------------------------------------------------------------------------------------
@@ -259,6 +314,20 @@ def test_irrelevance_a_call_is_wrong():
     assert not valid and "Successfully decode AST when it should not" in error
 
 
+FENCED_GOOD = "```python\n[geometry.area(base=10, height=5.0)]\n```"
+
+
+def test_irrelevance_a_fenced_call_is_no_call_officially_and_a_call_when_lenient():
+    assert check(decode_python_calls(FENCED_GOOD), IRRELEVANT) == (True, "")
+    assert not check(decode_python_calls(FENCED_GOOD, decode="lenient"), IRRELEVANT)[0]
+
+
+def test_a_fenced_right_answer_is_wrong_officially_and_right_when_lenient():
+    valid, error = check(decode_python_calls(FENCED_GOOD), SIMPLE)
+    assert not valid and "Failed to decode" in error
+    assert check(decode_python_calls(FENCED_GOOD, decode="lenient"), SIMPLE) == (True, "")
+
+
 def test_live_relevance_needs_a_call():
     relevant = entry("live_relevance", [AREA], None)
     assert check([call("geometry.area")], relevant) == (True, "")  # any call, arguments unchecked
@@ -373,3 +442,194 @@ def test_every_gold_answer_passes_the_checker(category):
         if not valid:
             failures[e.id] = error
     assert set(failures) == {i for i in UNSOLVABLE if i.startswith(category + "_")}, failures
+
+
+# ---- the official decoder, side by side ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def official():
+    """bfcl-eval's own decoding path: `default_decode_ast_prompting`, the Qwen handler's `</think>` split and the
+    runner's `is_empty_output`. Its imports need tree-sitter (Java / JavaScript parsers), tenacity, openai and
+    overrides; those not installed are stubbed while importing, and sys.modules is restored afterwards."""
+    if importlib.util.find_spec("bfcl_eval") is None:
+        pytest.skip("pip install --no-deps bfcl-eval")
+    noop = lambda *args, **kwargs: None  # noqa: E731
+    identity = lambda f=None, *args, **kwargs: f  # noqa: E731
+    stubs = {  # the Java / JavaScript parsers build tree-sitter grammars at import: never needed for Python
+        "bfcl_eval.model_handler.parser.java_parser": {"parse_java_function_call": noop},
+        "bfcl_eval.model_handler.parser.js_parser": {"parse_javascript_function_call": noop},
+        "tenacity": {"retry": noop, "retry_if_exception_message": noop, "retry_if_exception_type": noop,
+                     "wait_random_exponential": noop},
+        "openai": {"OpenAI": object},
+        "overrides": {"EnforceOverrides": type("EnforceOverrides", (), {}), "final": identity, "override": identity},
+    }
+    before = dict(sys.modules)
+    try:
+        for name, attributes in stubs.items():
+            if name.startswith("bfcl_eval") or importlib.util.find_spec(name) is None:
+                sys.modules[name] = types.ModuleType(name)
+                vars(sys.modules[name]).update(attributes)
+        utils = importlib.import_module("bfcl_eval.model_handler.utils")
+        qwen = importlib.import_module("bfcl_eval.model_handler.local_inference.qwen").QwenHandler
+    finally:
+        for name in set(sys.modules) - set(before):
+            del sys.modules[name]
+        sys.modules.update(before)
+
+    def decode(text: str) -> list[dict] | None:
+        """The runner's reading: the Qwen handler's response text, then the decoder; None where it raises."""
+        response = types.SimpleNamespace(choices=[types.SimpleNamespace(text=text)],
+                                         usage=types.SimpleNamespace(prompt_tokens=0, completion_tokens=0))
+        try:
+            return utils.default_decode_ast_prompting(qwen._parse_query_response_prompting(None, response)["model_responses"])
+        except Exception:  # the runner catches every exception as a failed decode
+            return None
+
+    return types.SimpleNamespace(decode=decode, is_empty_output=utils.is_empty_output)
+
+
+def as_official(calls: list[dict] | None) -> list[dict] | None:
+    return None if calls is None else [{c["name"]: c["arguments"]} for c in calls]
+
+
+def assert_same_decoding(official, texts):
+    """Our default decoding equals bfcl-eval's on every text (repr: 1 != 1.0 != True), and so does the
+    irrelevance verdict (the runner: no call when decoding fails or gives an empty output)."""
+    differ = {}
+    for text in texts:
+        ours, theirs = decode_python_calls(text), official.decode(text)
+        no_call = theirs is None or official.is_empty_output(theirs)
+        if repr(as_official(ours)) != repr(theirs) or check(ours, IRRELEVANT)[0] != no_call:
+            differ[text] = (as_official(ours), theirs)
+    assert not differ, differ
+
+
+# Hand-written outputs: fences, whitespace, prose, thinking, and every kind of value the decoder reads.
+OUTPUTS = [
+    "[f(a=1)]", "f(a=1)", "f(a=1), g(b=2)", "[f(a=1), g.h(b='x')]", "", "  ", "[]", "[f()]", "[f()(a=1)]",
+    "```python\n[f(a=1)]\n```", "```py\n[f(a=1)]\n```", "```json\n[f(a=1)]\n```", "```\n[f(a=1)]\n```",
+    "```\nf(a=1)\n```", "```[f(a=1)]```", "`f(a=1)`", "\n  ```python\n[f(a=1)]\n```  \n",
+    "Here is the call:\n```python\n[f(a=1)]\n```", "```python\n[f(a=1)]\n```\nThis computes the area.",
+    "Sure.\n```\n[f(a=1)]\n```", "```python\n[f(a=1)]", "```json\n[{\"name\": \"f\", \"arguments\": {\"a\": 1}}]\n```",
+    "[f(a=1)]\n", "\n\n[f(a=1)]", " [f(a=1)] ", "\t[f(a=1)]", "[f(a=1)]\t", "[f(a=1)]\r\n", "[f(a=1)]\n\n",
+    "[f(a=1),\n g(b=2)]", "[\n    f(\n        a=1\n    )\n]", "'[f(a=1)]'", "'f(a=1)'", "\"[f(a=1)]\"",
+    "The answer is [f(a=1)]", "I will call f.\n[f(a=1)]", "[f(a=1)]\nThat is the call.", "f(a=1) is the call",
+    "I cannot help with that.", "None of the functions fit.", "Hello", "[Hello]", "[1, 2]", "[f(a=1), 2]",
+    "[f(a=1)][0]", "[f(a=1)] + [g(b=2)]", "[f(a=1)], [g(b=2)]", "[f(a=i) for i in range(3)]", "[x][0](a=1)]",
+    "<think>g(x=2)?</think>\n\n[f(a=1)]", "<think>a</think>b</think>\n[f(a=1)]", "<think>\n</think>\n\n```python\n[f(a=1)]\n```",
+    "<think>never closed [f(a=1)]", "</think>[f(a=1)]",
+    "[f(a=-3, b=-2.5, c=+5, d=not True, e=~3, g=-True, h=-1j, i=-x, j=-'s', k=-None, l=-(1+2), m=-[1])]",
+    "[f(a=+5)]", "[f(a=not 1)]", "[f(a=-(-5))]",
+    "[f(a=[1, [2, -3]], b={'k': (1, 2), 'n': None}, c=True, d='x, y', e=..., g=b'x', h=1j, i=3e5, j=0x1F)]",
+    "[f(a={(1, 2): 3}, b={[1]: 2}, c={**d}, d={f(x=1): 2}, e={x: 1}, g={1: 2, 1: 3})]",
+    "[f(a=meters, t=datetime.now(), u=datetime.now(tz=utc), v=np.array([1, 2]), w=x[1, 2], y=x[1:2], z=x[0])]",
+    "[f(a=g(b=h(c=1)), d=g(1, e=2), i=g(**k))]", "[f(5, a=1)]", "[f(**kwargs)]", "[f(*args, a=1)]",
+    "[f(a=lambda: 1)]", "[f(a=lambda x: x)]", "[f(a=f'x{1}')]", "[f(a=[*b])]", "[f(a={1, 2})]", "[f(a=x.y)]",
+    "[f(a=(1 if x else 2))]", "[f(a=1 < 2)]", "[f(a=x and y)]", "[f(a=(b := 1))]", "[f(a=[i for i in y])]",
+    "[f(a=2*3, b=2**10, c='a'+'b', d=7/2, e=7//2, g=7%3, h=2**-1, i=(-8)**0.5, j=1.5*2)]",
+    "[f(a=1|2, b=3^1, c=6&3, d=1<<3, e=16>>2, g={1}|{2}, h={'a': 1}|{'b': 2}, i={1, 2}-{1}, j=True+True)]",
+    "[f(a=[0]*3 + [1], b='ab'*2, c=True*'ab', d=(1,)*2, e=2*[1], g=b'a'*2, h='%05d' % 3, i='%s-%s' % ('a', 'b'))]",
+    "[f(a=(1+2)*-1, b=1+(not 0), c=-(1)+2, d=~1+1, e=[1]+[-2], g=1+(2,)[0])]",
+    "[f(a=1/0, b=1)]", "[f(a=1 @ 2)]", "[f(a='a'+1)]", "[f(a=None-1)]", "[f(a=[1]*[2])]", "[f(a=1<<-1)]",
+    "[f(a=2.0**5000)]", "[f(a=10**400*1.0)]", "[f(a=1e308*10)]", "[f(a=...+1)]", "[f(a={[1]}|{2})]",
+    "[f(a=1+2, a=3)]", "[f(a=1\n)]", "[f(a='''x''')]", "[f(a=r'\\d')]", "[f(a='\\x00')]", "[f(a=\"x\\\"y\")]",
+    "[f(a=1)", "[f(a=1))]", "f(a=1", "[f(a=1)]]", "[[f(a=1)]]", "[(f(a=1))]", "(f(a=1))", "{f(a=1)}",
+    "[f(a=1);]", "[f(a=1)] # the call", "[f(a=1)]  # the call", "import os; [f(a=1)]",
+    "[\u00e9t\u00e9(a='\u00e9')]", "[f(a='\u4e2d\u6587')]", "[f(a=1\u00a0)]",
+]
+
+
+@pytest.mark.filterwarnings("ignore::SyntaxWarning")
+def test_default_decoding_is_bfcl_evals_on_hand_written_outputs(official):
+    assert_same_decoding(official, OUTPUTS)
+
+
+# The departures the module docstring lists, on outputs bfcl-eval can still decode: names, calls, f-strings and
+# `is` inside arithmetic (its `eval` runs them), and results over the size limits (it builds them).
+DEPARTURES = ["[f(a=max(1, 2) + 1)]", "[f(a=len('ab') * 2)]", "[f(a=f'{1}' + 'x')]", "[f(a=(1 is 1) + 0)]",
+              "[f(a='a' * 10**6)]", "[f(a=[0] * 200000)]", "[f(a=2**14001)]", "[f(a=1 << 20000)]"]
+
+
+@pytest.mark.filterwarnings("ignore::SyntaxWarning")  # `1 is 1`
+@pytest.mark.parametrize("text", DEPARTURES)
+def test_documented_departures_decode_officially_and_not_here(official, text):
+    assert official.decode(text) is not None
+    assert decode_python_calls(text) is None
+
+
+def python_call_text(calls: list[dict]) -> str:
+    return "[" + ", ".join(f"{c['name']}(" + ", ".join(f"{k}={v!r}" for k, v in c["arguments"].items()) + ")"
+                           for c in calls) + "]"
+
+
+# How models wrap a call list (each applied to real BFCL gold answers).
+WRAPPERS = [
+    lambda s: s, lambda s: s[1:-1], lambda s: f"```python\n{s}\n```", lambda s: f"```json\n{s}\n```",
+    lambda s: f"```\n{s}\n```", lambda s: f"Here you go:\n```python\n{s}\n```", lambda s: f"```python\n{s}\n```\nDone.",
+    lambda s: f"  \n{s}\n\n", lambda s: f"\t{s}", lambda s: f"{s}\r\n", lambda s: f"'{s}'", lambda s: f"`{s}`",
+    lambda s: f"The calls are {s}", lambda s: f"{s}\nThese calls answer the question.",
+    lambda s: f"<think>\nI should call {s[1:-1]}.\n</think>\n\n{s}", lambda s: s.replace(", ", ",\n    "),
+    lambda s: s.replace("=", " = "), lambda s: s.replace("'", '"'),
+]
+
+
+@needs_data
+@pytest.mark.parametrize("category", ["simple_python", "multiple", "parallel", "parallel_multiple", "live_simple",
+                                      "live_multiple", "live_parallel", "live_parallel_multiple"])
+def test_default_decoding_is_bfcl_evals_on_wrapped_gold_answers(official, category):
+    entries = load_category(category)
+    texts = [wrap(python_call_text(calls)) for e in entries[:: max(1, len(entries) // 40)]
+             if (calls := gold_as_calls(e)) is not None for wrap in WRAPPERS]
+    assert len(texts) >= 16 * len(WRAPPERS)
+    assert_same_decoding(official, texts)
+
+
+# Pieces that random outputs are made of. No `**` or `<<` (bfcl-eval would eval 9**9**9 for ever) and one-digit
+# numbers, so that every random output is one the official decoder finishes on.
+PIECES = ["f", "g.h", "(", ")", "[", "]", "{", "}", ",", "=", "a", "b", "1", "2", "-", "+", "*", "/", "%", "|",
+          "not ", "~", "'x'", '"y"', "None", "True", "...", ":", " ", "\n", "\t", "`", "```", "```python\n",
+          "</think>", "Sure:", "x.y", "lambda", "#", "'", "1.5", "b'z'", "2j"]
+# No f-strings or `is` inside arithmetic, two departures (test_documented_departures).
+LEAVES = ["0", "1", "7", "-2", "2.5", "1e3", "2j", "True", "None", "...", "'ab'", '"c d"', "b'z'", "x", "x.y",
+          "[]", "()", "{}", "g()", "g(1)"]
+OPERATORS = ["+", "-", "*", "/", "//", "%", "|", "&", "^", ">>", "<", "==", " in ", " not in ", " and ", " or ", "@"]
+
+
+def random_value(rng: random.Random, depth: int = 0) -> str:
+    """A random argument expression: every kind of node the decoders meet, nested up to depth 3."""
+    kind = rng.randrange(12) if depth < 3 else 0
+    inner = lambda: random_value(rng, depth + 1)  # noqa: E731
+    if kind == 0:
+        return rng.choice(LEAVES)
+    if kind == 1:
+        return rng.choice(["-", "+", "not ", "~"]) + inner()
+    if kind in (2, 3):
+        return f"({inner()}{rng.choice(OPERATORS)}{inner()})"
+    if kind == 4:
+        return "[" + ", ".join(inner() for _ in range(rng.randrange(3))) + "]"
+    if kind == 5:
+        return "(" + "".join(inner() + ", " for _ in range(rng.randrange(3))) + ")"
+    if kind == 6:
+        return "{" + ", ".join(f"{inner()}: {inner()}" for _ in range(rng.randrange(3))) + "}"
+    if kind == 7:
+        return "{" + ", ".join(inner() for _ in range(1 + rng.randrange(2))) + "}"
+    if kind == 8:
+        return f"g(k={inner()})"
+    if kind == 9:
+        return f"{inner()}[{rng.choice(['0', '1:', '-1', ':2', '::2', '0, 1'])}]"
+    if kind == 10:
+        return f"({inner()} if {inner()} else {inner()})"
+    return rng.choice(["'ab' * 2", "[0] * 3", "3 * (1,)", "'%d' % 5", "(1 < 2 < 3)", "lambda: 1", "[*x]", "{**x}"])
+
+
+@pytest.mark.filterwarnings("ignore::SyntaxWarning")  # "invalid decimal literal" from random text
+def test_default_decoding_is_bfcl_evals_on_random_outputs(official):
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(PIECES) for _ in range(rng.randint(1, 14))) for _ in range(2000)]
+    for _ in range(3000):
+        calls = [f"{rng.choice(['f', 'g.h'])}(" + ", ".join(f"{p}={random_value(rng)}" for p in "ab"[:rng.randint(0, 2)])
+                 + ")" for _ in range(rng.randint(1, 2))]
+        texts.append(rng.choice(WRAPPERS)("[" + ", ".join(calls) + "]"))
+    assert sum(bool(decode_python_calls(t)) for t in texts) > 500  # many are calls
+    assert_same_decoding(official, texts)
