@@ -8,6 +8,10 @@ engine (no tools run), decoded into calls and scored by our AST checker (`icrl_l
   JSON lines.
 Compare a trained checkpoint with the base model under the SAME prompt: the published anchors use each
 model's best prompt.
+
+`bfcl` outputs are decoded as the leaderboard decodes them (`decode=official`, bfcl-eval's decoder: a
+```python fence or prose around the list is not a call); `decode=lenient` reads fenced lists too and is named
+as such in the report header, since its scores are not the leaderboard's.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .bfcl import CATEGORIES, aggregate, check, decode_python_calls, decode_toolrl_calls, format_table, load_category
+from .bfcl import (CATEGORIES, DECODES, aggregate, check, decode_python_calls, decode_toolrl_calls, format_table,
+                   load_category)
 from .model import ModelConfig
 from .prompts import FUNCTION_INSTRUCTION, fill, render_prompt
 from .rollout import RolloutConfig, RolloutEngine
@@ -53,6 +59,10 @@ class BfclConfig:
     """BFCL categories to run (Python single-turn)."""
     prompt: str = "bfcl"
     """bfcl (the leaderboard's prompting system prompt, calls as a Python list) | toolrl (our function-calling instruction, <tool_call> JSON lines)."""
+    decode: str = "official"
+    """How `prompt=bfcl` outputs are decoded: official (bfcl-eval's decoder, as the leaderboard scores: a ```python
+    fence or prose around the call list fails to decode) | lenient (also reads the first markdown code block, and
+    unary +/- as Python does; not a leaderboard score, and the report says so)."""
     limit: int = 0
     """First N entries of each category (0 = all)."""
     sample: int = 0
@@ -78,6 +88,11 @@ class BfclConfig:
             raise ValueError(f"unknown BFCL categories {unknown}; choose from {', '.join(CATEGORIES)}")
         if self.prompt not in PROMPTS:
             raise ValueError(f"prompt={self.prompt!r}: use bfcl or toolrl")
+        if self.decode not in DECODES:
+            raise ValueError(f"decode={self.decode!r}: use official (the leaderboard's decoder) or lenient")
+        if self.prompt == "toolrl" and self.decode != "official":
+            raise ValueError("decode=lenient applies to prompt=bfcl (Python call lists); toolrl outputs are read by "
+                             "the ToolRL <tool_call> parser: drop decode= or use prompt=bfcl")
         if self.limit and self.sample:
             raise ValueError("give limit (the first N entries) or sample (N random entries), not both")
         if self.sample < 0 or self.limit < 0 or self.batch_size < 1 or self.max_new_tokens < 1 or self.max_batch_tokens < 1:
@@ -112,7 +127,7 @@ def run_bfcl(cfg: BfclConfig, progress: bool = True) -> dict:
                            max_response_tokens=cfg.max_new_tokens, max_context_tokens=context)
     stops = ("</tool_call>", "</response>") if cfg.prompt == "toolrl" else ()
     engine = RolloutEngine(model, tokenizer, [], budget, final_stops=stops)
-    decode = decode_toolrl_calls if cfg.prompt == "toolrl" else decode_python_calls
+    decode = decode_toolrl_calls if cfg.prompt == "toolrl" else partial(decode_python_calls, decode=cfg.decode)
     output = Path(cfg.output) if cfg.output else (
         source / f"bfcl-{cfg.prompt}.jsonl" if source is not None else Path(f"bfcl-base-{cfg.prompt}.jsonl"))
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -133,14 +148,14 @@ def run_bfcl(cfg: BfclConfig, progress: bool = True) -> dict:
                         valid, error = False, f"prompt of {len(prompts[i])} tokens is longer than the model's context"
                     correct += valid
                     f.write(json.dumps({"id": items[i].id, "category": category, "prompt_tokens": len(prompts[i]),
-                                        "output": rollout.policy_text, "calls": calls, "valid": valid,
+                                        "output": rollout.policy_text, "calls": jsonable(calls), "valid": valid,
                                         "error": error}) + "\n")
                 bar.update(len(batch))
             accuracy[category], counts[category] = correct / max(1, len(items)), len(items)
             bar.set_postfix({category: f"{accuracy[category]:.3f}"})
     bar.close()
     return {"accuracy": accuracy, "counts": counts, "aggregate": aggregate(accuracy, counts), "records": str(output),
-            "seconds": time.time() - started}
+            "seconds": time.time() - started, "prompt": cfg.prompt, "decode": cfg.decode}
 
 
 def pick(entries: list, n: int, seed: int) -> list:
@@ -162,5 +177,28 @@ def length_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list
     return batches
 
 
+def report_header(prompt: str, decode: str) -> str:
+    """The report's first line: the prompt and how outputs were decoded (lenient scores are not BFCL's)."""
+    if prompt == "toolrl":
+        reading = "ToolRL <tool_call> JSON lines (our prompt and format, not the leaderboard's)"
+    elif decode == "lenient":
+        reading = "lenient (code fences read, unary +/- as in Python): NOT the leaderboard's scores"
+    else:
+        reading = "official (bfcl-eval's decoder, as the leaderboard)"
+    return f"BFCL v4, Python single-turn | prompt {prompt} | decode {reading}"
+
+
+def jsonable(value):
+    """A decoded value as JSON can hold it: bytes, complex numbers, sets and keys JSON lacks become their repr."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str | int | float | bool) else repr(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value if value is None or isinstance(value, str | int | float | bool) else repr(value)
+
+
 def format_report(report: dict) -> str:
-    return format_table(report["accuracy"], report["counts"]) + f"\nrecords: {report['records']}  ({report['seconds']:.0f} s)"
+    """The header (prompt, decoding), the table of `bfcl.format_table`, and where the records are."""
+    return "\n".join([report_header(report["prompt"], report["decode"]),
+                      format_table(report["accuracy"], report["counts"]),
+                      f"records: {report['records']}  ({report['seconds']:.0f} s)"])

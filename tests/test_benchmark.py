@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from icrl_lite.benchmark import BFCL_SYSTEM_PROMPT, BfclConfig, bfcl_messages, run_bfcl, length_batches, pick
+from icrl_lite.benchmark import (BFCL_SYSTEM_PROMPT, BfclConfig, bfcl_messages, format_report, jsonable, length_batches,
+                                 pick, run_bfcl)
 from icrl_lite.bfcl import Entry
 from icrl_lite.model import ModelConfig
 
@@ -65,6 +66,7 @@ def test_a_tiny_run_scores_every_entry_and_writes_its_records(tiny_model_dir, tm
         assert report["accuracy"][category] == sum(r["valid"] for r in mine) / 3
     # a random tiny model writes no call list: irrelevance is all correct, simple_python all wrong
     assert report["accuracy"] == {"simple_python": 0.0, "irrelevance": 1.0}
+    assert report["decode"] == "official"  # the leaderboard's decoder unless asked otherwise
 
 
 def test_length_batches_sort_by_length_and_respect_both_caps():
@@ -91,3 +93,32 @@ def test_sample_is_seeded_spread_and_in_file_order():
 def test_limit_and_sample_together_are_refused():
     with pytest.raises(ValueError, match="not both"):
         BfclConfig(limit=5, sample=5).validate()
+
+
+def report(prompt: str, decode: str) -> dict:
+    return {"accuracy": {"multiple": 0.5}, "counts": {"multiple": 2}, "records": "r.jsonl", "seconds": 1.0,
+            "prompt": prompt, "decode": decode}
+
+
+def test_report_header_names_the_decoding_and_says_when_it_is_not_the_leaderboards():
+    official = format_report(report("bfcl", "official")).splitlines()[0]
+    assert "prompt bfcl" in official and "decode official" in official and "NOT" not in official
+    lenient = format_report(report("bfcl", "lenient")).splitlines()[0]
+    assert "decode lenient" in lenient and "NOT the leaderboard's" in lenient
+    assert "not the leaderboard's" in format_report(report("toolrl", "official")).splitlines()[0]
+
+
+def test_decode_is_official_or_lenient_and_lenient_only_with_the_bfcl_prompt():
+    assert BfclConfig().decode == "official"
+    BfclConfig(decode="lenient").validate()
+    with pytest.raises(ValueError, match="official"):
+        BfclConfig(decode="loose").validate()
+    with pytest.raises(ValueError, match="prompt=bfcl"):
+        BfclConfig(prompt="toolrl", decode="lenient").validate()
+
+
+def test_records_hold_decoded_values_json_lacks():
+    calls = [{"name": "f", "arguments": {"b": b"x", "c": 1j, "s": {1}, "d": {(1, 2): 3}, None: "rest", "t": (1, 2)}}]
+    assert json.loads(json.dumps(jsonable(calls))) == [{"name": "f", "arguments": {
+        "b": "b'x'", "c": "1j", "s": "{1}", "d": {"(1, 2)": 3}, "None": "rest", "t": [1, 2]}}]
+    assert jsonable(None) is None
