@@ -45,8 +45,9 @@ class RolloutConfig:
     """Tool calls (and corrective turns) per rollout; one final turn without tools follows (the paper: 6)."""
     max_turn_tokens: int = 64
     """Tokens the policy may sample in one turn before the turn is cut (raise it for models that think at length)."""
-    max_response_tokens: int = 320
-    """Tokens of the whole response (sampled + tool output) before the rollout is truncated."""
+    max_response_tokens: int = 512
+    """Tokens of the whole response (sampled + tool output) before the rollout is truncated. The default fits the
+    bundled two-hop demos (410-483 tokens with two searches' results); training refuses budgets that cut a demo."""
     max_obs_tokens: int = 500
     """Tool observations are cut to this many tokens."""
     max_context_tokens: int = 5000
@@ -420,3 +421,41 @@ class SlabLayer(DynamicLayer):
 
     def batch_select_indices(self, indices) -> None:
         self.reset_to(self.keys[indices], self.values[indices])
+
+
+def demo_budget_problems(demos: Sequence[dict], tokenizer, tools: Sequence[Tool], cfg: RolloutConfig) -> list[str]:
+    """Replay each demo's `solution` against the rollout budgets; one line per demo that would not finish.
+
+    A solution is split at the tools' result blocks (`<information>...</information>`, ...): each block is a
+    tool call, the text between blocks is one policy turn. A demo fits when its calls <= max_turns, every turn
+    <= max_turn_tokens, and the whole response < max_response_tokens (the engine truncates at that count).
+    Budgets that cut the demonstrated behaviour make the right trajectory score below a guess.
+    """
+    problems = []
+    for n, demo in enumerate(demos, start=1):
+        solution = demo["solution"]
+        blocks = 0
+        turns, rest = [], solution
+        while True:
+            starts = [(rest.find(t.result_open), t) for t in tools if t.result_open in rest]
+            if not starts:
+                turns.append(rest)
+                break
+            at, tool = min(starts, key=lambda pair: pair[0])
+            end = rest.find(tool.result_close, at)
+            end = len(rest) if end < 0 else end + len(tool.result_close)
+            turns.append(rest[:at])
+            rest, blocks = rest[end:], blocks + 1
+        total = len(tokenizer(solution, add_special_tokens=False)["input_ids"])
+        longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in turns)
+        why = []
+        if blocks > cfg.max_turns:
+            why.append(f"{blocks} tool calls > rollout.max_turns={cfg.max_turns}")
+        if longest > cfg.max_turn_tokens:
+            why.append(f"a {longest}-token turn > rollout.max_turn_tokens={cfg.max_turn_tokens}")
+        if total >= cfg.max_response_tokens:
+            why.append(f"{total} response tokens >= rollout.max_response_tokens={cfg.max_response_tokens}")
+        if why:
+            question = str(demo.get("question", ""))[:60]
+            problems.append(f"demo {n} ({question!r}): " + "; ".join(why))
+    return problems

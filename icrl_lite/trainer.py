@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,13 +21,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .config import save_config
+from .checkpoints import (RunLock, latest_checkpoint, load_trainer_state, open_run_dir, resolve_checkpoint,
+                          save_checkpoint)
+from .config import changed_keys, save_config
 from .curriculum import Curriculum, choose_demos
 from .evaluate import EvalConfig, mean_metrics, run_eval, score
 from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
-from .model import ModelConfig, load_policy, reference_mode, response_logprobs
+from .model import ModelConfig, load_policy, load_tokenizer, reference_mode, response_logprobs
+from .preflight import check_model_source, check_output_dir
 from .prompts import build_messages, render_prompt
-from .rollout import Rollout, RolloutConfig, RolloutEngine
+from .rollout import Rollout, RolloutConfig, RolloutEngine, demo_budget_problems
 from .tasks import REWARD_VARIANTS, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig
 
@@ -156,22 +159,30 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         cfg.validate()
         self.cfg = cfg
-        self.out = Path(cfg.output_dir)
+        self.out = check_output_dir(cfg.output_dir)
+        check_model_source(cfg.model.name)  # fails in seconds, not after a minute of hub retries
         self.curriculum = Curriculum(cfg.stages)
         self.task, self.tools, self.instruction = setup_task(cfg)  # clear errors before loading a model
         task = self.task
         self.train_set = task.load(cfg.train_data, split=cfg.train_split) if cfg.train_data else task.load(task.bundled("train"))
         self.eval_set = (task.load(cfg.eval_data) if cfg.eval_data else task.load(task.bundled("dev")))[: cfg.eval_size]
         self.demo_pool = task.load_demos(cfg.demo_pool or task.bundled("demos"))
+        misfits = demo_budget_problems(self.demo_pool, load_tokenizer(cfg.model.name), self.tools, cfg.rollout)
+        if misfits:  # the budgets would cut the behaviour the demos teach: refuse before any model work
+            raise ValueError(
+                f"{len(misfits)} of {len(self.demo_pool)} demos do not fit the rollout budgets, so the trajectories "
+                "they teach would be truncated (and score below a guess). Raise the named budgets or shorten the "
+                "demos:\n  " + "\n  ".join(misfits))
         max_demos = max(s.demos for s in self.curriculum.stages)
         if max_demos > len(self.demo_pool):
             raise ValueError(f"the curriculum asks for {max_demos} demos but the pool has {len(self.demo_pool)}; add demos or lower stages")
 
-        checkpoint = latest_checkpoint(self.out) if resume else None
-        if resume and checkpoint is None:
-            print(f"[icrl-lite] --resume: no checkpoint in {self.out}, starting from scratch")
-        if not resume and checkpoint is None and latest_checkpoint(self.out) is not None:
-            raise FileExistsError(f"{self.out} already holds checkpoints: pass --resume to continue it, or choose another output_dir=")
+        self.lock = RunLock(self.out).acquire()  # one run per output_dir; released by train() or when the process dies
+        try:
+            checkpoint = open_run_dir(self.out, resume)  # repairs a crash's leftovers, trims metrics.jsonl
+        except BaseException:
+            self.lock.release()
+            raise
         torch.manual_seed(cfg.seed)
         self.model, self.tokenizer = load_policy(cfg.model, adapter=checkpoint / "adapter" if checkpoint else None)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -182,11 +193,10 @@ class Trainer:
         self.step_index = 0
         if checkpoint is not None:
             self.load_state(checkpoint)
-            log = self.out / "metrics.jsonl"
-            if log.exists():  # steps after the checkpoint are trained (and logged) again: drop their old lines
-                kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= self.step_index]
-                log.write_text("".join(line + "\n" for line in kept))
-        self.out.mkdir(parents=True, exist_ok=True)
+        changes = changed_keys(self.out / "config.yaml", cfg)
+        if changes:
+            print(f"[icrl-lite] warning: {self.out}/config.yaml is replaced by this run's config, which differs in: "
+                  f"{'; '.join(changes)} (each checkpoint keeps the config it was saved with)", file=sys.stderr)
         save_config(cfg, self.out / "config.yaml")
 
     def lr_lambda(self, step: int) -> float:
@@ -199,25 +209,46 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------------
     def train(self) -> list[dict]:
+        """Train to the end of the curriculum. Ctrl-C stops cleanly: no traceback, the step that had just
+        finished is saved if it was not, and the resume command is printed (then KeyboardInterrupt is re-raised)."""
         cfg, total = self.cfg, self.curriculum.total_steps
         history = []
+        self.lock.acquire()  # again, when an earlier train() released it
         bar = tqdm(total=total, initial=self.step_index, desc="train", disable=not cfg.progress, dynamic_ncols=True)
-        while self.step_index < total:
-            metrics = self.step()
-            self.step_index += 1
-            last = self.step_index == total
-            if cfg.eval_every and (self.step_index % cfg.eval_every == 0 or last):
-                metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-            with (self.out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            history.append(metrics)
-            if (cfg.save_every and self.step_index % cfg.save_every == 0) or last:
-                self.save()
-            bar.update(1)
-            calls = {t.name: f"{metrics[self.task.tool_metric(t.name)]:.2f}" for t in self.tools}
-            bar.set_postfix(demos=metrics["demos"], reward=f"{metrics['reward']:.3f}", em=f"{metrics['em']:.2f}",
-                            **calls, tok_s=f"{metrics['gen_tokens_per_s']:.0f}")
-        bar.close()
+        stepping = False  # inside a step, until its metrics line is written: the state is mid-update
+        try:
+            while self.step_index < total:
+                stepping = True
+                metrics = self.step()
+                self.step_index += 1
+                last = self.step_index == total
+                if cfg.eval_every and (self.step_index % cfg.eval_every == 0 or last):
+                    metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+                with (self.out / "metrics.jsonl").open("a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                stepping = False
+                history.append(metrics)
+                if (cfg.save_every and self.step_index % cfg.save_every == 0) or last:
+                    self.save()
+                bar.update(1)
+                calls = {t.name: f"{metrics[self.task.tool_metric(t.name)]:.2f}" for t in self.tools}
+                bar.set_postfix(demos=metrics["demos"], reward=f"{metrics['reward']:.3f}", em=f"{metrics['em']:.2f}",
+                                **calls, tok_s=f"{metrics['gen_tokens_per_s']:.0f}")
+        except KeyboardInterrupt:
+            bar.close()
+            latest = latest_checkpoint(self.out)
+            saved = False
+            if not stepping and self.step_index > 0 and (latest is None or latest.name != f"checkpoint-{self.step_index}"):
+                latest, saved = self.save(), True  # the step is finished and logged: keeping it is quick
+            where = f"during step {self.step_index + 1}" if stepping else f"after step {self.step_index}"
+            resume_from = (latest.name + (" (saved just now)" if saved else "") if latest is not None
+                           else "step 0 (there is no checkpoint yet)")
+            print(f"\n[icrl-lite] interrupted {where} of {total}. A resume continues from {resume_from}:\n"
+                  f"    icrl-lite train --resume output_dir={shlex.quote(str(self.out))}", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+            self.lock.release()
         return history
 
     def step(self) -> dict:
@@ -361,33 +392,23 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     def save(self) -> Path:
-        """Write checkpoint-<step> atomically (staging dir + rename), then point `latest` at it."""
-        final = self.out / f"checkpoint-{self.step_index}"
-        staging = self.out / f".tmp-checkpoint-{self.step_index}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        self.model.save_pretrained(staging / "adapter")
-        torch.save({
-            "step": self.step_index,
-            "stage": self.curriculum.stage_at(max(self.step_index - 1, 0)),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }, staging / "trainer_state.pt")
-        save_config(self.cfg, staging / "config.yaml")
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
-        pointer = self.out / ".latest.tmp"
-        pointer.write_text(final.name)
-        os.replace(pointer, self.out / "latest")
-        checkpoints = sorted(self.out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in checkpoints[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+        """Write checkpoint-<step>: adapter, trainer state and config, atomically (`checkpoints.save_checkpoint`)."""
+        def write(staging: Path) -> None:
+            self.model.save_pretrained(staging / "adapter")
+            torch.save({
+                "step": self.step_index,
+                "stage": self.curriculum.stage_at(max(self.step_index - 1, 0)),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            }, staging / "trainer_state.pt")
+            save_config(self.cfg, staging / "config.yaml")
+
+        return save_checkpoint(self.out, self.step_index, write, self.cfg.keep_checkpoints)
 
     def load_state(self, checkpoint: Path) -> None:
-        state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+        state = load_trainer_state(checkpoint)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         random.setstate(state["rng"]["python"])
@@ -430,23 +451,16 @@ def loss_mask(rollouts: list[Rollout]) -> torch.Tensor:
     return mask
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / "latest"
-    if pointer.exists():
-        path = Path(run_dir) / pointer.read_text().strip()
-        if (path / "trainer_state.pt").exists():
-            return path
-    checkpoints = sorted(Path(run_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
-
-
 def load_for_inference(checkpoint: str, base: ModelConfig):
     """(model, tokenizer, checkpoint dir or None) for `base`, a checkpoint dir, or a run dir."""
     if checkpoint == "base":
+        check_model_source(base.name)
         model, tokenizer = load_policy(base)
         return model, tokenizer, None
-    path = resolve_checkpoint(checkpoint)
-    model, tokenizer = load_policy(run_config(path).model, adapter=path / "adapter")
+    path = resolve_checkpoint(checkpoint)  # checks the adapter
+    model_cfg = run_config(path).model
+    check_model_source(model_cfg.name)
+    model, tokenizer = load_policy(model_cfg, adapter=path / "adapter")
     return model, tokenizer, path
 
 
@@ -455,13 +469,3 @@ def run_config(path: Path) -> TrainConfig:
 
     return load_config(TrainConfig, path / "config.yaml") if (path / "config.yaml").exists() else TrainConfig()
 
-
-def resolve_checkpoint(checkpoint: str) -> Path:
-    """A checkpoint dir, or the latest checkpoint of a run dir."""
-    path = Path(checkpoint)
-    if (path / "latest").exists() or not (path / "adapter").exists():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"{path} holds no checkpoint (expected checkpoint-*/adapter or an adapter/ dir); use --checkpoint base for the untrained model")
-        path = found
-    return path
