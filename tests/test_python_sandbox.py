@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dis
 import os
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -193,6 +195,60 @@ def test_monkeypatched_modules_do_not_leak_into_a_new_session(sandbox):
 def test_allowed_module_works(sandbox, code, expected):
     with sandbox.session() as s:
         assert run(s, code) == expected
+
+
+# A package whose function imports a submodule on first use, as `sympy.factor` imports `sympy.tensor.tensor`,
+# and a function importing a module outside the allowed packages.
+LAZY_PACKAGE = {
+    "lazypkg/__init__.py": "def double(x):\n    from lazypkg._impl import double\n    return double(x)\n\n\n"
+                           "def triple(x):\n    import lazyhelper\n    return lazyhelper.triple(x)\n",
+    "lazypkg/_impl.py": "def double(x):\n    return 2 * x\n",
+    "lazyhelper.py": "def triple(x):\n    return 3 * x\n",
+}
+
+
+def install_lazy_package(base: Path, layout: str) -> tuple[Path, Path]:
+    """A fresh virtual environment holding LAZY_PACKAGE as sources only, no bytecode: (its python, site-packages).
+
+    layout: "readable" (any uid may read it, like a system install), "private" (under a 0700 directory, like a
+    clone in `mktemp -d`: a session's uid of its own, given when the tests run as root, cannot read it), or
+    "symlinked" (reached through a symlink).
+    """
+    base.chmod(0o711)
+    home = base / "home"
+    home.mkdir()
+    home.chmod(0o700 if layout == "private" else 0o755)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(home / "venv")], check=True)
+    site = next(home.glob("venv/lib/python*/site-packages"))
+    for name, text in LAZY_PACKAGE.items():
+        (site / name).parent.mkdir(exist_ok=True)
+        (site / name).write_text(text)
+    if layout == "symlinked":
+        (base / "link").symlink_to(home)
+        return base / "link" / "venv" / "bin" / "python", site
+    return home / "venv" / "bin" / "python", site
+
+
+@pytest.mark.parametrize("layout", ["readable", "private", "symlinked"])
+def test_lazy_imports_work_from_an_install_without_bytecode(tmp_path_factory, monkeypatch, layout):
+    python, site = install_lazy_package(tmp_path_factory.mktemp("install"), layout)
+    monkeypatch.setattr(sys, "executable", str(python))  # the zygote runs on that environment's interpreter
+    box = PythonSandbox(replace(LIMITS, modules=("lazypkg",)))
+    try:
+        with box.session() as s:
+            assert run(s, "import lazypkg\nlazypkg.double(21)") == "42"
+            if layout != "private":  # outside the allowed packages: read from disk, as the session's uid
+                assert run(s, "lazypkg.triple(21)") == "63"
+    finally:
+        box.close()
+    assert not list(site.rglob("lazyhelper*.pyc")), "a session wrote bytecode"
+
+
+def test_the_zygote_preloads_submodules_but_no_denied_or_optional_package(sandbox):
+    with sandbox.session() as s:
+        assert run(s, ESCAPE + "'sympy.tensor.tensor' in sys.modules") == "True"
+        # pdb is denied (sympy.testing imports it); torch, scipy and pytest are optional integrations of numpy/sympy
+        assert run(s, ESCAPE + "[m for m in ('pdb', 'torch', 'scipy', 'pytest') if m in sys.modules]") == "[]"
 
 
 def test_files_inside_the_session_dir_work_and_the_dir_is_removed_on_close(sandbox):

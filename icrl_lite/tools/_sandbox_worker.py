@@ -4,10 +4,11 @@ Run by `icrl_lite.tools.python` as `python -I _sandbox_worker.py FD CONFIG_JSON`
 library (it must stay stdlib-only: the zygote should not carry torch). FD is a SOCK_SEQPACKET control socket.
 
 Start-up: when root, move into an empty network namespace (through ctypes) and re-exec, so that the zygote's
-image never holds ctypes; then import the allowed modules once (with a stand-in `ctypes`: raw memory access
-would bypass every in-process guard) and delete the few functions that act on other processes or create
-files without an audit event. Zygote loop: for every `spawn` message (which carries one end of a fresh socket pair) fork a child
-and reply with its pid; reap exited children; when the parent goes away, kill the children still running.
+image never holds ctypes; then import the allowed modules and all their submodules once (with a stand-in
+`ctypes`: raw memory access would bypass every in-process guard; see `_preload`) and delete the few functions
+that act on other processes or create files without an audit event. Zygote loop: for every `spawn` message
+(which carries one end of a fresh socket pair) fork a child and reply with its pid; reap exited children; when
+the parent goes away, kill the children still running.
 The child jails itself (`_jail`) and then serves `run` requests on its socket until the parent closes it.
 Forking a warm zygote costs a few milliseconds, so every rollout gets a pristine interpreter without paying
 Python's start-up and imports again. See `icrl_lite/tools/python.py` for the threat model.
@@ -16,9 +17,11 @@ Python's start-up and imports again. See `icrl_lite/tools/python.py` for the thr
 import ast
 import builtins
 import gc
+import importlib
 import io
 import json
 import os
+import pkgutil
 import resource
 import signal
 import socket
@@ -74,6 +77,8 @@ DENIED_IMPORTS = (
     "urllib.request", "http.client", "ftplib", "smtplib", "telnetlib", "webbrowser", "asyncio", "pdb",
     "_testcapi", "_testinternalcapi", "_testbuffer", "_testmultiphase", "_xxsubinterpreters", "_xxtestfuzz",
 )
+# Submodules the zygote does not preload: test suites, and `__main__` modules (they run a program).
+NOT_PRELOADED = frozenset({"tests", "benchmarks", "conftest", "__main__"})
 # Functions that act on other processes, start them, or create files, without raising an audit event (in
 # Python 3.11). The zygote deletes them before forking, together with `_imp.create_builtin`, which could
 # re-create the builtin modules holding them; `_posixsubprocess` cannot be re-created either, as loading it is
@@ -98,6 +103,7 @@ def main() -> None:
             __import__(name)
         except ImportError:
             pass
+    _preload(config["modules"])
     _remove_unaudited()
     child = _zygote(socket.socket(fileno=fd))
     if child is None:
@@ -130,6 +136,53 @@ def _stub_ctypes() -> None:
 
     stub.c_long, stub.sizeof = c_long, {c_long: struct.calcsize("l")}.__getitem__
     sys.modules["ctypes"], sys.modules["_ctypes"] = stub, None
+
+
+def _preload(modules: list[str]) -> None:
+    """Import every submodule of the allowed packages now, so that a session never loads one from disk.
+
+    Packages import submodules lazily (`sympy.factor` imports `sympy.tensor.tensor` on first use). In a session
+    that import would read the installation as the session's uid, which cannot when a directory above it is
+    private (a clone in `mktemp -d`, Python under /root): FileFinder then reports ModuleNotFoundError. The walk
+    loads nothing a session could not: while it runs, `_Fence` refuses the denied modules and any third-party
+    package the allowed ones did not import themselves (optional integrations such as sympy's torch printer),
+    and a submodule that fails to import is left out (a session importing it gets the same error).
+    """
+    known = {name.partition(".")[0] for name in sys.modules} | set(sys.stdlib_module_names)
+    fence = _Fence(known)
+    sys.meta_path.insert(0, fence)
+    try:
+        for name in modules:
+            if hasattr(sys.modules.get(name), "__path__"):
+                _import_submodules(sys.modules[name])
+    finally:
+        sys.meta_path.remove(fence)
+
+
+def _import_submodules(package: types.ModuleType) -> None:
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        if info.name.rpartition(".")[2] in NOT_PRELOADED:
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except (Exception, SystemExit):  # noqa: BLE001 - a third-party submodule that cannot load is skipped
+            continue
+        if info.ispkg:
+            _import_submodules(module)
+
+
+class _Fence:
+    """A meta-path finder for `_preload`: refuses denied modules and top-level packages outside `known`."""
+
+    def __init__(self, known: set):
+        self.known = known
+
+    def find_spec(self, name, path=None, target=None):
+        parts = name.split(".")
+        denied = any(e in parts or "." in e and (name == e or name.startswith(e + ".")) for e in DENIED_IMPORTS)
+        if denied or parts[0] not in self.known:
+            raise ImportError(f"the sandbox does not preload {name!r}")
+        return None  # let the other finders load it
 
 
 def _remove_unaudited() -> None:
@@ -190,6 +243,7 @@ def serve(conn: socket.socket, limits: dict, modules: list[str]) -> None:
     allowed = frozenset(modules)
     namespace = {"__name__": "__main__", "__builtins__": _safe_builtins(allowed)}
     violations: list[str] = []
+    sys.dont_write_bytecode = True  # a lazy import compiles in memory: the installation is outside the jail
     _install_guard(workdir, _python_roots(), violations)
     while True:
         message = conn.recv(MAX_MESSAGE)
@@ -257,10 +311,14 @@ def _address_space() -> int:
 
 
 def _python_roots() -> tuple[str, ...]:
-    """Python's installation (for lazy imports and native modules): the only place outside the jail code may read."""
-    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.__file__))}
-    roots |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
-    return tuple(sorted(roots))
+    """Python's installation (for lazy imports and native modules): the only place outside the jail code may read.
+
+    Each directory both as named (the import system reads through sys.path as it is spelled, which the guard
+    compares lexically) and resolved: the same files either way, as no session can create or change a symlink.
+    """
+    dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.__file__)]
+    dirs += [p for p in sys.path if p and os.path.isdir(p)]
+    return tuple(sorted({form(p) for p in dirs for form in (os.path.abspath, os.path.realpath)}))
 
 
 def _safe_builtins(allowed: frozenset) -> dict:

@@ -2,8 +2,10 @@
 
 Each rollout gets its own interpreter (a *session*): successive blocks of one rollout share variables and
 definitions, like notebook cells; different rollouts never share anything. Interpreters are forked from a warm
-zygote process that has already imported the allowed modules (numpy, sympy, ...), so a new session costs a
-fork (milliseconds), not a Python start-up, and a call within a session costs a socket round trip.
+zygote process that has already imported the allowed modules (numpy, sympy, ...) and all their submodules, so a
+new session costs a fork (milliseconds), not a Python start-up, a call within a session costs a socket round
+trip, and a package's lazy imports (sympy.factor loads sympy.tensor.tensor on first use) work even where the
+session's uid cannot read the installation (a clone in a 0700 `mktemp -d` directory, Python under /root).
 A session's interpreter is thrown away (and transparently replaced on its next call) after any violation:
 a blocked operation, a timeout, the memory limit, or a crash.
 
@@ -18,7 +20,8 @@ or broken code by accident. The sandbox protects the HOST and the TRAINING RUN:
   from the interpreter; a session's process is killed whenever the session discards it, and the zygote kills
   its remaining children when it exits;
 - files: writes, deletes and renames only inside a fresh per-session directory (removed afterwards); reads
-  only there and in Python's own installation (so no /etc, /proc/*/environ, home directories, keys); a path
+  only there and in Python's own installation (so no /etc, /proc/*/environ, home directories, keys), whose
+  modules a session compiles in memory (it never writes bytecode there); a path
   must reach the hook as an exact str or bytes (a str subclass could show the hook one path and the OS
   another), and dir_fd arguments (and relative paths in `os.open`, whose dir_fd the hook cannot see) are
   refused; metadata of other files (os.stat, os.readlink) stays visible;
