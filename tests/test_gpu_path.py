@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from icrl_lite import model as model_module
-from icrl_lite.model import ModelConfig, cpu_has_fast_bf16, load_policy, resolve_dtype, response_logprobs
+from icrl_lite.model import (
+    LossScaler, ModelConfig, cpu_has_fast_bf16, load_policy, resolve_dtype, response_logprobs,
+)
 
 CUDA = torch.device("cuda", 0)
 
@@ -123,3 +125,110 @@ def test_cpu_bf16_env_override_skips_the_measurement(cpu_timings, monkeypatch, v
     calls = cpu_timings({})
     monkeypatch.setenv("ICRL_LITE_CPU_BF16", value)
     assert cpu_has_fast_bf16() is fast and not calls
+
+
+# ---- fp16 loss scaling ---------------------------------------------------------------------------------
+def small_policy(dtype: torch.dtype):
+    """A 2-layer Llama with a 256-token vocabulary (fp16 matmuls are emulated, slow, on most CPUs) and a
+    random LoRA adapter, kept in fp32 as `load_policy`'s is; the same weights for every dtype."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    base = LlamaForCausalLM(config).to(dtype)
+    model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                  "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape) * 0.1)
+    return model
+
+
+def grpo_like_gradients(dtype: torch.dtype, scaler_enabled: bool) -> torch.Tensor:
+    """Adapter gradients of a policy-gradient loss averaged over 100k tokens (a step of 128 rollouts x ~800
+    tokens), through `LossScaler`."""
+    model = small_policy(dtype)
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(256, (12,), generator=generator).tolist()
+    responses = [torch.randint(256, (n,), generator=generator).tolist() for n in (10, 6)]
+    mask = torch.zeros((2, 10))  # (G, R)
+    for g, r in enumerate(responses):
+        mask[g, : len(r)] = 1
+    advantages = torch.tensor([1.0, -1.0])  # (G,)
+    model.train()
+    logp = response_logprobs(model, prompt, responses)  # (G, R)
+    loss = -(advantages[:, None] * logp * mask).sum() / 100_000
+    scaler = LossScaler(enabled=scaler_enabled)
+    scaler.scale(loss).backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    scaler.unscale_and_clip(params, max_norm=1e9)
+    assert scaler.step(torch.optim.SGD(params, lr=0.0))
+    return torch.cat([p.grad.flatten() for p in params])
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_fp16_gradients_match_fp32_only_with_loss_scaling(scaled):
+    fp32 = grpo_like_gradients(torch.float32, scaler_enabled=False)
+    fp16 = grpo_like_gradients(torch.float16, scaler_enabled=scaled)
+    error = ((fp16 - fp32).norm() / fp32.norm()).item()
+    if scaled:
+        assert error < 0.01  # what fp16 rounding of weights and activations leaves
+    else:
+        assert error > 0.05  # the per-token gradients fall below fp16's normal range
+
+
+@pytest.mark.parametrize("dtype, enabled", [(torch.float16, True), (torch.float32, False), (torch.bfloat16, False)])
+def test_loss_scaler_is_enabled_for_fp16_models_only(dtype, enabled):
+    class Model(torch.nn.Module):  # what `for_model` reads: the input embeddings (unquantized under a 4-bit base)
+        def get_input_embeddings(self):
+            return torch.nn.Embedding(4, 2, dtype=dtype)
+
+    assert LossScaler.for_model(Model()).enabled is enabled
+
+
+def one_param_step(scaler: LossScaler, grad: float) -> tuple[bool, float]:
+    """A step on one parameter (value 1) whose scaled gradient is `grad`: (stepped, new value)."""
+    param = torch.nn.Parameter(torch.ones(1))
+    param.grad = torch.full((1,), grad)
+    scaler.unscale_and_clip([param], max_norm=1e9)
+    stepped = scaler.step(torch.optim.SGD([param], lr=1.0))
+    return stepped, param.item()
+
+
+def test_an_overflow_skips_the_step_and_halves_the_scale():
+    scaler = LossScaler(enabled=True, init_scale=1024.0)
+    assert one_param_step(scaler, float("inf")) == (False, 1.0)
+    assert scaler.scale_factor == 512.0 and scaler.skipped_steps == 1
+    assert one_param_step(scaler, 512.0) == (True, 0.0)  # unscaled gradient 1, lr 1
+
+
+def test_the_scale_doubles_after_growth_interval_good_steps():
+    scaler = LossScaler(enabled=True, init_scale=8.0, growth_interval=3)
+    for _ in range(3):
+        one_param_step(scaler, 1.0)
+    assert scaler.scale_factor == 16.0
+
+
+def test_loss_scaling_that_cannot_help_says_what_to_do():
+    scaler = LossScaler(enabled=True, init_scale=1.0)
+    with pytest.raises(FloatingPointError, match="model.dtype=bf16"):
+        one_param_step(scaler, float("nan"))
+
+
+def test_disabled_loss_scaler_changes_nothing():
+    scaler = LossScaler(enabled=False)
+    loss = torch.tensor(3.0)
+    assert scaler.scale(loss) is loss
+    assert one_param_step(scaler, 0.5) == (True, 0.5)
+
+
+def test_loss_scaler_state_round_trips():
+    scaler = LossScaler(enabled=True, init_scale=64.0)
+    one_param_step(scaler, float("inf"))
+    one_param_step(scaler, 1.0)
+    restored = LossScaler(enabled=True)
+    restored.load_state_dict(scaler.state_dict())
+    assert restored.state_dict() == {"scale": 32.0, "good_steps": 1, "skipped_steps": 1}
