@@ -189,7 +189,13 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
         if not source.exists():
             names = ", ".join(sorted(p.stem for p in STUDY_DIR.glob("*.yaml")))
             raise FileNotFoundError(f"study config {str(path)!r} is neither a file nor a packaged study; packaged studies: {names}")
-    study = load_config(StudyConfig, source, overrides)
+    shared = [o for o in overrides if o.startswith("shared.")]  # merged into the mapping, not replacing it
+    study = load_config(StudyConfig, source, [o for o in overrides if o not in shared])
+    for item in shared:
+        key, sep, raw = item.partition("=")
+        if not sep or key == "shared.":
+            raise ValueError(f"override {item!r} is not shared.<train key>=value (e.g. shared.learning_rate=1e-4)")
+        study.shared[key[len("shared."):]] = yaml.safe_load(raw) if raw else ""
     study.name = study.name or source.stem
     study.output_dir = study.output_dir or f"runs/studies/{study.name}"
     return study
@@ -374,8 +380,6 @@ def run_study(study: StudyConfig, command: str = "") -> dict:
     """Train and evaluate every arm x seed (resuming what is done), then write results.json, results.md, curves.png."""
     runs = plan(study)
     out = Path(study.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.yaml").write_text(yaml.safe_dump(to_dict(study), sort_keys=False))
     done = []
     for arm, seed, cfg in runs:
         print(f"[study] {study.name}: arm {arm.name} seed {seed}")
@@ -384,6 +388,8 @@ def run_study(study: StudyConfig, command: str = "") -> dict:
         evals = {key: eval_run(cfg, checkpoint, demos, study.eval, trained["finished_at"])
                  for key, demos in eval_demos(arm, study).items()}
         done.append((arm, seed, trained, evals))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.yaml").write_text(yaml.safe_dump(to_dict(study), sort_keys=False))  # the config these results are of
     results = summarize(study, done, command)
     write_json(out / "results.json", results)
     results["plot"] = draw_curves(study, runs)
@@ -416,7 +422,7 @@ def summarize(study: StudyConfig, done: list, command: str) -> dict:
             scores = question_scores(result["records"])
             run[key] = {"demos": result["demos"], "records": result["records"], "summary": result["summary"],
                         "mean": {m: float(np.mean(v)) for m, v in scores.items() if m != "id"},
-                        "ci": {m: bootstrap_ci(v, study.eval.resamples, seed=0) for m, v in scores.items() if m != "id"}}
+                        "ci": {m: list(bootstrap_ci(v, study.eval.resamples, seed=0)) for m, v in scores.items() if m != "id"}}
             entry.setdefault("_scores", {}).setdefault(key, []).append(scores)
         entry["runs"].append(run)
     for entry in arms.values():
@@ -429,7 +435,7 @@ def summarize(study: StudyConfig, done: list, command: str) -> dict:
                 means = [float(np.mean(s[m])) for s in per_seed]
                 mean, std = mean_std(means)
                 pooled = np.mean([s[m] for s in per_seed], axis=0)  # (questions,) averaged over seeds
-                metrics[m] = {"mean": mean, "std": std, "ci": bootstrap_ci(pooled, study.eval.resamples, seed=0), "per_seed": means}
+                metrics[m] = {"mean": mean, "std": std, "ci": list(bootstrap_ci(pooled, study.eval.resamples, seed=0)), "per_seed": means}
             entry[key] = {"demos": entry["runs"][0][key]["demos"], "questions": len(ids), "metrics": metrics}
         if entry["train"]:
             for k in ("rollouts", "train_seconds"):
