@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -39,9 +40,9 @@ class ModelConfig:
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
     load_in_4bit: bool = False
-    """Load the base in 4-bit NF4 (QLoRA) with bitsandbytes; CUDA only (on CPU its layers pass no input gradients)."""
+    """Load the base in 4-bit NF4 (QLoRA) with bitsandbytes, computing in `dtype` (activations and KV cache too); CUDA only (on CPU its layers pass no input gradients)."""
     backend: str = "auto"
-    """auto | transformers | unsloth. auto: unsloth when it is installed and a CUDA device is present."""
+    """auto | transformers | unsloth. auto = transformers; unsloth (CUDA only) is opt-in and not yet verified with the rollout engine."""
     lora_rank: int = 16
     """LoRA rank; 0 trains no adapter (full fine-tuning is not supported: use a rank)."""
     lora_alpha: int = 32
@@ -210,24 +211,30 @@ def register_attention() -> str:
 
 
 def use_unsloth(cfg: ModelConfig, device: torch.device) -> bool:
-    installed = importlib.util.find_spec("unsloth") is not None
-    if cfg.backend == "unsloth":
-        if not installed or device.type != "cuda":
-            raise ValueError("model.backend=unsloth needs `pip install unsloth` and a CUDA device; use model.backend=transformers")
-        return True
-    return cfg.backend == "auto" and installed and device.type == "cuda"
+    """unsloth only when asked for: its patched forwards have not been run with the rollout engine (own KV-cache
+    class, per-row position ids, merged adapters) on a GPU yet, so `auto` keeps the plain transformers path."""
+    if cfg.backend != "unsloth":
+        return False
+    if importlib.util.find_spec("unsloth") is None or device.type != "cuda":
+        raise ValueError("model.backend=unsloth needs `pip install unsloth` and a CUDA device; use model.backend=transformers")
+    print("[icrl-lite] warning: model.backend=unsloth is unverified: its patched forwards have not been run with this "
+          "rollout engine; compare a few steps' rewards and log-probs with model.backend=transformers before trusting it")
+    return True
 
 
-def load_policy(cfg: ModelConfig, adapter: str | Path | None = None):
-    """Load (model, tokenizer): the base model with a trainable LoRA adapter (fresh, or from `adapter`)."""
+def load_policy(cfg: ModelConfig, adapter: str | Path | None = None, max_seq_length: int | None = None):
+    """Load (model, tokenizer): the base model with a trainable LoRA adapter (fresh, or from `adapter`).
+
+    `max_seq_length` is the longest sequence the run feeds (rollout.max_context_tokens); unsloth needs it.
+    """
     cfg.validate()
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     path = resolve_model_path(cfg.name)
     if use_unsloth(cfg, device):
-        return load_with_unsloth(cfg, path, dtype, adapter)
+        return load_with_unsloth(cfg, path, dtype, adapter, max_seq_length)
 
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     if cfg.load_in_4bit and device.type != "cuda":
@@ -247,40 +254,91 @@ def load_policy(cfg: ModelConfig, adapter: str | Path | None = None):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
         )
-    base = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
-    if cfg.load_in_4bit:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
+        kwargs["device_map"] = {"": str(device)}  # quantize on the GPU as the weights load
+    base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not cfg.load_in_4bit:
+        base = base.to(device)
+    prepare_base(base, cfg.gradient_checkpointing)
     if adapter is not None:
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
     else:
-        targets = "all-linear" if cfg.lora_target_modules == ["all-linear"] else cfg.lora_target_modules
         lora = LoraConfig(
             r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=targets, task_type="CAUSAL_LM",
+            target_modules=lora_targets(base, cfg.lora_target_modules), task_type="CAUSAL_LM",
         )
         model = get_peft_model(base, lora)
     model.config.use_cache = True
     return model, load_tokenizer(cfg.name)
 
 
-def load_with_unsloth(cfg: ModelConfig, path: str, dtype: torch.dtype, adapter):  # pragma: no cover - needs a GPU
+def prepare_base(base, gradient_checkpointing: bool) -> None:
+    """Freeze the base model and switch on gradient checkpointing if asked; every weight keeps its dtype.
+
+    This replaces peft's `prepare_model_for_kbit_training`, which upcasts a 4-bit base's embeddings, norms and
+    head to fp32: the residual stream, and with it every key and value of the rollout cache, then runs in fp32,
+    twice the cache memory of the bf16/fp16 compute dtype. The trained adapter is fp32 regardless (peft keeps
+    adapter weights in fp32), and RMSNorm computes in fp32 inside.
+    """
+    for p in base.parameters():
+        p.requires_grad_(False)
+    if gradient_checkpointing:  # non-reentrant: needs no input that requires grad
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def lora_targets(model, names: list[str]) -> list[str]:
+    """The module names that get adapters: `names`, or for ["all-linear"] the names of every linear layer of
+    the decoder (the LM head excluded), as peft reads "all-linear"; unsloth takes only a list of names."""
+    if names != ["all-linear"]:
+        return list(names)
+    return sorted({name.rsplit(".", 1)[-1] for name, module in decoder(model).named_modules()
+                   if isinstance(module, torch.nn.Linear)})
+
+
+UNSLOTH_MODELS = weakref.WeakSet()  # models loaded through unsloth: they switch modes its way
+
+
+def load_with_unsloth(cfg: ModelConfig, path: str, dtype: torch.dtype, adapter, max_seq_length: int | None):
     from unsloth import FastLanguageModel
 
+    if max_seq_length is None:
+        raise ValueError("model.backend=unsloth needs the context budget: load_policy(..., max_seq_length=rollout.max_context_tokens)")
+    checkpointing = "unsloth" if cfg.gradient_checkpointing else False
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(adapter or path), dtype=dtype, load_in_4bit=cfg.load_in_4bit, max_seq_length=8192,
+        model_name=str(adapter or path), dtype=dtype, load_in_4bit=cfg.load_in_4bit, max_seq_length=max_seq_length,
+        use_gradient_checkpointing=checkpointing,
     )
     if adapter is None:
-        targets = cfg.lora_target_modules
         model = FastLanguageModel.get_peft_model(
             model, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=targets, use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+            target_modules=lora_targets(model, cfg.lora_target_modules), use_gradient_checkpointing=checkpointing,
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    UNSLOTH_MODELS.add(model)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def generation_mode(model) -> Iterator[None]:
+    """Context for sampling: eval mode, then back to the mode the model was in.
+
+    An unsloth model is switched with `FastLanguageModel.for_inference` and back with `for_training` (which
+    re-enables its gradient checkpointing) when it was training, as unsloth's documentation asks.
+    """
+    was_training = model.training
+    unsloth = model in UNSLOTH_MODELS
+    if unsloth:
+        from unsloth import FastLanguageModel
+
+        checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        FastLanguageModel.for_inference(model)
+    model.eval()
+    try:
+        yield
+    finally:
+        if unsloth and was_training:
+            FastLanguageModel.for_training(model, use_gradient_checkpointing=checkpointing)
+        model.train(was_training)
 
 
 class LossScaler:

@@ -3,15 +3,20 @@ capabilities for the dtype choice, fp16 on the CPU for loss scaling, a 16-bit st
 
 from __future__ import annotations
 
+import importlib.machinery
+import types
+
 import pytest
 import torch
 
 from icrl_lite import model as model_module
 from icrl_lite.model import (
-    LossScaler, ModelConfig, cpu_has_fast_bf16, load_policy, resolve_dtype, response_logprobs,
+    UNSLOTH_MODELS, LossScaler, ModelConfig, cpu_has_fast_bf16, decoder, generation_mode, load_policy, lora_targets,
+    prepare_base, resolve_dtype, response_logprobs, use_unsloth,
 )
 
 CUDA = torch.device("cuda", 0)
+PROJECTIONS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
 def randomize_lora_b(model, std: float = 0.1) -> None:
@@ -232,3 +237,124 @@ def test_loss_scaler_state_round_trips():
     restored = LossScaler(enabled=True)
     restored.load_state_dict(scaler.state_dict())
     assert restored.state_dict() == {"scale": 32.0, "good_steps": 1, "skipped_steps": 1}
+
+
+# ---- 4-bit: the compute dtype all the way -------------------------------------------------------------
+def rollout_cache_dtypes(model) -> tuple[torch.dtype, torch.dtype]:
+    """(KV-cache dtype, hidden-state dtype) of a prefill as the rollout engine runs it."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    with torch.no_grad():
+        hidden = decoder(model)(input_ids=torch.tensor([[1, 2, 3, 4]]), past_key_values=cache, use_cache=True).last_hidden_state
+    return cache.layers[0].keys.dtype, hidden.dtype
+
+
+def test_base_preparation_keeps_every_weight_and_the_cache_in_the_compute_dtype(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)  # a 16-bit stand-in
+    prepare_base(base, gradient_checkpointing=True)
+    assert {p.dtype for p in base.parameters()} == {torch.bfloat16}
+    assert not any(p.requires_grad for p in base.parameters())
+    assert base.is_gradient_checkpointing
+    assert rollout_cache_dtypes(base) == (torch.bfloat16, torch.bfloat16)
+
+
+def test_4bit_base_with_adapter_keeps_the_cache_in_the_compute_dtype(tiny_model_dir):
+    pytest.importorskip("bitsandbytes")  # bitsandbytes >= 0.49 runs 4-bit layers on the CPU (forward only)
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantized = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                                   bnb_4bit_use_double_quant=True)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16, quantization_config=quantized)
+    prepare_base(base, gradient_checkpointing=True)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=lora_targets(base, ["all-linear"])))
+    unquantized = {p.dtype for n, p in model.named_parameters() if "lora_" not in n and p.dtype.is_floating_point}
+    assert unquantized == {torch.bfloat16}  # embeddings, norms (and head): not upcast to fp32
+    assert rollout_cache_dtypes(model) == (torch.bfloat16, torch.bfloat16)
+
+
+# ---- unsloth: opt-in, told what the run needs --------------------------------------------------------
+@pytest.fixture
+def fake_unsloth(monkeypatch):
+    """An installed `unsloth` whose FastLanguageModel records its calls (the real one needs a GPU)."""
+    calls = []
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(model_name, **kwargs):
+            from transformers import AutoModelForCausalLM
+
+            from icrl_lite.model import load_tokenizer
+
+            calls.append(("from_pretrained", kwargs))
+            return AutoModelForCausalLM.from_pretrained(model_name), load_tokenizer(model_name)
+
+        @staticmethod
+        def get_peft_model(model, **kwargs):
+            calls.append(("get_peft_model", kwargs))
+            return model
+
+        @staticmethod
+        def for_inference(model):
+            calls.append(("for_inference", model.training))
+
+        @staticmethod
+        def for_training(model, use_gradient_checkpointing=True):
+            calls.append(("for_training", use_gradient_checkpointing))
+
+    module = types.ModuleType("unsloth")
+    module.__spec__ = importlib.machinery.ModuleSpec("unsloth", None)
+    module.FastLanguageModel = FastLanguageModel
+    monkeypatch.setitem(__import__("sys").modules, "unsloth", module)
+    return calls
+
+
+def test_backend_auto_keeps_transformers_even_with_unsloth_installed(fake_unsloth):
+    assert use_unsloth(ModelConfig(backend="auto"), CUDA) is False
+
+
+def test_backend_unsloth_is_opt_in_with_a_warning_that_it_is_unverified(fake_unsloth, capsys):
+    assert use_unsloth(ModelConfig(backend="unsloth"), CUDA) is True
+    assert "unverified" in capsys.readouterr().out
+
+
+def test_unsloth_gets_the_context_budget_and_a_list_of_target_modules(fake_unsloth, monkeypatch, tiny_model_dir):
+    monkeypatch.setattr(model_module, "resolve_device", lambda device: CUDA)
+    cfg = ModelConfig(name=str(tiny_model_dir), dtype="fp32", backend="unsloth", lora_target_modules=["all-linear"])
+    with pytest.raises(ValueError, match="max_seq_length=rollout.max_context_tokens"):
+        load_policy(cfg)
+    model, _ = load_policy(cfg, max_seq_length=1536)
+    loaded, adapted = dict(fake_unsloth)["from_pretrained"], dict(fake_unsloth)["get_peft_model"]
+    assert loaded["max_seq_length"] == 1536
+    assert adapted["target_modules"] == PROJECTIONS
+    assert model in UNSLOTH_MODELS
+
+
+def test_lora_targets_expand_all_linear_to_the_decoders_linear_layers(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert lora_targets(base, ["all-linear"]) == PROJECTIONS  # the LM head is not among them
+    assert lora_targets(base, ["q_proj", "v_proj"]) == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_generation_mode_switches_unsloth_to_inference_and_back(fake_unsloth, training):
+    model = torch.nn.Linear(2, 2)
+    model.gradient_checkpointing = True
+    model.train(training)
+    UNSLOTH_MODELS.add(model)
+    with generation_mode(model):
+        assert not model.training
+    assert model.training is training
+    assert fake_unsloth == [("for_inference", training)] + ([("for_training", True)] if training else [])
+
+
+def test_generation_mode_of_a_plain_model_is_eval_then_back():
+    model = torch.nn.Linear(2, 2)
+    with generation_mode(model):
+        assert not model.training
+    assert model.training
