@@ -105,7 +105,7 @@ class StudyConfig:
     base: str = ""
     """Train config (file or packaged name, e.g. smoke) every arm starts from; empty = the TrainConfig defaults."""
     shared: dict = field(default_factory=dict)
-    """TrainConfig keys applied to every arm (nested mappings or dotted keys), e.g. {model.dtype: fp32}."""
+    """TrainConfig keys applied to every arm (nested mappings or dotted keys), e.g. {model.dtype: fp32}; `shared.<key>=value` on the command line adds to them."""
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     """The budget every training arm gets."""
     seeds: list[int] = field(default_factory=lambda: [0])
