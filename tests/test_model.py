@@ -103,7 +103,7 @@ def test_sequence_logprobs_equal_full_log_softmax_with_right_padding(policy):
     want = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (2, T-1)
     assert got.shape == (2, width - 1)
     real = attn[:, 1:].bool()
-    assert torch.allclose(got[real], want[real], atol=1e-5)
+    torch.testing.assert_close(got[real], want[real])  # fp32 defaults: log-probs near -11 differ by a few ulp
 
 
 def test_sequence_logprobs_carry_gradients_to_the_adapter(policy):

@@ -103,10 +103,11 @@ def test_rollouts_stop_at_the_response_budget(tiny_model_dir):
 
 def test_merged_generation_leaves_base_weights_bit_exact(tiny_model_dir):
     model, tok, cfg = load(tiny_model_dir)
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_()  # a non-zero adapter, so merging changes the weights
+                p.normal_(generator=generator)  # a non-zero adapter, so merging changes the weights
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" not in n}
     RolloutEngine(model, tok, [], cfg).generate(prompts(tok), num_samples=1)
     for n, p in model.named_parameters():
@@ -122,14 +123,22 @@ def test_gumbel_sampling_follows_the_distribution():
     assert (top == 0).all()
 
 
+def assert_equal_up_to_summation_order(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal but for rounding: fp32 sums of thousands of terms, taken in another order (another code path or
+    thread count), differ by up to ~n * eps, about 1e-3 of the tensor's largest entry (3e-5 seen)."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-3 * expected.abs().max().item())
+
+
 def test_shared_prompt_logprobs_equal_full_sequence_logprobs_and_gradients(tiny_model_dir):
     from icrl_lite.model import response_logprobs, sequence_logprobs
 
+    torch.manual_seed(0)  # LoRA's A matrices are drawn from the global generator
     model, tok, _ = load(tiny_model_dir)
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(std=0.1)
+                p.normal_(std=0.1, generator=generator)
     prompt = tok("Question: where is the lighthouse?")["input_ids"]
     responses = [tok(" It is in Treslow.")["input_ids"], tok(" Unknown")["input_ids"]]
     lora = [p for n, p in model.named_parameters() if p.requires_grad]
@@ -142,7 +151,7 @@ def test_shared_prompt_logprobs_equal_full_sequence_logprobs_and_gradients(tiny_
     for response in responses:
         ids = torch.tensor([prompt + response])
         full = sequence_logprobs(model, ids, torch.ones_like(ids), chunk=4)[0, len(prompt) - 1:]  # (R,)
-        assert torch.allclose(full, shared[responses.index(response), : len(response)], atol=1e-5)
+        torch.testing.assert_close(shared[responses.index(response), : len(response)], full)  # fp32 defaults
         full_total = full_total + full.sum()
     for a, b in zip(shared_grads, torch.autograd.grad(full_total, lora)):
-        assert torch.allclose(a, b, atol=1e-5)
+        assert_equal_up_to_summation_order(a, b)
