@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
+import threading
 
 import pytest
 import torch
@@ -106,15 +106,26 @@ def test_unparseable_and_empty_blocks_say_what_is_expected(impl_file):
     assert execute_calls("  ", table) == "error: the tool_call block is empty"
 
 
-def test_a_slow_call_times_out_and_parallel_calls_run_concurrently(impl_file):
-    table = load_implementations(str(impl_file))
-    started = time.time()
-    (result,) = lines(execute_calls('{"name": "slow", "parameters": {"seconds": 5}}', table, timeout=0.3))
-    assert result == {"name": "slow", "error": "timed out after 0.3 s"} and time.time() - started < 2
-    started = time.time()
-    block = "\n".join(['{"name": "slow", "parameters": {"seconds": 0.4}}'] * 4)
-    assert [r["result"] for r in lines(execute_calls(block, table))] == ["done"] * 4
-    assert time.time() - started < 1.2  # 4 x 0.4 s one after the other would take 1.6 s
+def test_a_slow_call_times_out_and_parallel_calls_run_concurrently():
+    # no wall clock (a loaded machine stretches it): the timeout is answered while the call still waits for
+    # the test, and four calls that each wait until all four are running finish only if they run at once
+    released, meeting = threading.Event(), threading.Barrier(4)
+
+    def hang():
+        released.wait(timeout=60)
+        return "finished"
+
+    def meet():
+        meeting.wait(timeout=60)  # BrokenBarrierError unless the four calls run concurrently
+        return "met"
+
+    try:
+        (result,) = lines(execute_calls('{"name": "hang", "parameters": {}}', {"hang": hang}, timeout=0.3))
+    finally:
+        released.set()
+    assert result == {"name": "hang", "error": "timed out after 0.3 s"}
+    block = "\n".join(['{"name": "meet", "parameters": {}}'] * 4)
+    assert lines(execute_calls(block, {"meet": meet}, timeout=120)) == [{"name": "meet", "result": "met"}] * 4
 
 
 def test_unserialisable_results_are_given_as_text(tmp_path):

@@ -120,12 +120,16 @@ class Host:
                 found.append(f"pid {entry} state {state} uid {uid}")
         return found
 
-    def check(self) -> None:
-        assert self.snapshot() == self.before, "files outside the sandbox changed"
-        deadline = time.monotonic() + 5
+    def lingering(self) -> list[str]:
+        """The leftovers once killed processes had time to exit: milliseconds, more on a loaded machine."""
+        deadline = time.monotonic() + 30
         while self.leftovers() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not self.leftovers(), "a session's process outlived it"
+        return self.leftovers()
+
+    def check(self) -> None:
+        assert self.snapshot() == self.before, "files outside the sandbox changed"
+        assert not self.lingering(), "a session's process outlived it"
         assert self.sandbox._zygote is not None and self.sandbox._zygote.poll() is None, "the zygote died"
 
 
@@ -302,8 +306,8 @@ def test_an_infinite_loop_times_out_and_the_next_call_runs_in_a_fresh_interprete
         run(s, "x = 1")
         started = time.monotonic()
         observation = run(s, "while True:\n    pass")
-        assert time.monotonic() - started < LIMITS.timeout + 2
         assert observation == f"error: timed out after 2 s; {RESTARTED}"
+        assert time.monotonic() - started < LIMITS.timeout + 10  # the kill and cleanup take < 1 s when idle
         assert "NameError" in run(s, "x")
         assert run(s, "1 + 1") == "2"
 
@@ -322,9 +326,7 @@ def test_ignoring_sigxcpu_does_not_survive_the_cpu_limit():
     try:
         with box.session() as s:
             code = ESCAPE + "sig = sys.modules['signal']\nsig.signal(sig.SIGXCPU, sig.SIG_IGN)\nwhile True:\n    pass"
-            started = time.monotonic()
-            observation = run(s, code)
-            assert time.monotonic() - started < 10
+            observation = run(s, code)  # "timed out after 20 s" had the CPU limit failed: no wall clock needed
             assert observation.startswith("error: the interpreter stopped (a crash, or the CPU-time or memory limit)")
     finally:
         box.close()
@@ -738,4 +740,4 @@ def test_code_that_closes_its_socket_and_sleeps_is_killed(sandbox, host):
         run(s, "kept = 1")
         observation = run(s, SESSION_SOCKET + "conn.close()\nimport time\ntime.sleep(120)")
         assert observation.startswith("error: the interpreter stopped")
-        assert not host.leftovers()
+        assert not host.lingering()  # killed, not left sleeping for 120 s
