@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .data import read_text
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -64,7 +66,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     if path is not None:
         source = resolve_config_path(path)
         try:
-            data = yaml.safe_load(source.read_text()) or {}
+            data = yaml.safe_load(read_text(source)) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"{source}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -144,3 +146,35 @@ def to_dict(config) -> dict:
 
 def save_config(config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"name": x}} -> {"model.name": x}."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(path: Path, config, ignore: tuple[str, ...] = ("output_dir", "progress")) -> list[str]:
+    """The keys whose value in `config` differs from the config saved at `path`, as "key: old -> new"
+    (none when nothing is saved there; `ignore` lists keys that do not change what a run trains)."""
+    if not path.exists():
+        return []
+    try:
+        saved = yaml.safe_load(read_text(path))
+    except (yaml.YAMLError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        return [f"(the saved {path.name} is unreadable)"]
+    saved, current = flatten(saved), flatten(to_dict(config))
+    unset = object()
+    changes = []
+    for key in sorted(saved.keys() | current.keys()):
+        old, new = saved.get(key, unset), current.get(key, unset)
+        if key not in ignore and old != new:
+            changes.append(f"{key}: {'unset' if old is unset else repr(old)} -> {'unset' if new is unset else repr(new)}")
+    return changes

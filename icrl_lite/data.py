@@ -28,6 +28,7 @@ DATA_DIR: Path = _REPO_DATA if (_REPO_DATA / "qa").is_dir() else Path(__file__).
 BUNDLED_QA = ("corpus", "train", "dev", "test", "demos")
 BUNDLED_MATH = ("train", "dev", "test", "demos")
 BUNDLED_FC = ("train", "dev", "test", "demos")
+_BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors put first
 
 
 def bundled_qa_path(name: str) -> Path:
@@ -56,12 +57,39 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [record for _, record in _numbered_jsonl(path)]
 
 
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; a leading byte-order mark is dropped, a byte that is not UTF-8 is an error naming the
+    file, line and column."""
+    data = Path(path).read_bytes().removeprefix(_BOM)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        raise _not_utf8(path, data.count(b"\n", 0, err.start) + 1, data[line_start:], err.start - line_start) from None
+
+
+def _decode(line: bytes, path: str | Path, line_no: int) -> str:
+    """One line of a UTF-8 text file (a byte-order mark opening line 1 is dropped)."""
+    if line_no == 1:
+        line = line.removeprefix(_BOM)
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, line_no, line, err.start) from None
+
+
+def _not_utf8(path: str | Path, line_no: int, line: bytes, at: int) -> ValueError:
+    column = len(line[:at].decode("utf-8")) + 1  # the bytes before the first bad one decode
+    return ValueError(f"{path}:{line_no}: byte 0x{line[at]:02x} at column {column} is not UTF-8; save the file as UTF-8")
+
+
 def _numbered_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, record) for each non-blank line of a JSON Lines file."""
     path = _existing_file(path)
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            line = _decode(raw, path, line_no)
             if not line.strip():
                 continue
             try:
@@ -172,7 +200,7 @@ def _located_records(path: Path) -> list[tuple[str, dict]]:
     if path.suffix != ".json":
         return [(f"{path}:{line_no}", record) for line_no, record in _numbered_jsonl(path)]
     try:
-        data = json.loads(_existing_file(path).read_text(encoding="utf-8"))
+        data = json.loads(read_text(_existing_file(path)))
     except json.JSONDecodeError:
         # JSON Lines under a .json name; errors then name the line
         return [(f"{path}:{line_no}", record) for line_no, record in _numbered_jsonl(path)]
