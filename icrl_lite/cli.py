@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .config import describe, load_config
+from .preflight import check_writable_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,18 +72,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from .trainer import Trainer
 
-            config = load_config(TrainConfig, args.config, args.overrides)
+            source = args.config or (saved_run_config(args.overrides) if args.resume else None)
+            config = load_config(TrainConfig, source, args.overrides)
             history = Trainer(config, resume=args.resume).train()
             if history:
                 last = history[-1]
                 print(f"done: {len(history)} steps this run; last reward {last['reward']:.3f}, EM {last['em']:.3f}; run dir {config.output_dir}")
             return 0
-        from .evaluate import evaluate, format_summary
+        from .checkpoints import resolve_checkpoint
+        from .evaluate import default_output, evaluate, format_summary
 
         flags = [f"{k}={v}" for k, v in (("checkpoint", args.checkpoint), ("task", args.task), ("split", args.split), ("demos", args.demos),
                                          ("dataset", args.dataset), ("corpus", args.corpus), ("limit", args.limit),
                                          ("output", args.output))]
         config = load_config(EvalConfig, args.config, flags + args.overrides)
+        source = None if config.checkpoint == "base" else resolve_checkpoint(config.checkpoint)
+        check_writable_file(config.output or default_output(source, config), "--output")  # before any model work
         summary = evaluate(config)
         print(format_summary(summary))
         print(f"records: {summary['records']}")
@@ -89,6 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"icrl-lite: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # training has printed how to resume
+        print("icrl-lite: interrupted", file=sys.stderr)
+        return 130
+
+
+def saved_run_config(overrides: list[str]) -> str | None:
+    """`train --resume` without `--config`: the config.yaml of the run in output_dir (given or default), so the run
+    continues under its own config; the key=value overrides apply on top (the trainer names what they change)."""
+    from .trainer import TrainConfig
+
+    run_dir = load_config(TrainConfig, None, [o for o in overrides if o.startswith("output_dir=")]).output_dir
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        return None
+    print(f"[icrl-lite] --resume: the run's own config, {saved}" + (", with the overrides on top" if overrides else ""))
+    return str(saved)
 
 
 def study_keys() -> str:
@@ -118,7 +140,10 @@ def eval_bfcl(argv: list[str]) -> int:
     if args.categories:
         flags.append(f"categories=[{args.categories}]")
     try:
-        report = run_bfcl(load_config(BfclConfig, None, flags + args.overrides))
+        config = load_config(BfclConfig, None, flags + args.overrides)
+        if config.output:
+            check_writable_file(config.output, "--output")  # before the model loads and the benchmark runs
+        report = run_bfcl(config)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"icrl-lite: error: {e}", file=sys.stderr)
         return 2

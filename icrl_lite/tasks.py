@@ -13,6 +13,7 @@ the prompt, which tools run, where a rollout stops, and how a response is scored
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -109,7 +110,25 @@ def build_tools(names: Sequence[str], search: SearchConfig, python: PythonConfig
 def load_plugins(plugins: Sequence[str]) -> None:
     """Import modules (dotted names or .py files) that register tools with `icrl_lite.tools.register_tool`."""
     for plugin in plugins:
-        import_source(plugin, "plugin file")
+        try:
+            import_source(plugin, "plugin file")
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # any error in the user's file: name the file, the line and the error, not our stack
+            raise ImportError(f"plugin {plugin} failed to import{error_site(e, plugin)}: {type(e).__name__}: {e}; "
+                              f"fix it or remove it from plugins=") from e
+
+
+def error_site(error: BaseException, source: str) -> str:
+    """Where `error` was raised, as " (at file:line)": in the user's file `source` if it was, else the deepest
+    frame outside importlib and icrl_lite ("" when there is none)."""
+    ours = Path(__file__).resolve().parent
+    frames = [f for f in traceback.extract_tb(error.__traceback__)  # not importlib's machinery nor ours
+              if not f.filename.startswith("<") and "importlib" not in Path(f.filename).parts
+              and ours not in Path(f.filename).resolve().parents]
+    own = [f for f in frames if source.endswith(".py") and Path(f.filename).resolve() == Path(source).resolve()]
+    site = (own or frames)[-1:]
+    return f" (at {site[0].filename}:{site[0].lineno})" if site else ""
 
 
 def validate_task_fields(cfg) -> None:
