@@ -33,6 +33,16 @@ def lora_grads(model, logp: torch.Tensor, mask: torch.Tensor) -> list[torch.Tens
     return list(torch.autograd.grad((logp * mask).sum(), lora))
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a loaded machine's spinning OpenMP workers made two threads
+    40x slower here (10 s instead of 0.25 s a step); the numbers do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def checkpointed(tiny_model_dir, tokenizer):
     """The tiny policy with gradient checkpointing on, a random adapter, a prompt and two responses."""
