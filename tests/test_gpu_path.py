@@ -56,14 +56,15 @@ def checkpointed(tiny_model_dir, tokenizer):
     return model, prompt, responses, mask
 
 
-def test_checkpointed_logprobs_keep_the_prompt(checkpointed):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_checkpointed_logprobs_keep_the_prompt(checkpointed, temperature):
     model, prompt, responses, mask = checkpointed
     model.train()
-    policy = response_logprobs(model, prompt, responses, chunk=3)  # (G, R) under grad: checkpointed layers
+    policy = response_logprobs(model, prompt, responses, chunk=3, temperature=temperature)  # (G, R) checkpointed layers
     assert policy.requires_grad
     model.eval()
     with torch.no_grad():
-        reference = response_logprobs(model, prompt, responses, chunk=3)  # (G, R) no checkpointing: shared cache
+        reference = response_logprobs(model, prompt, responses, chunk=3, temperature=temperature)  # (G, R) shared cache
     real = mask.bool()
     assert torch.allclose(policy[real], reference[real], rtol=1e-5, atol=1e-5)
 
