@@ -6,6 +6,8 @@ A spec is `smollm2-135m` (the embedded default: SmolLM2-135M-Instruct shipped as
 The KL reference policy is the same model with its adapter disabled (`reference_mode`), so there is never
 a second copy of the weights in memory. Rollouts can run on a temporarily merged adapter
 (`merged_adapter`), which is ~2x faster to decode; the base weights are restored bit-exactly afterwards.
+Rollouts run inside `generation_mode` (eval mode; unsloth's inference mode for unsloth models). Training in
+fp16 (GPUs before Ampere, e.g. a T4) scales its loss with `LossScaler`.
 """
 
 from __future__ import annotations
