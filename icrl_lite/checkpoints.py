@@ -38,36 +38,37 @@ class RunDirLocked(FileExistsError):
     """Another process is running in the run directory."""
 
 
-_HELD: dict[Path, RunLock] = {}  # the run-dir locks this process holds, by resolved path
+_NEWEST: dict[Path, RunLock] = {}  # per resolved run dir, the newest lock of this process that acquired it
 
 
 class RunLock:
     """An exclusive `flock` on <run_dir>/.lock, held while a run uses the directory.
 
     The kernel drops it when the process dies, however it dies (SIGKILL included), so a stale lock file never
-    blocks a later run; its text names the holder for the message of a run it refuses. Within one process a
-    newer lock on the same dir takes the lock over from an older one (a Trainer that failed, finished or was
-    abandoned in a notebook), and the older one can no longer acquire it.
+    blocks a later run; its text names the holder for the message of a run it refuses. Within one process,
+    `acquire(take_over=True)` (a new Trainer) takes the lock from an older lock on the same dir (a Trainer that
+    failed, finished or was abandoned in a notebook), and the older one can never acquire it again: its view of
+    the run is stale.
     """
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
         self.file = None
-        self.taken_over = False
 
-    def acquire(self) -> RunLock:
-        if self.taken_over:
-            raise RunDirLocked(f"a newer Trainer on {self.run_dir} took over this one's lock: train with that one")
+    def acquire(self, take_over: bool = False) -> RunLock:
         if self.file is not None or fcntl is None:
             return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
         key = self.run_dir.resolve()
-        older = _HELD.get(key)
-        if older is not None and older.file is not None:
-            self.file, older.file, older.taken_over = older.file, None, True
-            _HELD[key] = self
-            return self
+        newest = _NEWEST.get(key)
+        if newest is not None and newest is not self:
+            if not take_over:
+                raise RunDirLocked(f"a newer Trainer on {self.run_dir} took over this one's lock: train with that one")
+            if newest.file is not None:
+                self.file, newest.file = newest.file, None
+                _NEWEST[key] = self
+                return self
         f = open(self.path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -82,14 +83,13 @@ class RunLock:
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.flush()
         self.file = f
-        _HELD[key] = self
+        _NEWEST[key] = self
         return self
 
     def release(self) -> None:
         if self.file is not None:
             self.file.close()  # closing the descriptor drops the flock
             self.file = None
-            _HELD.pop(self.run_dir.resolve(), None)
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------
@@ -220,6 +220,21 @@ def repair_run_dir(run_dir: str | Path) -> list[str]:
         pointer.unlink()
         notes.append(f"removed `latest` (it named {named}, which is gone)")
     return notes
+
+
+def last_logged_step(run_dir: str | Path) -> int:
+    """The step of the last complete line of metrics.jsonl (0 when there is none)."""
+    log = Path(run_dir) / METRICS_FILE
+    if not log.exists():
+        return 0
+    for line in reversed(log.read_text(encoding="utf-8", errors="replace").splitlines()):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            return row["step"]
+    return 0
 
 
 def trim_metrics(run_dir: str | Path, step: int) -> str | None:

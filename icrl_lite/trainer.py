@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoints import (RunLock, latest_checkpoint, load_trainer_state, open_run_dir, resolve_checkpoint,
-                          save_checkpoint)
+from .checkpoints import (RunLock, last_logged_step, latest_checkpoint, load_trainer_state, open_run_dir,
+                          resolve_checkpoint, save_checkpoint)
 from .config import changed_keys, save_config
 from .curriculum import Curriculum, choose_demos
 from .evaluate import EvalConfig, mean_metrics, run_eval, score
@@ -177,7 +177,7 @@ class Trainer:
         if max_demos > len(self.demo_pool):
             raise ValueError(f"the curriculum asks for {max_demos} demos but the pool has {len(self.demo_pool)}; add demos or lower stages")
 
-        self.lock = RunLock(self.out).acquire()  # one run per output_dir; released by train() or when the process dies
+        self.lock = RunLock(self.out).acquire(take_over=True)  # one run per output_dir: a second process is refused
         try:
             checkpoint = open_run_dir(self.out, resume)  # repairs a crash's leftovers, trims metrics.jsonl
         except BaseException:
@@ -215,18 +215,18 @@ class Trainer:
         history = []
         self.lock.acquire()  # again, when an earlier train() released it
         bar = tqdm(total=total, initial=self.step_index, desc="train", disable=not cfg.progress, dynamic_ncols=True)
-        stepping = False  # inside a step, until its metrics line is written: the state is mid-update
+        stepping = False  # inside step() or before step_index counts it: the model may be mid-update
         try:
             while self.step_index < total:
                 stepping = True
                 metrics = self.step()
                 self.step_index += 1
+                stepping = False
                 last = self.step_index == total
                 if cfg.eval_every and (self.step_index % cfg.eval_every == 0 or last):
                     metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 with (self.out / "metrics.jsonl").open("a") as f:
                     f.write(json.dumps(metrics) + "\n")
-                stepping = False
                 history.append(metrics)
                 if (cfg.save_every and self.step_index % cfg.save_every == 0) or last:
                     self.save()
@@ -237,10 +237,12 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             latest = latest_checkpoint(self.out)
+            finished = not stepping and last_logged_step(self.out) == self.step_index  # trained and logged
             saved = False
-            if not stepping and self.step_index > 0 and (latest is None or latest.name != f"checkpoint-{self.step_index}"):
-                latest, saved = self.save(), True  # the step is finished and logged: keeping it is quick
-            where = f"during step {self.step_index + 1}" if stepping else f"after step {self.step_index}"
+            if finished and self.step_index > 0 and (latest is None or latest.name != f"checkpoint-{self.step_index}"):
+                latest, saved = self.save(), True  # keeping the finished step is quick
+            where = (f"after step {self.step_index}" if finished
+                     else f"during step {self.step_index + 1 if stepping else self.step_index}")
             resume_from = (latest.name + (" (saved just now)" if saved else "") if latest is not None
                            else "step 0 (there is no checkpoint yet)")
             print(f"\n[icrl-lite] interrupted {where} of {total}. A resume continues from {resume_from}:\n"

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from icrl_lite import checkpoints
-from icrl_lite.checkpoints import (check_adapter, latest_checkpoint, load_trainer_state, repair_run_dir,
-                                   resolve_checkpoint, save_checkpoint, trim_metrics)
+from icrl_lite.checkpoints import (RunDirLocked, RunLock, check_adapter, latest_checkpoint, load_trainer_state,
+                                   repair_run_dir, resolve_checkpoint, save_checkpoint, trim_metrics)
 
 
 def write_files(staging: Path) -> None:
@@ -132,6 +132,17 @@ def test_a_damaged_trainer_state_is_one_error_naming_the_file_and_the_fix(tmp_pa
     (tmp_path / "checkpoint-1" / "trainer_state.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"trainer_state.pt is unreadable.*delete"):
         load_trainer_state(tmp_path / "checkpoint-1")
+
+
+def test_a_lock_taken_over_in_this_process_never_acquires_again(tmp_path):
+    # an abandoned Trainer's view of the run is stale: it must not train on after a newer one did
+    older = RunLock(tmp_path).acquire(take_over=True)
+    newer = RunLock(tmp_path).acquire(take_over=True)
+    assert older.file is None and newer.file is not None
+    newer.release()
+    with pytest.raises(RunDirLocked, match="newer Trainer"):
+        older.acquire()
+    newer.acquire().release()
 
 
 def test_checkpoints_module_imports_without_torch():
