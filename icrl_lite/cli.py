@@ -74,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
 
             source = args.config or (saved_run_config(args.overrides) if args.resume else None)
             config = load_config(TrainConfig, source, args.overrides)
-            history = Trainer(config, resume=args.resume).train()
+            trainer = Trainer(config, resume=args.resume)
+            history = trainer.train()
             if history:
                 last = history[-1]
                 print(f"done: {len(history)} steps this run; last reward {last['reward']:.3f}, EM {last['em']:.3f}; run dir {config.output_dir}")
+            if config.final_eval:
+                from .evaluate import side_by_side
+
+                print(side_by_side(trainer.final_evaluation(), trainer.task, trainer.tools))
             return 0
         from .checkpoints import resolve_checkpoint
         from .evaluate import default_output, evaluate, format_summary

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -91,6 +92,38 @@ def score(rollout: Rollout, gold, task: Task, tools: Sequence[Tool], alpha: floa
     metrics["response_tokens"] = float(rollout.sampled_tokens)
     metrics["truncated"] = float(rollout.truncated)
     return metrics
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (per-question scores), seeded."""
+    x = np.asarray(values, dtype=float)  # (n,)
+    if x.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)  # (resamples,)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def side_by_side(results: dict, task: Task, tools: Sequence[Tool]) -> str:
+    """The untrained and trained summaries of `Trainer.final_evaluation` as a table with 95% intervals."""
+    keys = [("em", "EM" if "f1" in results["trained"] else "accuracy"), ("f1", "F1"), ("format_valid", "format-valid")]
+    keys += [(task.tool_metric(t.name), f"{t.name} calls / question") for t in tools]
+    keys += [("response_tokens", "response tokens"), ("truncated", "truncated")]
+    n = int(results["trained"]["questions"])
+    lines = [f"zero-shot, greedy, {n} questions of {results['eval']['source']}:",
+             f"  {'':24}{'untrained':>26}{'trained (step ' + str(results['trained']['step']) + ')':>30}"]
+    for key, label in keys:
+        if key not in results["trained"]:
+            continue
+        cells = []
+        for name in ("untrained", "trained"):
+            value, (low, high) = results[name][key], results[name]["intervals"][key]
+            digits = 1 if key == "response_tokens" else 3
+            cells.append(f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]")
+        lines.append(f"  {label:24}{cells[0]:>26}{cells[1]:>30}")
+    return "\n".join(lines)
 
 
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:

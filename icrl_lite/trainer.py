@@ -2,15 +2,25 @@
 
 Reads top-down: the config, setup (`Trainer.__init__`), the loop (`Trainer.train`), one step (`Trainer.step`),
 then checkpointing. One step: sample questions -> rollouts with k demos (k from the curriculum) -> rewards ->
-group advantages -> one AdamW update over micro-batches. Groups whose rewards are all equal carry no signal:
-they are logged and left out of the update. With one update per batch the old policy equals the current one,
-so the PPO ratio is 1 and the clip is inactive (as in TRL's default); the loss keeps it for exactness.
-"""
+group advantages -> `updates_per_step` AdamW updates over micro-batches. Groups whose rewards are all equal
+carry no signal: they are logged and left out of the update. The PPO ratio is taken against the sampler's own
+log-probs (same temperature), so it is ~1 on the first update and the clip bounds the later ones.
+
+Where this departs from ICRL (each a config option; the paper's behaviour is the option's first value):
+- `stages[].zero_shot`: mixed groups, some rollouts of a group sampled without demos (the paper: none).
+- `demo_loss_prompt=zero_shot`: rollouts sampled with demos are scored, in the loss, under the prompt without
+  them, so the demo-free policy is trained on the in-context policy's successes (off-policy: `offpolicy_weight`
+  = positive advantages with ratio 1, the PPO-clipped ratio, or LUFFY's shaping). The paper scores every
+  rollout under the prompt it was sampled with.
+- `updates_per_step` > 1 and `scale_rewards` other than group (the paper: one update, group std).
+docs/results.md shows the study that set the defaults."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import shlex
 import sys
@@ -25,7 +35,7 @@ from .checkpoints import (RunLock, last_logged_step, latest_checkpoint, load_tra
                           resolve_checkpoint, save_checkpoint)
 from .config import changed_keys, save_config
 from .curriculum import Curriculum, choose_demos
-from .evaluate import EvalConfig, mean_metrics, run_eval, score
+from .evaluate import EvalConfig, bootstrap_ci, mean_metrics, run_eval, score
 from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
 from .model import ModelConfig, load_policy, load_tokenizer, reference_mode, response_logprobs
 from .preflight import check_model_source, check_output_dir
@@ -90,6 +100,9 @@ class TrainConfig:
     """PPO clip range."""
     alpha: float = 0.8
     """Reward = alpha * exact match + (1 - alpha) * format."""
+    updates_per_step: int = 1
+    """Optimizer steps on each step's rollouts (GRPO's mu). Sampling dominates a CPU step (~90%), so reusing its
+    rollouts is cheap; the PPO ratio against the sampler and its clip keep later updates near the sampler."""
     scale_rewards: str = "group"
     """Advantage scale: group (GRPO: divide by the group's reward std) | batch (the step's std) | none (Dr. GRPO)."""
     demo_loss_prompt: str = "own"
@@ -101,6 +114,9 @@ class TrainConfig:
     (PPO-clipped ratio to the demo-prompted sampler) | shaped (LUFFY: -A * p / (p + shaping_gamma), no clip)."""
     shaping_gamma: float = 0.1
     """offpolicy_weight=shaped: LUFFY's gamma."""
+    check_demo_budgets: bool = True
+    """Refuse rollout budgets that would truncate a demo of the pool (its calls, turn lengths, total tokens);
+    false only for quick smoke runs with deliberately tiny budgets."""
     probe_demos: int = 4
     """Diagnostics: each step, log-prob of the first tool tag of this many pool demos' solutions under the
     0-demo prompt (`probe/tool_logp`); 0 = off."""
@@ -108,6 +124,12 @@ class TrainConfig:
     """Zero-shot evaluation on eval_data every N steps (0 = never; always at the end when > 0)."""
     eval_size: int = 32
     """Questions of eval_data used by periodic evaluation."""
+    final_eval: str = "test"
+    """After training, the untrained model (adapter off) and the trained one are evaluated zero-shot and greedy on
+    this bundled split (train | dev | test) or question file, and printed side by side with 95% intervals
+    (final_eval.json in the run dir); empty = skip."""
+    final_eval_size: int = 0
+    """Questions of final_eval (0 = all)."""
     save_every: int = 4
     """Checkpoint every N steps (and at the end)."""
     keep_checkpoints: int = 2
@@ -137,6 +159,8 @@ class TrainConfig:
             raise ValueError("beta and epsilon must be >= 0 and alpha in [0, 1]")
         if self.demo_layout not in ("chat", "user"):
             raise ValueError(f"demo_layout={self.demo_layout!r}: use chat or user")
+        if self.updates_per_step < 1:
+            raise ValueError(f"updates_per_step={self.updates_per_step} must be >= 1 (GRPO's mu; 1 = one update per batch)")
         if self.eval_every < 0 or self.save_every < 0 or self.probe_demos < 0:
             raise ValueError("eval_every, save_every and probe_demos must be >= 0")
         if self.scale_rewards not in SCALE_REWARDS:
@@ -167,12 +191,13 @@ class Trainer:
         self.train_set = task.load(cfg.train_data, split=cfg.train_split) if cfg.train_data else task.load(task.bundled("train"))
         self.eval_set = (task.load(cfg.eval_data) if cfg.eval_data else task.load(task.bundled("dev")))[: cfg.eval_size]
         self.demo_pool = task.load_demos(cfg.demo_pool or task.bundled("demos"))
-        misfits = demo_budget_problems(self.demo_pool, load_tokenizer(cfg.model.name), self.tools, cfg.rollout)
-        if misfits:  # the budgets would cut the behaviour the demos teach: refuse before any model work
+        misfits = demo_budget_problems(self.demo_pool, load_tokenizer(cfg.model.name), self.tools, cfg.rollout) \
+            if cfg.check_demo_budgets else []
+        if misfits and cfg.check_demo_budgets:  # the budgets would cut what the demos teach: refuse before model work
             raise ValueError(
                 f"{len(misfits)} of {len(self.demo_pool)} demos do not fit the rollout budgets, so the trajectories "
                 "they teach would be truncated (and score below a guess). Raise the named budgets or shorten the "
-                "demos:\n  " + "\n  ".join(misfits))
+                "demos (or set check_demo_budgets=false for a deliberately tiny smoke run):\n  " + "\n  ".join(misfits))
         max_demos = max(s.demos for s in self.curriculum.stages)
         if max_demos > len(self.demo_pool):
             raise ValueError(f"the curriculum asks for {max_demos} demos but the pool has {len(self.demo_pool)}; add demos or lower stages")
@@ -284,6 +309,10 @@ class Trainer:
             prompt = bare[n // size] if offpolicy else rollout.prompt_ids
             items.append(LossItem(rollout, prompt, advantages[n].item(), offpolicy))
         update = self.update(items) if items else {}
+        with (self.out / "samples.jsonl").open("a") as f:  # every trajectory, to read what the policy does
+            f.writelines(json.dumps({"step": step + 1, "question": questions[n // size]["question"], "demos": k,
+                                     "reward": m["reward"], "advantage": advantages[n].item(), "text": r.text}) + "\n"
+                         for n, (r, k, m) in enumerate(zip(rollouts, shots, scored)))
 
         sampled = sum(r.sampled_tokens for r in rollouts)
         metrics = {
@@ -321,57 +350,69 @@ class Trainer:
 
     @torch.no_grad()
     def probe(self) -> dict[str, float]:
-        """How likely the demo-free policy is to call its tool: for the first `probe_demos` pool demos, the
-        log-prob of the first token of the first tool tag in the demo's own solution, given the 0-demo prompt
-        and the solution's text before the tag (usually its <think> block), at temperature 1."""
+        """How likely the demo-free policy is to act as the demos do, for the first `probe_demos` pool demos under
+        the 0-demo prompt at temperature 1: `probe/tool_logp`, the log-prob of the first token of the first tool
+        tag in the demo's solution given the solution's text before it (usually its <think> block), and
+        `probe/start_logp`, the log-prob of the solution's first token (how it opens, e.g. `<think>`)."""
         tags = [t.open_tag for t in self.tools]
-        values = []
+        tool, start = [], []
         for demo in self.demo_pool[: self.cfg.probe_demos]:
             at = min((i for i in (demo["solution"].find(t) for t in tags) if i >= 0), default=-1)
             if at < 0:
                 continue
-            before = self.tokenizer(demo["solution"][:at], add_special_tokens=False)["input_ids"]
             tag = next(t for t in tags if demo["solution"].startswith(t, at))
-            first = self.tokenizer(demo["solution"][:at] + tag, add_special_tokens=False)["input_ids"][len(before)]
-            logp = response_logprobs(self.model, self.prompt(demo, 0, 0, 0), [before + [first]], self.cfg.logprob_chunk)
-            values.append(logp[0, -1].item())
-        return {"probe/tool_logp": sum(values) / len(values)} if values else {}
+            ids = self.tokenizer(demo["solution"][:at] + tag, add_special_tokens=False)["input_ids"]
+            before = self.tokenizer(demo["solution"][:at], add_special_tokens=False)["input_ids"]
+            shared = next((i for i, (x, y) in enumerate(zip(before, ids)) if x != y), len(before))  # tokens before the tag
+            if shared >= len(ids):
+                continue
+            logp = response_logprobs(self.model, self.prompt(demo, 0, 0, 0), [ids[: shared + 1]], self.cfg.logprob_chunk)
+            tool.append(logp[0, -1].item())
+            start.append(logp[0, 0].item())
+        if not tool:
+            return {}
+        return {"probe/tool_logp": sum(tool) / len(tool), "probe/start_logp": sum(start) / len(start)}
 
     def update(self, items: list[LossItem]) -> dict[str, float]:
-        """One optimizer step on the rollouts, token-level mean over all their sampled tokens.
+        """`updates_per_step` optimizer steps on the rollouts, each a token-level mean over all their sampled tokens.
 
         Each item is scored under its loss prompt at the sampling temperature. On-policy tokens (and, with
         offpolicy_weight=ratio, off-policy ones) take the PPO ratio against the sampler's own log-probs, which
-        also corrects the merged-adapter / unmerged-adapter difference. Off-policy items (sampled with demos,
-        scored without) use ratio 1 on positive advantages (`positive`) or LUFFY's shaping (`shaped`).
-        Items sharing a prompt are scored on one shared prompt pass (`response_logprobs`), `micro_batch_size`
-        at a time, with gradients accumulated over the step.
+        also corrects the merged-adapter / unmerged-adapter difference and makes the clip act from the second
+        update on. Off-policy items (sampled with demos, scored without) use ratio 1 on positive advantages
+        (`positive`) or LUFFY's shaping (`shaped`). Items sharing a prompt are scored on one shared prompt pass
+        (`response_logprobs`), `micro_batch_size` at a time, with gradients accumulated over the update. The
+        reference log-probs are computed once. Metrics are those of the first update (grad_norm: the mean).
         """
         cfg, device = self.cfg, self.model.device
         temperature = cfg.rollout.temperature or 1.0
         self.model.train()
         num_tokens = sum(it.rollout.sampled_tokens for it in items)
-        totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
         groups: dict[tuple, list[LossItem]] = {}
         for it in items:
             groups.setdefault((tuple(it.prompt), it.offpolicy), []).append(it)
-        for (prompt, offpolicy), members in groups.items():
-            for start in range(0, len(members), cfg.micro_batch_size):
-                batch = members[start:start + cfg.micro_batch_size]
+        batches = [(list(prompt), offpolicy, members[start:start + cfg.micro_batch_size])
+                   for (prompt, offpolicy), members in groups.items()
+                   for start in range(0, len(members), cfg.micro_batch_size)]
+        references: dict[int, torch.Tensor] = {}
+        first: dict[str, float] = {}
+        norms = []
+        for epoch in range(cfg.updates_per_step):
+            totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+            for b, (prompt, offpolicy, batch) in enumerate(batches):
                 rollouts = [it.rollout for it in batch]
                 responses = [r.response_ids for r in rollouts]
                 mask = loss_mask(rollouts).to(device)  # (b, R)
                 adv = torch.tensor([it.advantage for it in batch], device=device)  # (b,)
-                ref_logp = None
-                if cfg.beta > 0:
+                if cfg.beta > 0 and b not in references:
                     with torch.no_grad(), reference_mode(self.model):
-                        ref_logp = response_logprobs(self.model, list(prompt), responses, cfg.logprob_chunk, temperature)  # (b, R)
-                logp = response_logprobs(self.model, list(prompt), responses, cfg.logprob_chunk, temperature)  # (b, R)
+                        references[b] = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, temperature)  # (b, R)
+                logp = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, temperature)  # (b, R)
                 shaped = offpolicy and cfg.offpolicy_weight == "shaped"
                 old = logp.detach() if offpolicy and cfg.offpolicy_weight != "ratio" else sampler_logprobs(rollouts).to(device)
                 loss, metrics = grpo_loss(
                     logp, old, torch.zeros_like(adv) if shaped else adv, mask,  # shaped: grpo_loss keeps only the KL
-                    ref_logp=ref_logp, epsilon=cfg.epsilon, beta=cfg.beta, num_tokens=num_tokens,
+                    ref_logp=references.get(b), epsilon=cfg.epsilon, beta=cfg.beta, num_tokens=num_tokens,
                 )
                 if shaped:
                     loss = loss + shaped_offpolicy_loss(logp, adv, mask, gamma=cfg.shaping_gamma, num_tokens=num_tokens)
@@ -380,17 +421,47 @@ class Trainer:
                 totals["loss"] += loss.item()
                 totals["kl"] += metrics["kl"].item() * weight
                 totals["clip_fraction"] += metrics["clip_fraction"].item() * weight
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return totals
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item())
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            first = first or totals
+        return {**first, "grad_norm": sum(norms) / len(norms)}
 
     def evaluate(self) -> dict[str, float]:
         cfg = EvalConfig(task=self.cfg.task, seed=self.cfg.seed, rollout=replace(self.cfg.rollout, temperature=0.0))
         summary, _ = run_eval(self.model, self.tokenizer, self.eval_set, self.task, self.tools, self.instruction, cfg,
                               progress=False)
         return summary
+
+    def final_evaluation(self) -> dict:
+        """Zero-shot, greedy evaluation of the untrained model (adapter disabled) and the trained one on the
+        same `final_eval` questions. Records go to final-eval-{untrained,trained}.jsonl, the summaries with
+        95% bootstrap intervals to final_eval.json; the untrained result is reused when the run is resumed."""
+        cfg, task = self.cfg, self.task
+        source = cfg.final_eval if Path(cfg.final_eval).suffix in (".jsonl", ".json") else task.bundled(cfg.final_eval)
+        examples = task.load(source)[: cfg.final_eval_size or None]
+        ecfg = EvalConfig(task=cfg.task, seed=cfg.seed, rollout=replace(cfg.rollout, temperature=0.0))
+        path = self.out / "final_eval.json"
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        key = {"source": str(source), "questions": len(examples)}
+        results = {"eval": key}
+        for name in ("untrained", "trained"):
+            if name == "untrained" and saved.get("eval") == key and "untrained" in saved:
+                results[name] = saved[name]
+                continue
+            with reference_mode(self.model) if name == "untrained" else contextlib.nullcontext():
+                summary, records = run_eval(self.model, self.tokenizer, examples, task, self.tools, self.instruction,
+                                            ecfg, progress=cfg.progress)
+            with (self.out / f"final-eval-{name}.jsonl").open("w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+            summary["intervals"] = {k: list(bootstrap_ci([r[k] for r in records])) for k in summary if k in records[0]}
+            results[name] = summary
+        results["trained"]["step"] = self.step_index
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, path)
+        return results
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     def save(self) -> Path:

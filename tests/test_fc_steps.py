@@ -220,7 +220,7 @@ def test_training_and_evaluation_run_multi_step_and_count_the_call_turns(tiny_mo
 
     cfg = TrainConfig(task="fc", functions=str(impl_file), output_dir=str(tmp_path / "run"),
                       stages=[{"demos": 1, "steps": 1}], prompts_per_step=2, num_generations=2, eval_every=0,
-                      progress=False, model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"),
+                      progress=False, model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"), check_demo_budgets=False,
                       rollout=RolloutConfig(max_turns=2, max_turn_tokens=6, max_response_tokens=60))
     (metrics,) = Trainer(cfg).train()
     assert "function_turns" in metrics and -3.0 <= metrics["reward"] <= 4.0

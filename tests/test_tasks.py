@@ -141,7 +141,7 @@ def make_tiny_config(tiny_model_dir, tmp_path):
     def make(**overrides) -> TrainConfig:
         cfg = TrainConfig(output_dir=str(tmp_path / "run"), demo_pool=str(demos), stages=[{"demos": 0, "steps": 2}],
                           prompts_per_step=2, num_generations=2, micro_batch_size=4, eval_every=0, save_every=0,
-                          progress=False, model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"),
+                          progress=False, model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"), check_demo_budgets=False,
                           rollout=RolloutConfig(max_turns=3, max_turn_tokens=6, max_response_tokens=60, temperature=1.0))
         for key, value in overrides.items():
             setattr(cfg, key, value)

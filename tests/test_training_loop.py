@@ -30,7 +30,7 @@ def make_config(tiny_model_dir, tmp_path):
         cfg = TrainConfig(
             output_dir=str(tmp_path / "run"), demo_pool=str(pool), stages=[{"demos": 1, "steps": 2}],
             prompts_per_step=2, num_generations=2, micro_batch_size=2, eval_every=0, save_every=0, progress=False,
-            probe_demos=0, model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"),
+            probe_demos=0, check_demo_budgets=False, model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"),
             rollout=RolloutConfig(max_turns=1, max_turn_tokens=8, max_response_tokens=24, temperature=0.7),
         )
         for key, value in overrides.items():
@@ -40,12 +40,12 @@ def make_config(tiny_model_dir, tmp_path):
     return make
 
 
-def randomise_adapter(model, seed: int = 0) -> None:
+def randomise_adapter(model, seed: int = 0, scale: float = 0.05) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def test_trainer_logprob_of_a_sampled_token_equals_the_samplers_at_temperature_not_1(make_config):
@@ -145,4 +145,48 @@ def test_demo_rollouts_are_scored_under_the_zero_shot_prompt(make_config, monkey
 def test_probe_reports_the_first_tool_token_logprob(make_config):
     trainer = Trainer(make_config(probe_demos=2))
     probe = trainer.probe()
-    assert probe["probe/tool_logp"] < 0
+    assert probe["probe/tool_logp"] < 0 and probe["probe/start_logp"] < 0
+
+
+def test_final_evaluation_compares_the_untrained_and_trained_model_on_the_same_questions(make_config, tmp_path):
+    from icrl_lite.evaluate import side_by_side
+
+    questions = tmp_path / "held_out.jsonl"
+    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Where is town {i}?", "answers": ["x"]}) + "\n"
+                                 for i in range(3)))
+    trainer = Trainer(make_config(final_eval=str(questions)))
+    randomise_adapter(trainer.model, scale=1.0)  # the trained policy differs clearly from the untrained one
+    results = trainer.final_evaluation()
+    assert results["untrained"]["questions"] == results["trained"]["questions"] == 3
+    untrained = [json.loads(line) for line in (trainer.out / "final-eval-untrained.jsonl").read_text().splitlines()]
+    trained = [json.loads(line) for line in (trainer.out / "final-eval-trained.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in untrained] == [r["id"] for r in trained] == ["q0", "q1", "q2"]
+    assert [r["trajectory"] for r in untrained] != [r["trajectory"] for r in trained]  # the adapter was off, then on
+    low, high = results["trained"]["intervals"]["response_tokens"]
+    assert low <= results["trained"]["response_tokens"] <= high
+    table = side_by_side(results, trainer.task, trainer.tools)
+    assert "untrained" in table and "search calls / question" in table and "3 questions" in table
+    # a resumed run reuses the untrained evaluation
+    again = Trainer(make_config(final_eval=str(questions)), resume=True).final_evaluation()
+    assert again["untrained"] == results["untrained"]
+
+
+def test_bootstrap_interval_hand_cases():
+    from icrl_lite.evaluate import bootstrap_ci
+
+    assert bootstrap_ci([1.0] * 10) == (1.0, 1.0)
+    low, high = bootstrap_ci([0.0] * 50 + [1.0] * 50, resamples=4000)
+    assert 0.38 < low < 0.45 and 0.55 < high < 0.62  # mean 0.5 +- 1.96 * 0.05
+
+
+def test_several_updates_per_step_reuse_the_rollouts_and_keep_moving(make_config):
+    trainer = Trainer(make_config(beta=0.0, updates_per_step=3))
+    prompt = trainer.tokenizer("Question: where?")["input_ids"]
+    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
+    steps = []
+    real_step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: steps.append(1) or real_step(*a, **k)  # type: ignore[method-assign]
+    metrics = trainer.update([LossItem(r, prompt, a) for r, a in zip(rollouts, (1.0, -1.0))])
+    assert len(steps) == 3 and metrics["grad_norm"] > 0
+    with pytest.raises(ValueError, match="updates_per_step"):
+        make_config(updates_per_step=0).validate()
