@@ -44,7 +44,7 @@ import yaml
 
 from .config import CONFIG_DIR, apply, load_config, to_dict
 from .curriculum import Curriculum
-from .evaluate import EvalConfig, evaluate
+from .evaluate import EvalConfig, bootstrap_ci, evaluate
 from .plots import read_metrics
 from .tasks import get_task
 from .trainer import TrainConfig, Trainer, latest_checkpoint
@@ -161,19 +161,7 @@ class StudyConfig:
         return arms
 
 
-# ---- statistics (pure) ------------------------------------------------------------------------------------
-def bootstrap_ci(values: Sequence[float], resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values`: resample them with replacement `resamples` times."""
-    x = np.asarray(values, dtype=float)  # (n,)
-    if x.size == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)  # (resamples,)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
-
-
+# ---- statistics (pure; the interval over questions is evaluate.bootstrap_ci) -------------------------------
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value) of per-seed results."""
     x = np.asarray(values, dtype=float)

@@ -8,11 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from icrl_lite import study as study_module
 from icrl_lite.cli import main
-from icrl_lite.study import bootstrap_ci, load_study, mean_std, plan, run_study
+from icrl_lite.evaluate import bootstrap_ci
+from icrl_lite.study import load_study, mean_std, plan, run_study
 from icrl_lite.trainer import Trainer
 
 SHORT_DEMOS = [  # one-turn demos keep the prompts small and fit the tiny rollout budgets
@@ -21,6 +23,16 @@ SHORT_DEMOS = [  # one-turn demos keep the prompts small and fit the tiny rollou
 ]
 ICRL = {"name": "icrl", "overrides": {"stages": [{"demos": 1, "steps": 1}, {"demos": 0, "steps": 1}]}}
 PROMPT_2 = {"name": "prompt-2", "train": False, "eval_demos": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (a loaded machine's spinning OpenMP workers slow two threads down many
+    times); no result here depends on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +47,8 @@ def write_study(tiny_model_dir, tmp_path_factory):
             "output_dir": str(root / name),
             "shared": {"model": {"name": str(tiny_model_dir), "dtype": "fp32"}, "demo_pool": str(pool),
                        "prompts_per_step": 2, "num_generations": 2, "micro_batch_size": 2, "eval_every": 0,
-                       "save_every": 1, "progress": False,
+                       "save_every": 1, "progress": False, "final_eval": "", "probe_demos": 0,
+                       "instruction": "Search with <search> q </search>, answer with <answer> a </answer>. {question}",
                        "rollout.max_turns": 1, "rollout.max_turn_tokens": 12, "rollout.max_response_tokens": 24},
             "budget": {"rollouts": 8}, "seeds": [0], "arms": list(arms),
             "eval": {"limit": 2, "resamples": 200},
