@@ -291,6 +291,7 @@ class BudgetedTrainer(Trainer):
     def __init__(self, cfg: TrainConfig, resume: bool, max_seconds: float):
         super().__init__(cfg, resume=resume)
         self.max_seconds = max_seconds
+        self.stopped = ""  # why training ended before the curriculum did
         log = self.out / "metrics.jsonl"  # the Trainer has dropped lines of steps it will train again
         self.spent = sum(r["step_seconds"] for r in read_metrics(self.out)) if log.exists() else 0.0
 
@@ -300,6 +301,20 @@ class BudgetedTrainer(Trainer):
         metrics = super().step()
         self.spent += metrics["step_seconds"]
         return metrics
+
+    def train(self) -> list[dict]:
+        """Train to the end of the curriculum or of the time budget; a stop keeps the last step as a checkpoint."""
+        try:
+            return super().train()
+        except OutOfTime:
+            self.lock.acquire()  # train() let go of the run dir's lock when the exception left it
+            try:
+                if latest_checkpoint(self.out) != self.out / f"checkpoint-{self.step_index}":
+                    self.save()
+            finally:
+                self.lock.release()
+            self.stopped = f"max_minutes={self.max_seconds / 60:g} after step {self.step_index}"
+            return []
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -325,14 +340,11 @@ def train_run(cfg: TrainConfig, budget: BudgetConfig) -> dict:
     if checkpoint is None and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()  # killed before its first checkpoint: it starts over, so do its metrics
     write_json(marker_path, marker)
-    started, stopped = datetime.datetime.now().timestamp(), ""
+    started = datetime.datetime.now().timestamp()
     try:
         trainer = BudgetedTrainer(cfg, resume=checkpoint is not None, max_seconds=budget.max_minutes * 60 or math.inf)
-        try:
-            trainer.train()
-        except OutOfTime:
-            trainer.save()
-            stopped = f"max_minutes={budget.max_minutes:g} after step {trainer.step_index}"
+        trainer.train()
+        stopped = trainer.stopped
         del trainer
         gc.collect()
     finally:
