@@ -46,7 +46,9 @@ from .config import CONFIG_DIR, apply, load_config, to_dict
 from .curriculum import Curriculum
 from .evaluate import EvalConfig, bootstrap_ci, evaluate
 from .plots import read_metrics
-from .tasks import get_task
+from .model import load_tokenizer
+from .rollout import demo_budget_problems
+from .tasks import get_task, setup_task
 from .trainer import TrainConfig, Trainer, latest_checkpoint
 
 STUDY_DIR = CONFIG_DIR / "studies"
@@ -233,6 +235,7 @@ def plan(study: StudyConfig) -> list[tuple[ArmConfig, int, TrainConfig]]:
     if not study.name or not study.output_dir:
         raise ValueError("study: give the study a name (name: my-study) and an output_dir")
     runs = [(arm, seed, train_config(study, arm, seed)) for arm in study.arm_list() for seed in arm.seeds]
+    checked = set()
     for arm, seed, cfg in runs:
         if arm.train and study.budget.rollouts and planned_rollouts(cfg) != study.budget.rollouts:
             raise ValueError(
@@ -244,6 +247,14 @@ def plan(study: StudyConfig) -> list[tuple[ArmConfig, int, TrainConfig]]:
         if max(eval_demos(arm, study).values()) > pool:
             raise ValueError(f"study: arm {arm.name!r} is evaluated with {max(eval_demos(arm, study).values())} demos but its demo pool "
                              f"has {pool}; lower eval_demos / eval.demos_extra or give a larger demo_pool")
+        if arm.train and cfg.check_demo_budgets and arm.name not in checked:  # the Trainer's own check, for every arm up front
+            checked.add(arm.name)
+            demos = task.load_demos(cfg.demo_pool or task.bundled("demos"))
+            misfits = demo_budget_problems(demos, load_tokenizer(cfg.model.name), setup_task(cfg)[1], cfg.rollout)
+            if misfits:
+                raise ValueError(f"study: arm {arm.name!r}: {len(misfits)} of {len(demos)} demos do not fit its rollout budgets (its "
+                                 "Trainer would refuse to start, after the arms before it had trained): raise the named budgets, "
+                                 "shorten the demos or set check_demo_budgets=false:\n  " + "\n  ".join(misfits))
     return runs
 
 

@@ -159,6 +159,13 @@ def test_eval_demos_beyond_the_pool_are_rejected(write_study):
         plan(load_study(write_study("bad", arms=[{"name": "p", "train": False, "eval_demos": 3}])))
 
 
+def test_demos_that_do_not_fit_an_arms_budgets_are_rejected_before_any_arm_trains(write_study):
+    arms = [ICRL, {"name": "short", "overrides": {"stages": [{"demos": 0, "steps": 2}], "rollout.max_turn_tokens": 4}}]
+    with pytest.raises(ValueError, match=r"(?s)arm .short.: 2 of 2 demos do not fit its rollout budgets.*max_turn_tokens=4"):
+        plan(load_study(write_study("bad", arms=arms)))
+    assert not Path(load_study(write_study("bad", arms=arms)).output_dir).exists()
+
+
 def test_packaged_example_study_plans():
     study = load_study("qa-smoke")
     runs = plan(study)
