@@ -56,6 +56,7 @@ METRICS = (("em", "EM"), ("f1", "F1"), ("format_valid", "format-valid"), ("tool_
            ("response_tokens", "length (tok)"))
 DIGITS = {"tool_calls": 2, "response_tokens": 1}  # decimals in the tables (3 for rates)
 SET_BY_STUDY = ("output_dir", "seed")  # TrainConfig keys the study fills in per run
+BOOKKEEPING = ("save_every", "keep_checkpoints", "final_eval", "final_eval_size")  # changing them leaves a trained run valid
 
 
 @dataclass
@@ -337,7 +338,8 @@ def write_json(path: Path, data: dict) -> None:
 def train_run(cfg: TrainConfig, budget: BudgetConfig) -> dict:
     """Train one arm/seed (resuming its checkpoint, skipped when finished); returns its training marker."""
     out = Path(cfg.output_dir)
-    marker_path, config = out / "study-train.json", plain(cfg)
+    marker_path = out / "study-train.json"
+    config = {k: v for k, v in plain(cfg).items() if k not in BOOKKEEPING}
     marker = json.loads(marker_path.read_text()) if marker_path.exists() else {"config": config, "finished": False, "wall_seconds": 0.0}
     changes = changed_keys(marker["config"], config, plain(TrainConfig()))
     if changes:
@@ -362,7 +364,8 @@ def train_run(cfg: TrainConfig, budget: BudgetConfig) -> dict:
         marker["wall_seconds"] += datetime.datetime.now().timestamp() - started
         write_json(marker_path, marker)
     rows = read_metrics(out)
-    marker.update(finished=True, finished_at=datetime.datetime.now().isoformat(), stopped=stopped, steps=len(rows), train_seconds=sum(r["step_seconds"] for r in rows),
+    marker.update(finished=True, finished_at=datetime.datetime.now().isoformat(), stopped=stopped, steps=len(rows),
+                  train_seconds=sum(r["step_seconds"] for r in rows),
                   rollouts=sum(int(r.get("rollouts", r["groups"] * cfg.num_generations)) for r in rows))
     write_json(marker_path, marker)
     return marker
@@ -402,7 +405,6 @@ def run_study(study: StudyConfig, command: str = "") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(to_dict(study), sort_keys=False))  # the config these results are of
     results = summarize(study, done, command)
-    write_json(out / "results.json", results)
     results["plot"] = draw_curves(study, runs)
     (out / "results.md").write_text(markdown(results))
     write_json(out / "results.json", results)

@@ -226,6 +226,17 @@ def test_a_trained_run_under_a_changed_config_is_an_error_naming_the_change(fini
         write_study("finished", arms=[ICRL, PROMPT_2], eval={"limit": 2, "resamples": 200, "demos_extra": 2})
 
 
+def test_changing_checkpoint_bookkeeping_keeps_a_trained_run(finished, write_study, monkeypatch):
+    study, _ = finished
+    path = write_study("finished", arms=[ICRL, PROMPT_2], shared={"save_every": 3, "keep_checkpoints": 5},
+                       eval={"limit": 2, "resamples": 200, "demos_extra": 2})
+    forbid_work(monkeypatch)
+    try:
+        run_study(load_study(path))
+    finally:
+        write_study("finished", arms=[ICRL, PROMPT_2], eval={"limit": 2, "resamples": 200, "demos_extra": 2})
+
+
 def test_a_killed_run_resumes_from_its_checkpoint(write_study, monkeypatch, capsys):
     study = load_study(write_study("killed"))
     real_step = Trainer.step
