@@ -155,7 +155,7 @@ def write_latest(run_dir: Path, name: str) -> None:
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
-    """The optimizer, scheduler, RNG and step saved in a checkpoint, or an error naming the file and the fix."""
+    """The optimizer, loss scaler, RNG and step saved in a checkpoint, or an error naming the file and the fix."""
     import pickle
 
     import torch

@@ -30,7 +30,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .model import decoder, merged_adapter
+from .model import decoder, generation_mode, merged_adapter
 from .prompts import INVALID_ACTION
 from .tools import Tool, find_call
 
@@ -146,13 +146,10 @@ class RolloutEngine:
         if not prompts:
             return []
         rows = [_Row(Rollout(prompt_ids=list(p))) for p, c in zip(prompts, counts) for _ in range(c)]
-        was_training = self.model.training
-        self.model.eval()
         try:
-            with merged_adapter(self.model, self.cfg.merge_lora):
+            with generation_mode(self.model), merged_adapter(self.model, self.cfg.merge_lora):
                 self._run(rows, prompts, counts, generator)
         finally:
-            self.model.train(was_training)
             for row in rows:  # stateful tools' sessions end with their rollout, even after an error
                 for session in row.sessions.values():
                     session.close()

@@ -37,7 +37,8 @@ from .config import changed_keys, save_config
 from .curriculum import Curriculum, choose_demos
 from .evaluate import EvalConfig, bootstrap_ci, mean_metrics, run_eval, score
 from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
-from .model import ModelConfig, load_policy, load_tokenizer, reference_mode, response_logprobs
+from .memory import memory_report
+from .model import LossScaler, ModelConfig, load_policy, load_tokenizer, reference_mode, response_logprobs
 from .preflight import check_model_source, check_output_dir
 from .prompts import build_messages, render_prompt
 from .rollout import Rollout, RolloutConfig, RolloutEngine, demo_budget_problems
@@ -191,9 +192,10 @@ class Trainer:
         self.train_set = task.load(cfg.train_data, split=cfg.train_split) if cfg.train_data else task.load(task.bundled("train"))
         self.eval_set = (task.load(cfg.eval_data) if cfg.eval_data else task.load(task.bundled("dev")))[: cfg.eval_size]
         self.demo_pool = task.load_demos(cfg.demo_pool or task.bundled("demos"))
+        uses_demos = any(stage.demos for stage in self.curriculum.stages)
         misfits = demo_budget_problems(self.demo_pool, load_tokenizer(cfg.model.name), self.tools, cfg.rollout) \
-            if cfg.check_demo_budgets else []
-        if misfits and cfg.check_demo_budgets:  # the budgets would cut what the demos teach: refuse before model work
+            if cfg.check_demo_budgets and uses_demos else []
+        if misfits:  # the budgets would cut what the demos teach: refuse before any model work
             raise ValueError(
                 f"{len(misfits)} of {len(self.demo_pool)} demos do not fit the rollout budgets, so the trajectories "
                 "they teach would be truncated (and score below a guess). Raise the named budgets or shorten the "
@@ -209,10 +211,12 @@ class Trainer:
             self.lock.release()
             raise
         torch.manual_seed(cfg.seed)
-        self.model, self.tokenizer = load_policy(cfg.model, adapter=checkpoint / "adapter" if checkpoint else None)
+        memory_report(cfg)  # on a GPU, refuses a run that does not fit, naming the knobs
+        self.model, self.tokenizer = load_policy(cfg.model, adapter=checkpoint / "adapter" if checkpoint else None,
+                                                 max_seq_length=cfg.rollout.max_context_tokens)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
+        self.scaler = LossScaler.for_model(self.model)  # fp16 only: dynamic loss scaling
         self.engine = RolloutEngine(self.model, self.tokenizer, self.tools, cfg.rollout, final_stops=task.final_stops,
                                     invalid_message=task.invalid_message)
         self.step_index = 0
@@ -416,17 +420,19 @@ class Trainer:
                 )
                 if shaped:
                     loss = loss + shaped_offpolicy_loss(logp, adv, mask, gamma=cfg.shaping_gamma, num_tokens=num_tokens)
-                loss.backward()
+                self.scaler.scale(loss).backward()
                 weight = mask.sum().item() / num_tokens
                 totals["loss"] += loss.item()
                 totals["kl"] += metrics["kl"].item() * weight
                 totals["clip_fraction"] += metrics["clip_fraction"].item() * weight
             params = [p for p in self.model.parameters() if p.requires_grad]
-            norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item())
-            self.optimizer.step()
+            norm = self.scaler.unscale_and_clip(params, cfg.max_grad_norm)
+            if self.scaler.step(self.optimizer):  # False: an fp16 overflow, the update is skipped
+                norms.append(norm)
             self.optimizer.zero_grad(set_to_none=True)
             first = first or totals
-        return {**first, "grad_norm": sum(norms) / len(norms)}
+        return {**first, "grad_norm": sum(norms) / len(norms) if norms else 0.0,
+                "loss_scale": self.scaler.scale_factor, "skipped_updates": self.scaler.skipped_steps}
 
     def evaluate(self) -> dict[str, float]:
         cfg = EvalConfig(task=self.cfg.task, seed=self.cfg.seed, rollout=replace(self.cfg.rollout, temperature=0.0))
@@ -472,7 +478,7 @@ class Trainer:
                 "step": self.step_index,
                 "stage": self.curriculum.stage_at(max(self.step_index - 1, 0)),
                 "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             }, staging / "trainer_state.pt")
@@ -483,7 +489,8 @@ class Trainer:
     def load_state(self, checkpoint: Path) -> None:
         state = load_trainer_state(checkpoint)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:  # the learning rate is a function of the step: nothing to restore for it
+            self.scaler.load_state_dict(state["scaler"])
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
@@ -528,12 +535,12 @@ def load_for_inference(checkpoint: str, base: ModelConfig):
     """(model, tokenizer, checkpoint dir or None) for `base`, a checkpoint dir, or a run dir."""
     if checkpoint == "base":
         check_model_source(base.name)
-        model, tokenizer = load_policy(base)
+        model, tokenizer = load_policy(base, max_seq_length=RolloutConfig().max_context_tokens)
         return model, tokenizer, None
     path = resolve_checkpoint(checkpoint)  # checks the adapter
-    model_cfg = run_config(path).model
-    check_model_source(model_cfg.name)
-    model, tokenizer = load_policy(model_cfg, adapter=path / "adapter")
+    trained = run_config(path)
+    check_model_source(trained.model.name)
+    model, tokenizer = load_policy(trained.model, adapter=path / "adapter", max_seq_length=trained.rollout.max_context_tokens)
     return model, tokenizer, path
 
 
