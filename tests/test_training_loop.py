@@ -190,3 +190,15 @@ def test_several_updates_per_step_reuse_the_rollouts_and_keep_moving(make_config
     assert len(steps) == 3 and metrics["grad_norm"] > 0
     with pytest.raises(ValueError, match="updates_per_step"):
         make_config(updates_per_step=0).validate()
+
+
+def test_the_default_training_config_is_the_qa_transfer_studys_winning_arm():
+    # docs/results.md: the demofree arm of icrl_lite/configs/studies/qa-transfer.yaml is what `icrl-lite train` runs
+    from icrl_lite.study import load_study, train_config
+
+    study = load_study("qa-transfer")
+    arm = next(a for a in study.arm_list() if a.name == "demofree")
+    winner, default = train_config(study, arm, 0), TrainConfig()
+    for key in ("stages", "demo_loss_prompt", "offpolicy_weight", "updates_per_step", "learning_rate",
+                "prompts_per_step", "num_generations", "scale_rewards", "beta", "rollout"):
+        assert getattr(winner, key) == getattr(default, key), key
