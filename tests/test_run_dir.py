@@ -262,7 +262,7 @@ def test_resume_without_config_continues_under_the_runs_config_and_names_overrid
 
     assert main(["train", "--resume", f"output_dir={run_dir}", "learning_rate=0.0001"]) == 0
     err = capsys.readouterr().err
-    assert "[icrl-lite] warning" in err and "learning_rate: 0.0002 -> 0.0001" in err
+    assert "[icrl-lite] warning" in err and f"learning_rate: {TrainConfig().learning_rate} -> 0.0001" in err
     changed = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert changed["learning_rate"] == 0.0001 and changed["stages"] == [{"demos": 0, "steps": 1}]
 
