@@ -106,7 +106,9 @@ class TrainConfig:
     """Optimizer steps on each step's rollouts (GRPO's mu). Sampling dominates a CPU step (~90%), so reusing its
     rollouts is cheap; the PPO ratio against the sampler and its clip keep later updates near the sampler."""
     scale_rewards: str = "group"
-    """Advantage scale: group (GRPO: divide by the group's reward std) | batch (the step's std) | none (Dr. GRPO)."""
+    """Advantage scale: group (GRPO: divide by the group's reward std) | batch (the step's std) | none (Dr. GRPO).
+    The default stays group (GRPO's and TRL's): the qa-transfer study did not vary it. With the demo-free loss the
+    trained rollouts are those with A > 0, so the scale sets the step size, not which tokens are pushed up."""
     demo_loss_prompt: str = "zero_shot"
     """Which prompt scores rollouts sampled with demos in the loss: own (ICRL: the prompt they were sampled with)
     | zero_shot (the same question without demos: the tokens are off-policy, weighted by offpolicy_weight)."""
