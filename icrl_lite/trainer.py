@@ -516,22 +516,22 @@ class LossItem:
 OFFPOLICY_WEIGHTS = ("positive", "ratio", "shaped")
 
 
+def right_pad(rows: list[list[float]]) -> torch.Tensor:
+    """(b, R) float tensor of per-token values, right-padded with 0 to the longest row."""
+    out = torch.zeros((len(rows), max(len(row) for row in rows)))
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.float)
+    return out
+
+
 def sampler_logprobs(rollouts: list[Rollout]) -> torch.Tensor:
     """(b, R) the sampler's log-prob of each response token (0 where forced or past the end)."""
-    width = max(len(r.logprobs) for r in rollouts)
-    out = torch.zeros((len(rollouts), width))
-    for i, r in enumerate(rollouts):
-        out[i, : len(r.logprobs)] = torch.tensor(r.logprobs, dtype=torch.float)
-    return out
+    return right_pad([r.logprobs for r in rollouts])
 
 
 def loss_mask(rollouts: list[Rollout]) -> torch.Tensor:
     """(b, R) float mask over response positions, right-padded with 0: the rollout's own bits, never pad ids."""
-    width = max(len(r.loss_mask) for r in rollouts)
-    mask = torch.zeros((len(rollouts), width))
-    for i, r in enumerate(rollouts):
-        mask[i, : len(r.loss_mask)] = torch.tensor(r.loss_mask, dtype=torch.float)
-    return mask
+    return right_pad([r.loss_mask for r in rollouts])
 
 
 def load_for_inference(checkpoint: str, base: ModelConfig):

@@ -44,3 +44,37 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and a loaded machine's spinning OpenMP workers made two threads
+    40x slower here (10 s instead of 0.25 s a step); the numbers do not depend on it. Use it per module with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def varied_rewards(monkeypatch):
+    """Score rollouts 0, 1, 0, 1, ...: every group of 2 is informative, so every step updates the adapter.
+
+    Each step scores an even number of rollouts, so the pattern is the same per step in every run.
+    """
+    import itertools
+
+    from icrl_lite import trainer as trainer_module
+
+    counter = itertools.count()
+    real_score = trainer_module.score
+
+    def fake_score(rollout, gold, *args):
+        metrics = real_score(rollout, gold, *args)
+        metrics["reward"] = float(next(counter) % 2)
+        return metrics
+
+    monkeypatch.setattr(trainer_module, "score", fake_score)

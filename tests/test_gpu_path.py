@@ -32,16 +32,7 @@ def lora_grads(model, logp: torch.Tensor, mask: torch.Tensor) -> list[torch.Tens
     lora = [p for p in model.parameters() if p.requires_grad]
     return list(torch.autograd.grad((logp * mask).sum(), lora))
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a loaded machine's spinning OpenMP workers made two threads
-    40x slower here (10 s instead of 0.25 s a step); the numbers do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def checkpointed(tiny_model_dir, tokenizer):

@@ -15,16 +15,7 @@ QWEN_3B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num
                num_key_value_heads=2, head_dim=128, tie_word_embeddings=True)  # Qwen2.5-3B-Instruct's config.json
 WITHIN = 1.5  # estimate / measured peak within [1 / WITHIN, WITHIN]; measured 0.95-1.05 here, 0.9-1.3 in bf16 too
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a loaded machine's spinning OpenMP workers made two threads
-    40x slower here (10 s instead of 0.25 s a step); the numbers do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def small_dir(tmp_path_factory, tokenizer):

@@ -86,19 +86,6 @@ def run_setup(tiny_model_dir, tmp_path_factory):
     return path, root
 
 
-@pytest.fixture
-def varied_rewards(monkeypatch):
-    counter = itertools.count()
-    real_score = trainer_module.score
-
-    def fake_score(rollout, gold, *args):
-        metrics = real_score(rollout, gold, *args)
-        metrics["reward"] = float(next(counter) % 2)
-        return metrics
-
-    monkeypatch.setattr(trainer_module, "score", fake_score)
-
-
 def config_for(run_setup, run_dir: Path, *overrides: str) -> TrainConfig:
     return load_config(TrainConfig, run_setup[0], [f"output_dir={run_dir}", *overrides])
 

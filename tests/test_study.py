@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from icrl_lite import study as study_module
@@ -24,15 +23,7 @@ SHORT_DEMOS = [  # one-turn demos keep the prompts small and fit the tiny rollou
 ICRL = {"name": "icrl", "overrides": {"stages": [{"demos": 1, "steps": 1}, {"demos": 0, "steps": 1}]}}
 PROMPT_2 = {"name": "prompt-2", "train": False, "eval_demos": 2}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (a loaded machine's spinning OpenMP workers slow two threads down many
-    times); no result here depends on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -45,23 +44,6 @@ def make_config(tiny_model_dir, tmp_path):
         return cfg
 
     return make
-
-
-@pytest.fixture
-def varied_rewards(monkeypatch):
-    """Score rollouts 0, 1, 0, 1, ...: every group of 2 is informative, so every step updates the adapter.
-
-    Each step scores an even number of rollouts, so the pattern is the same per step in every run.
-    """
-    counter = itertools.count()
-    real_score = trainer_module.score
-
-    def fake_score(rollout, gold, *args):
-        metrics = real_score(rollout, gold, *args)
-        metrics["reward"] = float(next(counter) % 2)
-        return metrics
-
-    monkeypatch.setattr(trainer_module, "score", fake_score)
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
