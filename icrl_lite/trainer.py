@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .checkpoints import (RunLock, last_logged_step, latest_checkpoint, load_trainer_state, open_run_dir,
                           resolve_checkpoint, save_checkpoint)
-from .config import changed_keys, save_config
+from .config import changed_keys, save_config, to_dict
 from .curriculum import Curriculum, choose_demos
 from .evaluate import EvalConfig, bootstrap_ci, mean_metrics, run_eval, score
 from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
@@ -44,6 +44,7 @@ from .prompts import build_messages, render_prompt
 from .rollout import Rollout, RolloutConfig, RolloutEngine, demo_budget_problems
 from .tasks import REWARD_VARIANTS, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig
+from .tracking import check_report_to, open_tracker
 
 
 @dataclass
@@ -142,6 +143,9 @@ class TrainConfig:
     """Positions per LM-head chunk when computing log-probs (bounds fp32 logit memory)."""
     progress: bool = True
     """Show a progress bar."""
+    report_to: str = "none"
+    """Also log each step's metrics to none | tensorboard (<output_dir>/tensorboard) | wandb | trackio (project:
+    WANDB_PROJECT / TRACKIO_PROJECT or icrl-lite; run: the output_dir's name). metrics.jsonl is always written."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy model and LoRA."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.8))
@@ -179,6 +183,7 @@ class TrainConfig:
         validate_task_fields(self)
         if self.reward_variant not in REWARD_VARIANTS:
             raise ValueError(f"reward_variant={self.reward_variant!r}: use one of {', '.join(REWARD_VARIANTS)}")
+        check_report_to(self.report_to)  # the tracker's package is installed (not imported)
         self.model.validate()
         self.rollout.validate()
 
@@ -245,6 +250,7 @@ class Trainer:
         finished is saved if it was not, and the resume command is printed (then KeyboardInterrupt is re-raised)."""
         cfg, total = self.cfg, self.curriculum.total_steps
         history = []
+        tracker = open_tracker(cfg.report_to, self.out, to_dict(cfg), self.step_index)  # metrics.jsonl's second copy
         self.lock.acquire()  # again, when an earlier train() released it
         bar = tqdm(total=total, initial=self.step_index, desc="train", disable=not cfg.progress, dynamic_ncols=True)
         stepping = False  # inside step() or before step_index counts it: the model may be mid-update
@@ -259,6 +265,7 @@ class Trainer:
                     metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 with (self.out / "metrics.jsonl").open("a") as f:
                     f.write(json.dumps(metrics) + "\n")
+                tracker.log(metrics, self.step_index)
                 history.append(metrics)
                 if (cfg.save_every and self.step_index % cfg.save_every == 0) or last:
                     self.save()
@@ -282,6 +289,7 @@ class Trainer:
             raise
         finally:
             bar.close()
+            tracker.close()
             self.lock.release()
         return history
 
