@@ -118,6 +118,9 @@ def _stable_seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+DEMO_CHOICES = ("per_prompt", "per_step")  # a question's own demos | one set for every question of a step
+
+
 def choose_demos(pool_size: int, k: int, seed: int, step: int, index: int) -> list[int]:
     """``k`` distinct demo indices in ``range(pool_size)``, a deterministic function of (seed, step, index).
 

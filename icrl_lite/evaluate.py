@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .curriculum import choose_demos
+from .curriculum import DEMO_CHOICES, choose_demos
 from .model import ModelConfig
 from .prompts import build_messages, render_prompt
 from .rewards import extract_answer
@@ -53,6 +53,9 @@ class EvalConfig:
     """Demonstration pool JSONL; empty = the bundled pool."""
     demo_layout: str = "chat"
     """chat (demos as prior chat turns) | user (the paper's layout, inside the user message)."""
+    demo_choice: str = "per_prompt"
+    """per_prompt: each question gets its own demos | per_step: the same demos for every question, so their
+    prefix is run once per batch (much faster with --demos on a CPU)."""
     limit: int = 0
     """Evaluate only the first N questions (0 = all)."""
     batch_size: int = 16
@@ -77,6 +80,8 @@ class EvalConfig:
             raise ValueError("eval: demos and limit must be >= 0, batch_size >= 1")
         if self.demo_layout not in ("chat", "user"):
             raise ValueError(f"eval.demo_layout={self.demo_layout!r}: use chat or user")
+        if self.demo_choice not in DEMO_CHOICES:
+            raise ValueError(f"eval.demo_choice={self.demo_choice!r}: use per_prompt or per_step")
         validate_task_fields(self)
         self.model.validate()
         self.rollout.validate()
@@ -144,7 +149,8 @@ def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Too
         batch = examples[start:start + cfg.batch_size]
         prompts = []
         for i, ex in enumerate(batch):
-            demos = [demo_pool[j] for j in choose_demos(len(demo_pool), cfg.demos, cfg.seed, -1, start + i)] if cfg.demos else []
+            index = start + i if cfg.demo_choice == "per_prompt" else 0
+            demos = [demo_pool[j] for j in choose_demos(len(demo_pool), cfg.demos, cfg.seed, -1, index)] if cfg.demos else []
             prompts.append(render_prompt(tokenizer, build_messages(ex, demos, cfg.demo_layout, instruction)))
         for ex, rollout in zip(batch, engine.generate(prompts, 1, generator)):
             metrics = score(rollout, ex[task.gold_field], task, tools)

@@ -1,7 +1,7 @@
 """Batched multi-turn rollouts with tool calls, on one KV cache that is never re-read.
 
-For B prompts x G samples the engine prefills each distinct prompt once, copies its KV cache G times and
-then decodes all rows together. A row generates until a tool's closing tag, `</answer>` or EOS; the tool's
+For B prompts x G samples the engine prefills each distinct prompt once (a prefix they all share, such as
+the same demonstrations, only once), copies its KV cache G times and then decodes all rows together. A row generates until a tool's closing tag, `</answer>` or EOS; the tool's
 observation (`<information>...</information>`) is then *forced* into the context: its tokens are fed to the
 model in one chunk and masked out of the loss. Rows that finish leave the batch at once, so they stop
 consuming compute. Every token of a rollout carries a mask bit: 1 = sampled by the policy (a sampled EOS
@@ -59,12 +59,17 @@ class RolloutConfig:
     merge_lora: bool = True
     """Decode with the LoRA adapter merged into the base weights (~2x faster; weights restored exactly). Training
     corrects for the tiny merged/unmerged difference: the loss's ratio is taken against the sampler's own log-probs."""
+    shared_prefix_min: int = 64
+    """Prompts of one batch that share at least this many leading tokens (the same demonstrations) run that
+    prefix once; 0 = never share (every prompt prefilled in full)."""
     stop_at_eos: bool = False
     """What an end-of-sequence token does while tools are still available and the turn holds no valid action:
     false = ICRL's loop (the corrective message is forced and the policy tries again; the EOS stays in the
     response with mask 1), true = the rollout ends there. An EOS in the final (tools-off) turn always ends it."""
 
     def validate(self) -> None:
+        if self.shared_prefix_min < 0:
+            raise ValueError(f"rollout.shared_prefix_min={self.shared_prefix_min} must be >= 0 (0 = never share)")
         for name in ("max_turns", "max_turn_tokens", "max_response_tokens", "max_obs_tokens", "max_context_tokens"):
             if getattr(self, name) < (0 if name == "max_turns" else 1):
                 raise ValueError(f"rollout.{name}={getattr(self, name)} must be positive")
@@ -163,10 +168,9 @@ class RolloutEngine:
     def _run(self, rows: list[_Row], prompts, counts: list[int], generator) -> None:
         """Decode `rows` (prompt-major: `counts[i]` rows for prompt i) to the end, in place."""
         device = self.model.device
-        ids, attn = left_pad([list(p) for p in prompts], self.pad_id, device)  # (U, P)
         cache = DynamicCache()
         cache.layer_class_to_replicate = SlabLayer
-        logits, pos = self._forward(ids, attn, torch.zeros(len(prompts), dtype=torch.long, device=device), cache, None)
+        logits, attn, pos = self._prefill(prompts, cache)
         expand = torch.repeat_interleave(torch.arange(len(prompts), device=device),
                                          torch.tensor(counts, device=device))  # (R,) row -> its prompt
         cache.batch_select_indices(expand)
@@ -200,6 +204,31 @@ class RolloutEngine:
             fed = step_mask.sum(1) > 0  # (B,)
             logits = torch.where(fed[:, None], new_logits, logits)
             attn = compact(cache, attn)
+
+    def _prefill(self, prompts, cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the U distinct prompts into `cache`; return their next-token logits (U, V), mask (U, L), positions (U,).
+
+        When the prompts share a prefix of at least `cfg.shared_prefix_min` tokens (the same demonstrations, the
+        same system prompt), it is run once and its KV copied to every row; only the rest of each prompt is
+        run per row. The rows then hold [prefix | masked holes | suffix]: positions are per row, so the holes
+        shift nothing. Exact up to the summation order of a different batch shape.
+        """
+        device = self.model.device
+        zeros = torch.zeros(len(prompts), dtype=torch.long, device=device)
+        shared = common_prefix_length(prompts) if len(prompts) > 1 else 0
+        shared = min(shared, min(len(p) for p in prompts) - 1)  # every row keeps >= 1 token of its own
+        if not self.cfg.shared_prefix_min or shared < self.cfg.shared_prefix_min:
+            ids, attn = left_pad([list(p) for p in prompts], self.pad_id, device)  # (U, P)
+            logits, pos = self._forward(ids, attn, zeros, cache, None)
+            return logits, attn, pos
+        prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)  # (1, C)
+        ones = torch.ones_like(prefix)
+        _, pos = self._forward(prefix, ones, zeros[:1], cache, None)
+        cache.batch_select_indices(zeros)  # the prefix's KV, once per prompt
+        ids, step_mask = left_pad([list(p[shared:]) for p in prompts], self.pad_id, device)  # (U, S)
+        attn = ones.expand(len(prompts), -1)  # (U, C)
+        logits, pos = self._forward(ids, step_mask, pos.expand(len(prompts)), cache, attn)
+        return logits, torch.cat([attn, step_mask], dim=1), pos
 
     def _schedule(self, rows: list[_Row]) -> list[list[int]]:
         """Which tokens each row feeds this step: a decode step (one sampled token per row) or a forced
@@ -331,6 +360,15 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     elif extra:
         ids.update(extra)
     return sorted(i for i in ids if i is not None)
+
+
+def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token sequences."""
+    first, length = seqs[0], min(len(s) for s in seqs)
+    for n in range(length):
+        if any(s[n] != first[n] for s in seqs[1:]):
+            return n
+    return length
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .checkpoints import (RunLock, last_logged_step, latest_checkpoint, load_trainer_state, open_run_dir,
                           resolve_checkpoint, save_checkpoint)
 from .config import changed_keys, save_config, to_dict
-from .curriculum import Curriculum, choose_demos
+from .curriculum import DEMO_CHOICES, Curriculum, choose_demos
 from .evaluate import EvalConfig, bootstrap_ci, mean_metrics, run_eval, score
 from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
 from .memory import memory_report
@@ -79,6 +79,9 @@ class TrainConfig:
     """Demonstrations JSONL: records of the task's format plus `solution` (the full worked trajectory); empty = the task's bundled pool."""
     demo_layout: str = "chat"
     """chat: demos as prior chat turns (best for small models) | user: the paper's layout inside the user message."""
+    demo_choice: str = "per_prompt"
+    """per_prompt: each question of a step gets its own demos (the study's runs) | per_step: one demo set for all
+    questions of a step, so the engine runs the shared demo prefix once (cheaper prefill on slow machines)."""
     stages: list[dict] = field(default_factory=lambda: [{"demos": 3, "steps": 5}, {"demos": 0, "steps": 1}])
     """Curriculum: list of {demos, steps, zero_shot (optional: rollouts per group sampled without demos)}; training
     runs for the sum of steps. The paper: 3 -> 2 -> 0 demos; the default, with demo_loss_prompt=zero_shot, won the
@@ -167,6 +170,8 @@ class TrainConfig:
             raise ValueError("beta and epsilon must be >= 0 and alpha in [0, 1]")
         if self.demo_layout not in ("chat", "user"):
             raise ValueError(f"demo_layout={self.demo_layout!r}: use chat or user")
+        if self.demo_choice not in DEMO_CHOICES:
+            raise ValueError(f"demo_choice={self.demo_choice!r}: use per_prompt or per_step")
         if self.updates_per_step < 1:
             raise ValueError(f"updates_per_step={self.updates_per_step} must be >= 1 (GRPO's mu; 1 = one update per batch)")
         if self.eval_every < 0 or self.save_every < 0 or self.probe_demos < 0:
@@ -359,7 +364,7 @@ class Trainer:
         return lr
 
     def prompt(self, question: str | dict, demos: int, step: int, index: int) -> list[int]:
-        picks = choose_demos(len(self.demo_pool), demos, self.cfg.seed, step, index)
+        picks = choose_demos(len(self.demo_pool), demos, self.cfg.seed, step, index if self.cfg.demo_choice == "per_prompt" else 0)
         messages = build_messages(question, [self.demo_pool[j] for j in picks], self.cfg.demo_layout, self.instruction)
         return render_prompt(self.tokenizer, messages)
 

@@ -101,6 +101,7 @@ def test_override_without_equals_sign_shows_the_form():
     ("stages=[{demos: -1, steps: 2}]", "use 0 for zero-shot"),
     ("stages=[{demos: 1, steps: 0}]", "drop the stage"),
     ("demo_layout=sideways", "use chat or user"),
+    ("demo_choice=random", "use per_prompt or per_step"),
     ("rollout.top_p=0", "top_p in (0, 1]"),
     ("model.lora_rank=0", "use a rank >= 1"),
 ])

@@ -155,3 +155,44 @@ def test_shared_prompt_logprobs_equal_full_sequence_logprobs_and_gradients(tiny_
         full_total = full_total + full.sum()
     for a, b in zip(shared_grads, torch.autograd.grad(full_total, lora)):
         assert_equal_up_to_summation_order(a, b)
+
+
+def shared_prefix_prompts(tok):
+    """Three prompts with a long common prefix (like the same demonstrations) and different questions."""
+    head = "Here are worked examples. " * 12
+    return [tok(head + q)["input_ids"] for q in ("Where is the lighthouse?", "Who built the bridge over the river?", "Why?")]
+
+
+def test_a_shared_prefix_is_run_once_and_changes_no_token(tiny_model_dir):
+    from icrl_lite.rollout import common_prefix_length
+
+    model, tok, cfg = load(tiny_model_dir)
+    ps = shared_prefix_prompts(tok)
+    assert common_prefix_length(ps) >= 48
+    tool = greedy_tool(model, tok, cfg)
+    calls = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, inputs, out: calls.append(inputs[0].shape))
+    try:
+        shared = RolloutEngine(model, tok, [tool], RolloutConfig(**{**cfg.__dict__, "shared_prefix_min": 16})).generate(ps, 2)
+        first_shared = calls[0]
+        calls.clear()
+        full = RolloutEngine(model, tok, [tool], RolloutConfig(**{**cfg.__dict__, "shared_prefix_min": 0})).generate(ps, 2)
+        first_full = calls[0]
+    finally:
+        hook.remove()
+    assert first_shared == (1, common_prefix_length(ps))  # the prefix alone, once
+    assert first_full == (3, max(len(p) for p in ps))  # every prompt in full
+    assert any(r.tool_calls for r in shared)
+    assert [r.response_ids for r in shared] == [r.response_ids for r in full]
+    assert [r.loss_mask for r in shared] == [r.loss_mask for r in full]
+    for a, b in zip(shared, full):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+
+def test_prompts_that_are_prefixes_of_each_other_keep_a_token_of_their_own(tiny_model_dir):
+    model, tok, cfg = load(tiny_model_dir, shared_prefix_min=4)
+    long = shared_prefix_prompts(tok)[0]
+    ps = [long[:40], long, long[:40]]  # one prompt is the whole shared prefix
+    together = RolloutEngine(model, tok, [], cfg).generate(ps, 1)
+    alone = [RolloutEngine(model, tok, [], cfg).generate([p], 1)[0] for p in ps]
+    assert [r.response_ids for r in together] == [r.response_ids for r in alone]

@@ -94,6 +94,19 @@ def test_prompts_carry_as_many_demos_as_the_curriculum_asks(make_config, monkeyp
     assert seen == [1, 0]
 
 
+def test_demo_choice_per_step_gives_every_question_of_a_step_the_same_demos(make_config, monkeypatch):
+    seen = []
+    monkeypatch.setattr(trainer_module, "build_messages", lambda q, demos, layout, instruction: seen.append(
+        [d["question"] for d in demos]) or [{"role": "user", "content": q}])
+    for choice in ("per_prompt", "per_step"):
+        trainer = Trainer(make_config(choice, demo_choice=choice))
+        seen.clear()
+        for index in range(4):
+            trainer.prompt("where?", 2, 0, index)
+        step0 = {tuple(d) for d in seen}
+        assert len(step0) == 1 if choice == "per_step" else len(step0) > 1
+
+
 def test_checkpoints_are_complete_atomic_and_pruned(make_config, varied_rewards):
     cfg = make_config(stages=[{"demos": 1, "steps": 2}, {"demos": 0, "steps": 1}], keep_checkpoints=2)
     out = Path(cfg.output_dir)
