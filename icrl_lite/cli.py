@@ -1,4 +1,4 @@
-"""Command line: `icrl-lite train`, `icrl-lite eval`, `icrl-lite config`. Parses arguments and calls the library."""
+"""Command line: `icrl-lite train`, `eval`, `study`, `plot`, `export`, `config`. Parses arguments and calls the library."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("run_dir")
     plot.add_argument("--output", default=None, help="PNG path (default: <run_dir>/curves.png)")
 
+    export = sub.add_parser("export", help="write a checkpoint's LoRA adapter (PEFT format) or, with --merge, a merged "
+                            "model loadable by plain transformers")
+    export.add_argument("--checkpoint", required=True, help="checkpoint or run directory (its latest checkpoint)")
+    export.add_argument("--output", required=True, help="directory to write (refused if it holds files, unless --force)")
+    export.add_argument("--merge", action="store_true", help="merge the adapter into the base weights: a standalone model")
+    export.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="dtype of the merged weights (default: the base model's)")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --output")
+
     cfg = sub.add_parser("config", help="print every config key with its default and meaning")
     cfg.add_argument("which", nargs="?", default="train", choices=["train", "eval"])
 
@@ -63,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
             results = run_study(load_study(args.config, args.overrides), command=" ".join(["icrl-lite", *argv]))
             print(f"results: {results['config']['output_dir']}/results.md")
+            return 0
+        if args.command == "export":
+            from .export import export
+
+            source = export(args.checkpoint, args.output, merge=args.merge, dtype=args.dtype, force=args.force)
+            print(f"exported {source} to {args.output} ({'merged model' if args.merge else 'LoRA adapter'} + tokenizer)")
             return 0
         if args.command == "plot":
             from .plots import plot_run
