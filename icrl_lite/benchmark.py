@@ -29,8 +29,9 @@ from tqdm import tqdm
 from .bfcl import (CATEGORIES, DECODES, aggregate, check, decode_python_calls, decode_toolrl_calls, format_table,
                    load_category)
 from .model import ModelConfig
-from .prompts import FUNCTION_INSTRUCTION, fill, render_prompt
+from .prompts import fill, render_prompt
 from .rollout import RolloutConfig, RolloutEngine
+from .tasks.fc import FUNCTION_INSTRUCTION
 
 PROMPTS = ("bfcl", "toolrl")
 

@@ -1,5 +1,8 @@
 """ICRL rollout prompts: the search instruction and the in-context demonstration block.
 
+The search instruction and its corrective message are ICRL's, used by the qa task and as the prompt builders'
+defaults; each other task keeps its own texts in its module (icrl_lite/tasks/).
+
 Two demonstration layouts:
 - `user`: the paper's layout, every demonstration inside the one user message
   (`=====Example k=====` / `Example Problem:` / `Example Solution:`), then the actual problem.
@@ -23,50 +26,12 @@ SEARCH_INSTRUCTION = (
     "Question: {question}\n"
 )
 
-PYTHON_INSTRUCTION = (
-    "Solve the problem step by step. Every time you receive new information, first reason inside <think> and "
-    "</think>. Do not compute in your head: write Python code between <python> and </python> and print the "
-    "values you need; the output comes back between <output> and </output>. Variables persist from one "
-    "<python> block to the next. Once you have the result, give the final answer inside <answer> and </answer>: "
-    "only the number, with no explanation.\n"
-    "Question: {question}\n"
-)
-
-# The corrective message forced after a turn with no valid action (ICRL's loop), one per task.
+# The corrective message forced after a turn with no valid action (ICRL's loop); the other tasks' own are in
+# their modules (icrl_lite/tasks/).
 INVALID_ACTION = (
     "\nMy previous action is invalid. If I want to search, I should put the query between <search> and "
     "</search>. If I want to give the final answer, I should put the answer between <answer> and </answer>. "
     "Let me try again.\n"
-)
-INVALID_PYTHON = (
-    "\nMy previous action is invalid. If I want to compute, I should put Python code between <python> and "
-    "</python>. If I want to give the final answer, I should put the answer between <answer> and </answer>. "
-    "Let me try again.\n"
-)
-
-FUNCTION_INSTRUCTION = (
-    "You can call these functions, given as JSON schemas:\n{functions}\n"
-    "First reason inside <think> and </think>. To call functions, write <tool_call>, then one JSON object per "
-    'line, {{"name": "function name", "parameters": {{"parameter name": value}}}}, then </tool_call>. Use only the '
-    "functions and parameter names listed above, with the values the question gives. If no function fits the "
-    "question, say so inside <response> and </response> instead of calling one.\n"
-    "Question: {question}\n"
-)
-
-# Multi-step function calling (the task provides implementations): calls run and their results come back.
-FUNCTION_STEPS_INSTRUCTION = (
-    "You can call these functions, given as JSON schemas:\n{functions}\n"
-    "First reason inside <think> and </think>. To call functions, write <tool_call>, then one JSON object per "
-    'line, {{"name": "function name", "parameters": {{"parameter name": value}}}}, then </tool_call>. Use only the '
-    "functions and parameter names listed above, with the values the question gives. The results come back "
-    "between <obs> and </obs>, one JSON object per call; you may then call more functions. When you are done, or "
-    "if no function fits the question, give your final answer inside <response> and </response>.\n"
-    "Question: {question}\n"
-)
-INVALID_FUNCTION = (
-    "\nMy previous action is invalid. If I want to call functions, I should put one JSON object per line between "
-    "<tool_call> and </tool_call>. If I want to give the final answer, I should put it between <response> and "
-    "</response>. Let me try again.\n"
 )
 
 DEMO_HEADER = "Here are some existing QA examples that you can refer to:\n"

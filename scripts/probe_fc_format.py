@@ -16,7 +16,7 @@ import torch
 
 from icrl_lite.function_calls import parse_response, toolrl_reward
 from icrl_lite.model import ModelConfig
-from icrl_lite.prompts import FUNCTION_INSTRUCTION, build_messages, render_prompt
+from icrl_lite.prompts import build_messages, render_prompt
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 from icrl_lite.tasks import get_task
 from icrl_lite.trainer import load_for_inference
@@ -36,7 +36,7 @@ def main() -> None:
     train, demos = task.load(task.bundled("train")), task.load_demos(task.bundled("demos"))
     rng = random.Random(0)
     questions = rng.sample(train, args.questions)
-    prompts = [render_prompt(tok, build_messages(q, rng.sample(demos, args.demos), "chat", FUNCTION_INSTRUCTION))
+    prompts = [render_prompt(tok, build_messages(q, rng.sample(demos, args.demos), "chat", task.instruction))
                for q in questions]
     budget = RolloutConfig(temperature=args.temperature, max_turns=1, max_turn_tokens=args.max_tokens,
                            max_response_tokens=args.max_tokens)
