@@ -1,4 +1,4 @@
-"""Command line: `icrl-lite train`, `eval`, `study`, `plot`, `export`, `config`. Parses arguments and calls the library."""
+"""Command line: `icrl-lite train`, `eval`, `study`, `chat`, `plot`, `export`, `config`. Parses arguments and calls the library."""
 
 from __future__ import annotations
 
@@ -50,6 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("run_dir")
     plot.add_argument("--output", default=None, help="PNG path (default: <run_dir>/curves.png)")
 
+    chat = sub.add_parser("chat", help="talk to a checkpoint (or `base`) in the terminal, its tool calls and their results "
+                          "shown as they happen", formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="commands in the chat: /reset, /trace, /quit (or Ctrl-D, Ctrl-C)\nmore keys as key=value "
+                          "(the evaluation keys; split, dataset, limit, batch_size and output do not apply):\n"
+                          + "\n".join(describe(EvalConfig)))
+    chat.add_argument("--checkpoint", default="base", help="checkpoint or run directory, or `base` (default)")
+    chat.add_argument("--task", default="", help="qa | math | fc (default: the checkpoint's task; qa for base)")
+    chat.add_argument("--demos", type=int, default=0, help="in-context demonstrations (default 0: zero-shot)")
+    chat.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    chat.add_argument("--memory", type=int, default=0, help="earlier exchanges kept in the prompt (default 0)")
+    chat.add_argument("--schemas", default="", help="fc: JSON/JSONL file of the function schemas the agent may call "
+                      "(default: those of the functions= implementations)")
+    chat.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. corpus=my.jsonl rollout.max_turns=4")
+
     export = sub.add_parser("export", help="write a checkpoint's LoRA adapter (PEFT format) or, with --merge, a merged "
                             "model loadable by plain transformers")
     export.add_argument("--checkpoint", required=True, help="checkpoint or run directory (its latest checkpoint)")
@@ -73,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             results = run_study(load_study(args.config, args.overrides), command=" ".join(["icrl-lite", *argv]))
             print(f"results: {results['config']['output_dir']}/results.md")
             return 0
+        if args.command == "chat":
+            from .chat import Agent, ChatView, quiet_libraries, run_chat
+
+            quiet_libraries()
+            view = ChatView()
+            view.line(f"loading {args.checkpoint} ...", "dim")
+            agent = Agent(args.checkpoint, task=args.task, demos=args.demos, temperature=args.temperature,
+                          memory=args.memory, schemas=args.schemas, overrides=args.overrides)
+            return run_chat(agent, view)
         if args.command == "export":
             from .export import export
 

@@ -175,17 +175,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     """Load the checkpoint (or base model), run the evaluation, write records; returns the summary."""
     from .trainer import load_for_inference
 
-    from .trainer import resolve_checkpoint, run_config
-
     cfg.validate()
-    if cfg.checkpoint != "base":
-        trained = run_config(resolve_checkpoint(cfg.checkpoint))
-        cfg.task = cfg.task or trained.task
-        if not cfg.functions and cfg.task == trained.task:  # a multi-step run is evaluated multi-step
-            cfg.functions = trained.functions
-        if cfg.rollout == RolloutConfig():  # no budget overridden: evaluate with the budgets the run trained with
-            cfg.rollout = trained.rollout
-    cfg.task = cfg.task or "qa"
+    use_run_settings(cfg)
     task, tools, instruction = setup_task(cfg)
     examples = task.load(cfg.dataset, split=cfg.split) if cfg.dataset else task.load(task.bundled(cfg.split))
     if cfg.limit:
@@ -200,6 +191,24 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
             f.write(json.dumps(record) + "\n")
     summary["records"] = str(output)  # type: ignore[assignment]
     return summary
+
+
+def use_run_settings(cfg: EvalConfig):
+    """Fill what `cfg` leaves open from the run of its checkpoint: the task, for that task the functions (a
+    multi-step run is evaluated multi-step), and, when no rollout budget is set, the budgets it trained with.
+    The base model's task defaults to qa. Returns the run's TrainConfig (None for `base`)."""
+    from .trainer import resolve_checkpoint, run_config
+
+    trained = None
+    if cfg.checkpoint != "base":
+        trained = run_config(resolve_checkpoint(cfg.checkpoint))
+        cfg.task = cfg.task or trained.task
+        if not cfg.functions and cfg.task == trained.task:
+            cfg.functions = trained.functions
+        if cfg.rollout == RolloutConfig():
+            cfg.rollout = trained.rollout
+    cfg.task = cfg.task or "qa"
+    return trained
 
 
 def default_output(source: Path | None, cfg: EvalConfig) -> Path:
