@@ -65,13 +65,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     config = cls()
     if path is not None:
         source = resolve_config_path(path)
-        try:
-            data = yaml.safe_load(read_text(source)) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{source}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
-        apply(config, data, where=str(source))
+        apply(config, read_config_file(source), where=str(source))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -86,6 +80,17 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     if hasattr(config, "validate"):
         config.validate()
     return config
+
+
+def read_config_file(path: Path) -> dict:
+    """The mapping of config keys in a YAML file (empty for an empty file); errors name the file."""
+    try:
+        data = yaml.safe_load(read_text(path)) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
 
 
 def apply(config, data: dict, where: str, prefix: str = "") -> None:

@@ -1,14 +1,16 @@
 """Evaluate a policy on a task: accuracy (EM / answer-correct), format-valid rate, tool calls per question, length.
 
 Zero-shot by default (no demonstrations), greedy decoding, the same rollout engine, tools and reward as
-training. Writes one JSONL record per question with the full trajectory.
+training. Writes one JSONL record per question with the full trajectory. Also here: loading a trained run for
+inference (`load_for_inference`, its settings as evaluation keys), the per-rollout metrics and bootstrap intervals
+the trainer logs, and the untrained-vs-trained table. The trainer imports this module, never the reverse.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -16,8 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .checkpoints import resolve_checkpoint
+from .config import apply, read_config_file
 from .curriculum import DEMO_CHOICES, choose_demos
-from .model import ModelConfig
+from .model import ModelConfig, load_policy
+from .preflight import check_model_source
 from .prompts import build_messages, render_prompt
 from .rewards import extract_answer
 from .rollout import Rollout, RolloutConfig, RolloutEngine
@@ -114,6 +119,7 @@ def bootstrap_ci(values: Sequence[float], resamples: int = 2000, confidence: flo
 def side_by_side(results: dict, task: Task, tools: Sequence[Tool]) -> str:
     """The untrained and trained summaries of `Trainer.final_evaluation` as a table with 95% intervals."""
     keys = [("em", "EM" if "f1" in results["trained"] else "accuracy"), ("f1", "F1"), ("format_valid", "format-valid")]
+    keys += [(m, m.replace("_", " ")) for m in task.metrics]
     keys += [(task.tool_metric(t.name), f"{t.name} calls / question") for t in tools]
     keys += [("response_tokens", "response tokens"), ("truncated", "truncated")]
     n = int(results["trained"]["questions"])
@@ -163,7 +169,7 @@ def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Too
         bar.update(len(batch))
         bar.set_postfix(em=f"{sum(r['em'] for r in records) / len(records):.3f}")
     bar.close()
-    keys = ("em", "f1", "format_valid", *(task.tool_metric(t.name) for t in tools), "invalid_turns",
+    keys = ("em", "f1", "format_valid", *task.metrics, *(task.tool_metric(t.name) for t in tools), "invalid_turns",
             "response_tokens", "truncated")
     summary = mean_metrics([{k: r[k] for k in keys if k in r} for r in records])
     summary["questions"] = float(len(records))
@@ -173,8 +179,6 @@ def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Too
 
 def evaluate(cfg: EvalConfig) -> dict[str, float]:
     """Load the checkpoint (or base model), run the evaluation, write records; returns the summary."""
-    from .trainer import load_for_inference
-
     cfg.validate()
     use_run_settings(cfg)
     task, tools, instruction = setup_task(cfg)
@@ -193,22 +197,47 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     return summary
 
 
-def use_run_settings(cfg: EvalConfig):
-    """Fill what `cfg` leaves open from the run of its checkpoint: the task, for that task the functions (a
-    multi-step run is evaluated multi-step), and, when no rollout budget is set, the budgets it trained with.
-    The base model's task defaults to qa. Returns the run's TrainConfig (None for `base`)."""
-    from .trainer import resolve_checkpoint, run_config
-
+def use_run_settings(cfg: EvalConfig) -> EvalConfig | None:
+    """Fill what `cfg` leaves open from the run of its checkpoint: the task, the plugins (a task of your own is
+    registered by them), for that task the functions (a multi-step run is evaluated multi-step), and, when no
+    rollout budget is set, the budgets it trained with. The base model's task defaults to qa. Returns the run's
+    settings (`run_settings`; None for `base`)."""
     trained = None
     if cfg.checkpoint != "base":
-        trained = run_config(resolve_checkpoint(cfg.checkpoint))
+        trained = run_settings(resolve_checkpoint(cfg.checkpoint))
         cfg.task = cfg.task or trained.task
+        cfg.plugins = cfg.plugins or trained.plugins
         if not cfg.functions and cfg.task == trained.task:
             cfg.functions = trained.functions
         if cfg.rollout == RolloutConfig():
             cfg.rollout = trained.rollout
     cfg.task = cfg.task or "qa"
     return trained
+
+
+def run_settings(checkpoint: Path) -> EvalConfig:
+    """What the run of `checkpoint` was trained with, as evaluation keys: the keys of its config.yaml that training
+    and evaluation share (task, plugins, tools, functions, instruction, corpus, demo_pool, demo_layout, model,
+    rollout, search, python, ...). Not validated, so a task of your own is not looked up before its plugins load."""
+    settings = EvalConfig(checkpoint=str(checkpoint), task="qa")
+    saved = checkpoint / "config.yaml"
+    if saved.exists():
+        shared = {f.name for f in fields(EvalConfig)}
+        apply(settings, {k: v for k, v in read_config_file(saved).items() if k in shared}, where=str(saved))
+    return settings
+
+
+def load_for_inference(checkpoint: str, base: ModelConfig):
+    """(model, tokenizer, checkpoint dir or None) for `base`, a checkpoint dir, or a run dir."""
+    if checkpoint == "base":
+        check_model_source(base.name)
+        model, tokenizer = load_policy(base, max_seq_length=RolloutConfig().max_context_tokens)
+        return model, tokenizer, None
+    path = resolve_checkpoint(checkpoint)  # checks the adapter
+    trained = run_settings(path)
+    check_model_source(trained.model.name)
+    model, tokenizer = load_policy(trained.model, adapter=path / "adapter", max_seq_length=trained.rollout.max_context_tokens)
+    return model, tokenizer, path
 
 
 def default_output(source: Path | None, cfg: EvalConfig) -> Path:

@@ -32,10 +32,11 @@ import torch
 from tqdm import tqdm
 
 from .checkpoints import (RunLock, last_logged_step, latest_checkpoint, load_trainer_state, open_run_dir,
-                          resolve_checkpoint, save_checkpoint)
+                          save_checkpoint)
 from .config import changed_keys, save_config, to_dict
 from .curriculum import DEMO_CHOICES, Curriculum, choose_demos
 from .evaluate import EvalConfig, bootstrap_ci, mean_metrics, run_eval, score
+from .evaluate import load_for_inference  # noqa: F401 - moved to evaluate; chat.py and test_export.py import it here
 from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
 from .memory import memory_report
 from .model import LossScaler, ModelConfig, load_policy, load_tokenizer, reference_mode, response_logprobs
@@ -547,20 +548,8 @@ def loss_mask(rollouts: list[Rollout]) -> torch.Tensor:
     return right_pad([r.loss_mask for r in rollouts])
 
 
-def load_for_inference(checkpoint: str, base: ModelConfig):
-    """(model, tokenizer, checkpoint dir or None) for `base`, a checkpoint dir, or a run dir."""
-    if checkpoint == "base":
-        check_model_source(base.name)
-        model, tokenizer = load_policy(base, max_seq_length=RolloutConfig().max_context_tokens)
-        return model, tokenizer, None
-    path = resolve_checkpoint(checkpoint)  # checks the adapter
-    trained = run_config(path)
-    check_model_source(trained.model.name)
-    model, tokenizer = load_policy(trained.model, adapter=path / "adapter", max_seq_length=trained.rollout.max_context_tokens)
-    return model, tokenizer, path
-
-
 def run_config(path: Path) -> TrainConfig:
+    """The TrainConfig a checkpoint (or run) directory was trained under (defaults when it saved none)."""
     from .config import load_config
 
     return load_config(TrainConfig, path / "config.yaml") if (path / "config.yaml").exists() else TrainConfig()

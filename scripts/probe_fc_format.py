@@ -14,12 +14,12 @@ import random
 
 import torch
 
+from icrl_lite.evaluate import load_for_inference
 from icrl_lite.function_calls import parse_response, toolrl_reward
 from icrl_lite.model import ModelConfig
 from icrl_lite.prompts import build_messages, render_prompt
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 from icrl_lite.tasks import get_task
-from icrl_lite.trainer import load_for_inference
 
 
 def main() -> None:
