@@ -376,18 +376,41 @@ def eval_run(cfg: TrainConfig, checkpoint: str, demos: int, spec: StudyEvalConfi
     out = Path(cfg.output_dir)
     split = Path(spec.dataset).stem if spec.dataset else spec.split
     ecfg = eval_config(cfg, checkpoint, demos, spec, out / f"eval-{split}-{demos}shot.jsonl")
-    fp = fingerprint({"eval": plain(ecfg), "trained": trained})
+    current = {"eval": plain(ecfg), "trained": trained}
     path = out / f"study-eval-{demos}shot.json"
     if path.exists():
         done = json.loads(path.read_text())
-        if done["fingerprint"] == fp and Path(done["records"]).exists():
+        if same_evaluation(done, current) and Path(done["records"]).exists():
             print(f"[study] {path}: evaluated already, skipped")
             return done
     out.mkdir(parents=True, exist_ok=True)
     summary = evaluate(ecfg)
-    result = {"fingerprint": fp, "demos": demos, "records": summary.pop("records"), "summary": summary}
+    result = {"fingerprint": fingerprint(current), "config": current, "demos": demos, "records": summary.pop("records"),
+              "summary": summary}
     write_json(path, result)
     return result
+
+
+# EvalConfig keys added after the first studies, whose result files hold only a fingerprint: at their defaults
+# they do not change what an evaluation measures.
+ADDED_EVAL_KEYS = (("demo_choice",), ("rollout", "shared_prefix_min"))
+
+
+def same_evaluation(done: dict, current: dict) -> bool:
+    """Whether a saved evaluation result was made with the `current` {"eval": config, "trained": marker}: its saved
+    config differs in no key (an option added since counts only when set away from its default)."""
+    if "config" in done:
+        return done["config"]["trained"] == current["trained"] and not changed_keys(
+            done["config"]["eval"], current["eval"], plain(EvalConfig()))
+    legacy = copy.deepcopy(current)  # a fingerprint-only result, from before ADDED_EVAL_KEYS existed
+    defaults = plain(EvalConfig())
+    for path in ADDED_EVAL_KEYS:
+        parent, default = legacy["eval"], defaults
+        for key in path[:-1]:
+            parent, default = parent[key], default[key]
+        if parent.get(path[-1]) == default.get(path[-1]):
+            parent.pop(path[-1], None)
+    return done["fingerprint"] == fingerprint(legacy)
 
 
 def run_study(study: StudyConfig, command: str = "") -> dict:

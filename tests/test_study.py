@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -267,3 +268,27 @@ def test_max_minutes_stops_training_at_a_step_boundary_and_keeps_the_checkpoint(
     assert run["steps"] == 1 and run["rollouts"] == 4 and run["stopped"].startswith("max_minutes")
     assert (run_dir(study, "icrl") / "checkpoint-1").exists()
     assert "max_minutes" in (Path(study.output_dir) / "results.md").read_text()
+
+
+def test_saved_evaluations_survive_options_added_at_their_defaults_and_not_changed_ones():
+    from icrl_lite.evaluate import EvalConfig
+    from icrl_lite.study import ADDED_EVAL_KEYS, fingerprint, plain, same_evaluation
+
+    current = {"eval": plain(EvalConfig(limit=100)), "trained": "2026-11-29T05:00"}
+    old_code = copy.deepcopy(current)  # what code without the added options wrote: a fingerprint only
+    for path in ADDED_EVAL_KEYS:
+        parent = old_code["eval"]
+        for key in path[:-1]:
+            parent = parent[key]
+        del parent[path[-1]]
+    assert same_evaluation({"fingerprint": fingerprint(old_code)}, current)
+    assert not same_evaluation({"fingerprint": fingerprint(old_code)}, {**current, "trained": "later"})
+    changed = copy.deepcopy(current)
+    changed["eval"]["demo_choice"] = "per_step"
+    assert not same_evaluation({"fingerprint": fingerprint(old_code)}, changed)
+    saved = {"fingerprint": fingerprint(old_code), "config": old_code}  # new code stores the config itself
+    assert same_evaluation(saved, current)
+    assert not same_evaluation(saved, changed)
+    other = copy.deepcopy(current)
+    other["eval"]["limit"] = 50
+    assert not same_evaluation(saved, other)
