@@ -165,7 +165,7 @@ def study_keys() -> str:
 
 def eval_bfcl(argv: list[str]) -> int:
     """`icrl-lite eval bfcl`: BFCL's Python single-turn categories, scored by our AST checker."""
-    from .benchmark import BfclConfig, format_report, run_bfcl
+    from .bfcl_eval import BfclConfig, format_report, run_bfcl
 
     parser = argparse.ArgumentParser(prog="icrl-lite eval bfcl", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Evaluate a checkpoint (or `base`) on BFCL (data from `pip install --no-deps bfcl-eval`).",

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from icrl_lite.benchmark import (BFCL_SYSTEM_PROMPT, BfclConfig, bfcl_messages, format_report, jsonable, length_batches,
-                                 pick, run_bfcl)
 from icrl_lite.bfcl import Entry
+from icrl_lite.bfcl_eval import (BFCL_SYSTEM_PROMPT, BfclConfig, bfcl_messages, format_report, jsonable, length_batches,
+                                pick, run_bfcl)
 from icrl_lite.model import ModelConfig
 
 FUNCTIONS = [{"name": "get_weather", "description": "Weather of a city.",

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .bfcl import (CATEGORIES, DECODES, aggregate, check, decode_python_calls, decode_toolrl_calls, format_table,
                    load_category)
+from .evaluate import load_for_inference
 from .model import ModelConfig
 from .prompts import fill, render_prompt
 from .rollout import RolloutConfig, RolloutEngine
@@ -118,8 +119,6 @@ def bfcl_messages(entry, prompt: str) -> list[dict[str, str]]:
 
 def run_bfcl(cfg: BfclConfig, progress: bool = True) -> dict:
     """Generate and score every entry; writes the JSONL of outputs; returns accuracies, counts and aggregates."""
-    from .trainer import load_for_inference
-
     cfg.validate()
     entries = {c: pick(load_category(c, limit=cfg.limit or None), cfg.sample, cfg.seed) for c in cfg.categories}
     model, tokenizer, source = load_for_inference(cfg.checkpoint, cfg.model)
