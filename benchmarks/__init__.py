@@ -1,0 +1,10 @@
+"""icrl-lite's benchmark suite: one command, `python -m benchmarks run [--quick] [--only NAME,...] [--output DIR]`.
+
+- machine.py: what the machine is and can do (matmul FLOP/s per dtype, memory bandwidth, the decode bound);
+- multiturn.py: multi-turn search rollouts, the engine's KV reuse vs re-encoding the context every turn;
+- grpo_step.py: a GRPO step, TRL's GRPOTrainer vs icrl-lite's Trainer, KL off and on;
+- loss_memory.py: log-prob memory vs sequence length, chunked vs full logits;
+- run.py runs them and report.py writes results.json and results.md.
+
+Run from the repository root; it is not part of the installed package.
+"""

@@ -1,0 +1,240 @@
+"""A GRPO step, TRL's GRPOTrainer vs icrl-lite's Trainer, on the same single-turn workload.
+
+Both get the same model (weights in the same dtype; on a CPU the same attention kernel), LoRA (rank, alpha,
+targets, no dropout), the same P prompts every step (bundled QA train questions, the search instruction, no
+demos, through the chat template), group size G, temperature, AdamW learning rate, clip range, beta, and one
+update per batch (TRL: num_iterations=1, generation batch = train batch = P x G, one accumulation step;
+icrl-lite: updates_per_step=1). Neither uses gradient checkpointing (icrl-lite's default; TRL's default is on).
+
+Every rollout samples exactly N tokens (EOS and stop strings off: TRL through min_new_tokens=N, icrl-lite with
+the engine's EOS ids and final stops emptied and no tool turns), so both sample the same number of tokens per
+step. The reward is the rollout's index in its group, (i mod G) / (G - 1): it says nothing about quality, but
+every group has a spread, so both systems train on every rollout (icrl-lite leaves groups without a spread out
+of its update; TRL keeps them with advantage 0). Time per step = median over the steps after `warmup`, from the
+start of sampling to the end of the optimizer step; peak memory = the process's peak RSS on a CPU, max allocated
+on a GPU. Each system runs in its own process (`python -m benchmarks.grpo_step SPEC OUT`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+TRL_VERSION = "1.16.0"
+INSTALL_TRL = f'pip install -e ".[bench]"   (or: pip install trl=={TRL_VERSION})'
+SYSTEMS = ("trl", "icrl-lite")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process so far: max allocated on a GPU, peak RSS on a CPU (Linux reports KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def positional_rewards(n: int, group: int) -> list[float]:
+    """(i mod G) / (G - 1) for the n rollouts of a step, laid out group by group: every group spans [0, 1]."""
+    return [(i % group) / (group - 1) for i in range(n)]
+
+
+def summarize(seconds: list[float], warmup: int, sampled_per_step: list[int], peak_mb: float) -> dict:
+    measured = seconds[warmup:]
+    median = statistics.median(measured)
+    tokens = statistics.median(sampled_per_step[warmup:])
+    return {"step_seconds": measured, "median_step_s": median, "sampled_tokens_per_step": tokens,
+            "sampled_tokens_per_s": tokens / median, "peak_memory_mb": peak_mb}
+
+
+# ---- the two systems, each run in its own process ------------------------------------------------------
+def measure_icrl(spec: dict) -> dict:
+    """icrl-lite's Trainer.step, `warmup + steps` times."""
+    from icrl_lite import trainer as trainer_module
+    from icrl_lite.model import ModelConfig
+    from icrl_lite.rollout import RolloutConfig
+    from icrl_lite.trainer import TrainConfig, Trainer
+
+    group, n = spec["group"], spec["max_new_tokens"]
+    cfg = TrainConfig(
+        output_dir=str(Path(spec["workdir"]) / "icrl-lite"), seed=spec["seed"], train_data=spec["questions"],
+        eval_data=spec["questions"], stages=[{"demos": 0, "steps": spec["warmup"] + spec["steps"]}],
+        prompts_per_step=spec["prompts"], num_generations=group, micro_batch_size=group,
+        learning_rate=spec["learning_rate"], warmup_ratio=0.0, beta=spec["beta"], epsilon=spec["epsilon"],
+        updates_per_step=1, probe_demos=0, eval_every=0, final_eval="", save_every=0, progress=False,
+        check_demo_budgets=False,
+        model=ModelConfig(name=spec["model"], dtype=spec["dtype"], device=spec["device"], lora_rank=spec["lora_rank"],
+                          lora_alpha=spec["lora_alpha"], lora_target_modules=list(spec["lora_targets"])),
+        rollout=RolloutConfig(max_turns=0, max_turn_tokens=n, max_response_tokens=n + 1,
+                              temperature=spec["temperature"]),
+    )
+    counter = itertools.count()
+    real_score = trainer_module.score
+
+    def score(rollout, gold, *args):  # the rollout's index in its group: every group has a spread
+        metrics = real_score(rollout, gold, *args)
+        metrics["reward"] = positional_rewards(group, group)[next(counter) % group]
+        return metrics
+
+    seconds, sampled, trained = [], [], []
+    trainer_module.score = score
+    try:
+        trainer = Trainer(cfg)
+        trainer.engine.eos_ids = set()  # every rollout samples exactly n tokens, as TRL's min_new_tokens=n
+        trainer.engine.final_stops = []
+        try:
+            for _ in range(spec["warmup"] + spec["steps"]):
+                start = time.perf_counter()
+                metrics = trainer.step()
+                seconds.append(time.perf_counter() - start)
+                trainer.step_index += 1
+                sampled.append(round(metrics["gen_tokens_per_s"] * metrics["gen_seconds"]))
+                trained.append(metrics["trained_rollouts"])
+        finally:
+            trainer.lock.release()
+    finally:
+        trainer_module.score = real_score
+    out = summarize(seconds, spec["warmup"], sampled, peak_memory_mb(trainer.model.device))
+    out["trained_rollouts_per_step"] = trained
+    out["dtype"] = str(trainer.model.dtype).removeprefix("torch.")
+    return out
+
+
+def measure_trl(spec: dict) -> dict:
+    """TRL's GRPOTrainer.train for `warmup + steps` steps, timed by a callback from step begin to step end."""
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from icrl_lite.data import load_qa
+    from icrl_lite.model import load_tokenizer, register_attention, resolve_device, resolve_dtype, resolve_model_path
+    from icrl_lite.prompts import SEARCH_INSTRUCTION, fill
+
+    device = resolve_device(spec["device"])
+    dtype = resolve_dtype(spec["dtype"], device)
+    kwargs = {"dtype": dtype}
+    if device.type == "cpu":  # the attention kernel icrl-lite's policy uses on a CPU
+        kwargs["attn_implementation"] = register_attention()
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(spec["model"]), **kwargs).to(device)
+    tokenizer = load_tokenizer(spec["model"])
+    questions = load_qa(spec["questions"])
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": fill(SEARCH_INSTRUCTION, q["question"])}]}
+                                 for q in questions])
+    group, n, steps = spec["group"], spec["max_new_tokens"], spec["warmup"] + spec["steps"]
+    sampled: list[int] = []
+
+    def positional(completions, completion_ids, **kwargs):
+        sampled.append(sum(len(c) for c in completion_ids))
+        return positional_rewards(len(completion_ids), group)
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    args = GRPOConfig(
+        output_dir=str(Path(spec["workdir"]) / "trl"), seed=spec["seed"], max_steps=steps,
+        per_device_train_batch_size=spec["prompts"] * group, gradient_accumulation_steps=1, num_generations=group,
+        num_iterations=1, max_completion_length=n, generation_kwargs={"min_new_tokens": n},
+        temperature=spec["temperature"], top_p=1.0, top_k=0, beta=spec["beta"], epsilon=spec["epsilon"],
+        loss_type="dapo", scale_rewards="group", learning_rate=spec["learning_rate"], lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, gradient_checkpointing=False, bf16=False, fp16=False,
+        use_cpu=device.type == "cpu", shuffle_dataset=False, report_to=[], logging_steps=10**6, save_strategy="no",
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+    lora = LoraConfig(r=spec["lora_rank"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0,
+                      target_modules=list(spec["lora_targets"]), task_type="CAUSAL_LM")
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=model, reward_funcs=positional, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=lora, callbacks=[timer])
+    trainer.train()
+    out = summarize(timer.seconds, spec["warmup"], sampled, peak_memory_mb(device))
+    out["trl_version"] = trl.__version__
+    out["dtype"] = str(dtype).removeprefix("torch.")
+    return out
+
+
+# ---- the parent: both systems, KL off and on ----------------------------------------------------------
+def trl_available() -> bool:
+    return importlib.util.find_spec("trl") is not None
+
+
+def run_grpo_step(model: str, dtype: str, device: str, sizes: dict, workdir: Path, log=print) -> dict:
+    """Each system x each beta in `sizes["betas"]`, one process each. Skipped (with the install command) when
+    TRL is not installed; a process that fails is reported with the end of its log."""
+    if not trl_available():
+        return {"skipped": f"TRL is not installed: {INSTALL_TRL}"}
+    from icrl_lite.data import bundled_qa_path, load_qa
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    questions = workdir / "questions.jsonl"
+    with questions.open("w") as f:
+        for q in load_qa(bundled_qa_path("train"))[: sizes["prompts"]]:
+            f.write(json.dumps({"question": q["question"], "answers": q["answers"]}) + "\n")
+    from icrl_lite.model import ModelConfig
+
+    lora = ModelConfig()
+    base = {"model": model, "dtype": dtype, "device": device, "questions": str(questions), "seed": 0,
+            "prompts": sizes["prompts"], "group": sizes["group"], "max_new_tokens": sizes["max_new_tokens"],
+            "warmup": sizes["warmup"], "steps": sizes["steps"], "temperature": 0.8, "learning_rate": 1e-5,
+            "epsilon": 0.2, "lora_rank": lora.lora_rank, "lora_alpha": lora.lora_alpha,
+            "lora_targets": lora.lora_target_modules}
+    variants = []
+    for beta in sizes["betas"]:
+        variant = {"beta": beta}
+        for system in SYSTEMS:
+            spec = {**base, "beta": beta, "system": system, "workdir": str(workdir / f"{system}-beta{beta}")}
+            variant[system] = run_child(spec, workdir / f"{system}-beta{beta}")
+            log(f"  grpo {system} beta={beta}: " + (f"{variant[system]['median_step_s']:.2f} s/step"
+                                                     if "error" not in variant[system] else "failed"))
+        if all("error" not in variant[s] for s in SYSTEMS):
+            ours, theirs = variant["icrl-lite"], variant["trl"]
+            variant["ratio"] = {  # icrl-lite / TRL: below 1 = icrl-lite takes less
+                "step_time": ours["median_step_s"] / theirs["median_step_s"],
+                "time_per_sampled_token": (ours["median_step_s"] / ours["sampled_tokens_per_step"])
+                / (theirs["median_step_s"] / theirs["sampled_tokens_per_step"]),
+                "peak_memory": ours["peak_memory_mb"] / theirs["peak_memory_mb"],
+            }
+        variants.append(variant)
+    settings = {k: base[k] for k in ("prompts", "group", "max_new_tokens", "warmup", "steps", "temperature",
+                                     "learning_rate", "epsilon", "lora_rank", "lora_alpha", "lora_targets")}
+    return {"settings": settings, "variants": variants}
+
+
+def run_child(spec: dict, folder: Path) -> dict:
+    """Run one system in a fresh process; its result, or {"error": ..., "log": the end of its output}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path, out_path, log_path = folder / "spec.json", folder / "result.json", folder / "log.txt"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    root = Path(__file__).resolve().parent.parent
+    with log_path.open("w") as log:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.grpo_step", str(spec_path), str(out_path)],
+                              cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0 or not out_path.exists():
+        return {"error": f"exit code {done.returncode}", "log": log_path.read_text()[-3000:]}
+    return json.loads(out_path.read_text())
+
+
+def main(argv: list[str]) -> None:
+    spec_path, out_path = argv
+    spec = json.loads(Path(spec_path).read_text())
+    result = (measure_trl if spec["system"] == "trl" else measure_icrl)(spec)
+    Path(out_path).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,153 @@
+"""results.json (everything measured) and results.md (the machine and one table per benchmark)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from benchmarks import grpo_step, loss_memory, multiturn
+
+
+def write_results(results: dict, output: Path) -> None:
+    """Write results.json and results.md into `output` (each replaced atomically)."""
+    for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", markdown(results))):
+        tmp = output / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, output / name)
+
+
+def markdown(results: dict) -> str:
+    cmd = results["command"]
+    flags = (" --quick" if cmd["quick"] else "") + f" --output {cmd['output']}"
+    lines = [f"# Benchmarks, {results['machine']['date']}", "",
+             f"`python -m benchmarks run{flags}` (model {cmd['model']}, {cmd['dtype']}, {cmd['device']}"
+             f"{', quick sizes' if cmd['quick'] else ''}). Ratios measured side by side in this run are the figures "
+             "to compare; absolute times depend on the machine and its load.", ""]
+    lines += machine_section(results["machine"])
+    if "limits" in results:
+        lines += limits_section(results["limits"])
+    sections = {"rollouts": rollouts_section, "grpo": grpo_section, "loss_memory": loss_memory_section}
+    for name, result in results["benchmarks"].items():
+        title = {"rollouts": "Multi-turn rollouts: KV reuse vs re-encoding", "grpo": "A GRPO step: icrl-lite vs TRL",
+                 "loss_memory": "Loss memory vs sequence length"}[name]
+        lines += [f"## {title}", ""]
+        if "skipped" in result:
+            lines += [f"Skipped: {result['skipped']}", ""]
+        elif "error" in result:
+            lines += ["Failed:", "", "```", result["error"].rstrip(), "```", ""]
+        else:
+            lines += sections[name](result) + [f"({result['seconds']:.0f} s)", ""]
+    return "\n".join(lines)
+
+
+def about(module) -> list[str]:
+    """A benchmark module's docstring after its title: what is measured, in the report."""
+    body = module.__doc__.strip().split("\n\n", 1)[1]
+    return [line for paragraph in body.split("\n\n") for line in (" ".join(paragraph.split()), "")]
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""])
+
+
+def machine_section(m: dict) -> list[str]:
+    hardware = (f"{m['gpu']['name']} (compute {m['gpu']['capability']}, {m['gpu']['memory_gb']} GB, "
+                f"CUDA {m['gpu']['cuda']}); host CPU {m['cpu']}") if "gpu" in m else m["cpu"]
+    versions = ", ".join(f"{k} {v}" if v else f"{k} not installed" for k, v in m["versions"].items())
+    rows = [["device", m["device"]], ["hardware", hardware],
+            ["CPU flags (matmul-relevant)", " ".join(m["cpu_flags"]) or "none of " + "/".join(("avx2", "avx512", "amx"))],
+            ["cores / torch threads", f"{m['cores']} / {m['torch_threads']}"], ["memory", f"{m['memory_gb']} GB"],
+            ["load average at start (1, 5, 15 min)", ", ".join(map(str, m["load_average"]))],
+            ["versions", f"Python {m['python']}, {versions}"], ["platform", m["platform"]], ["date", m["date"]]]
+    return ["## Machine", ""] + table(["", ""], rows)
+
+
+def limits_section(limits: dict) -> list[str]:
+    p = limits["policy"]
+    gflops = ", ".join(f"{k} {v:,.0f}" for k, v in limits["matmul_gflops"].items())
+    bw = limits["bandwidth_gbs"]
+    lines = ["## Machine limits", "",
+             f"- matmul ({limits['matmul_size']}^3, best of several): {gflops} GFLOP/s",
+             f"- memory bandwidth ({limits['bandwidth_mbytes']} MiB fp32 tensor): copy {bw['copy']:.1f} GB/s, "
+             f"read (sum) {bw['read']:.1f} GB/s",
+             f"- policy: {p['params'] / 1e6:.1f} M parameters, {p['weight_bytes'] / 2**20:.0f} MiB of weights in {p['dtype']}",
+             "", "Decode bound (tokens/s) = min(B x read bandwidth / weight bytes, FLOP/s / (2 x parameters)); it "
+             "ignores KV-cache reads and attention, so it is an upper bound.", ""]
+    rows = [[b["batch"], f"{b['bandwidth_bound']:,.0f}", f"{b['flops_bound']:,.0f}", f"{b['tokens_per_s']:,.0f}"]
+            for b in limits["decode_bounds"]]
+    return lines + table(["batch B", "bandwidth bound", "compute bound", "decode bound"], rows)
+
+
+def rollouts_section(result: dict) -> list[str]:
+    rows = []
+    for w in result["workloads"]:
+        agree = w["agreement"]
+        turns = ", ".join(f"{k}: {v}" for k, v in w["turns"]["turns_histogram"].items())
+        bound = w.get("decode_bound_tokens_per_s")
+        share = (lambda s: f"{s['fraction_of_bound']:.1%}") if bound else (lambda s: "-")
+        rows.append([w["name"], w["prompts"], f"{w['prompt_tokens_mean']:.0f}", f"{w['turns']['tool_calls_mean']:.2f}",
+                     f"{w['turns']['corrective_turns_mean']:.2f}", turns,
+                     f"{w['engine']['tokens_per_s']:.1f}", f"{w['reencode']['tokens_per_s']:.1f}", f"{w['speedup']:.2f}x",
+                     f"{bound:,.0f}" if bound else "-", f"{share(w['engine'])} / {share(w['reencode'])}",
+                     f"{agree['identical']}/{agree['rollouts']}"])
+    header = ["workload", "rollouts", "prompt tokens", "searches / rollout", "corrective turns / rollout",
+              "rollouts by turns used", "engine tok/s", "re-encoding tok/s", "engine / re-encoding", "decode bound at B",
+              "fraction of bound (engine / re-enc.)", "same tokens"]
+    lines = about(multiturn) + table(header, rows)
+    for w in result["workloads"]:
+        if w["agreement"]["mismatched"]:
+            lines += [f"{w['name']}: {w['agreement']['mismatched']} rollouts differ, first at response tokens "
+                      f"{w['agreement']['first_divergence_at']} (a near-tie argmax flipped; {result['dtype']})", ""]
+    return lines
+
+
+def grpo_section(result: dict) -> list[str]:
+    s = result["settings"]
+    lines = about(grpo_step) + [
+        f"Workload: {s['prompts']} prompts x {s['group']} rollouts x {s['max_new_tokens']} new tokens, LoRA r{s['lora_rank']} "
+        f"alpha {s['lora_alpha']} on {', '.join(s['lora_targets'])}, temperature {s['temperature']}, lr {s['learning_rate']}, "
+        f"epsilon {s['epsilon']}; {s['warmup']} warm-up step(s), then the median of {s['steps']}.", ""]
+    rows = []
+    for v in result["variants"]:
+        for system in grpo_step.SYSTEMS:
+            r = v[system]
+            if "error" in r:
+                rows.append([v["beta"], system, "failed", "", "", "", ""])
+                continue
+            trained = r.get("trained_rollouts_per_step")
+            trained = "all (TRL keeps every rollout)" if trained is None else (
+                f"all {trained[0]}" if len(set(trained)) == 1 and trained[0] == s["prompts"] * s["group"] else str(trained))
+            rows.append([v["beta"], system + (f" {r['trl_version']}" if "trl_version" in r else ""),
+                         f"{r['median_step_s']:.2f}", f"{r['sampled_tokens_per_step']:.0f}",
+                         f"{r['sampled_tokens_per_s']:.1f}", f"{r['peak_memory_mb']:.0f}", trained])
+    lines += table(["beta", "system", "median s / step", "sampled tokens / step", "sampled tok/s of step",
+                    "peak memory MiB", "trained rollouts per step"], rows)
+    ratios = [[v["beta"], f"{v['ratio']['step_time']:.3f}", f"{v['ratio']['time_per_sampled_token']:.3f}",
+               f"{v['ratio']['peak_memory']:.2f}"] for v in result["variants"] if "ratio" in v]
+    if ratios:
+        lines += ["icrl-lite / TRL (below 1: icrl-lite takes less):", ""]
+        lines += table(["beta", "step time", "time per sampled token", "peak memory"], ratios)
+    for v in result["variants"]:
+        for system in grpo_step.SYSTEMS:
+            if "error" in v[system]:
+                lines += [f"{system}, beta {v['beta']} failed ({v[system]['error']}):", "", "```",
+                          v[system]["log"].rstrip(), "```", ""]
+    return lines
+
+
+def loss_memory_section(result: dict) -> list[str]:
+    def cell(measured: dict) -> str:
+        return f"{measured['peak_extra_mb']:.0f}" if "peak_extra_mb" in measured else "failed"
+
+    rows = [[r["length"], f"{r['fp32_logits_mb']:.0f}", cell(r["chunked"]), cell(r["full"])] for r in result["rows"]]
+    lines = about(loss_memory) + [
+        f"LM head {result['hidden']} x {result['vocab']} in {result['dtype']}, chunk {result['chunk']} positions (one "
+        f"chunk's fp32 logits: {result['chunk_fp32_logits_mb']:.0f} MiB).", ""]
+    lines += table(["positions T", "fp32 T x V logits MiB", "chunked (icrl-lite) peak MiB", "full log_softmax peak MiB"], rows)
+    for r in result["rows"]:
+        for method in loss_memory.METHODS:
+            if "error" in r[method]:
+                lines += [f"{method} at {r['length']} failed:", "", "```", r[method]["error"].rstrip(), "```", ""]
+    return lines

@@ -1,0 +1,166 @@
+"""The benchmark suite's machinery on a tiny random model: same tokens from both rollout loops, the decode-bound
+arithmetic, both GRPO systems training on every rollout, the loss-memory measurement, and the written report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from benchmarks.grpo_step import measure_icrl, positional_rewards, run_child
+from benchmarks.loss_memory import full_logprobs, run_loss_memory
+from benchmarks.machine import decode_bound, policy_size
+from benchmarks.multiturn import Episode, Protocol, compare, reencode_rollouts, turn_stats
+from benchmarks.run import run
+from icrl_lite.model import ModelConfig, load_policy, token_logprobs
+from icrl_lite.rollout import Rollout, RolloutConfig, RolloutEngine
+from icrl_lite.tools import Tool
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tiny_model_dir):
+    return load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32"))
+
+
+def echo_tool() -> Tool:
+    """A tool the tiny random model calls: it repeats the last token, so after a prompt (or an observation)
+    ending in a newline it writes newlines, and a newline closes a call (the empty open tag is always found)."""
+    return Tool("echo", "", "\n", lambda query: f"seen {query[-8:]}")
+
+
+def test_reencoding_loop_writes_the_engines_tokens_over_several_tool_turns(tiny_policy):
+    model, tokenizer = tiny_policy
+    prompts = [tokenizer(f"Question {i}: {text}")["input_ids"] for i, text in enumerate(
+        ["what is the capital?\n", "who wrote the book about the sea and the old man?\n", "x"])]
+    cfg = RolloutConfig(max_turns=3, max_turn_tokens=10, max_response_tokens=400, temperature=0.0)
+    ours = RolloutEngine(model, tokenizer, [echo_tool()], cfg).generate(prompts, 1)
+    theirs = reencode_rollouts(model, tokenizer, [echo_tool()], cfg, prompts)
+    agreement = compare(ours, theirs)
+    assert agreement["identical"] == 3 and agreement["mismatched"] == 0
+    assert [r.loss_mask for r in ours] == [r.loss_mask for r in theirs]  # same tokens forced at the same places
+    assert [r.tool_calls for r in ours] == [r.tool_calls for r in theirs]
+    assert [len(r.tool_calls) for r in ours[:2]] == [3, 3]  # the workload really was multi-turn
+    assert ours[2].invalid_turns >= 1  # "x" repeats " x": a turn without a call gets the corrective message
+
+
+def test_compare_counts_rollouts_that_differ_and_where():
+    a = [Rollout([1], response_ids=[5, 6, 7]), Rollout([1], response_ids=[5, 6])]
+    b = [Rollout([1], response_ids=[5, 6, 7]), Rollout([1], response_ids=[5, 9, 9])]
+    assert compare(a, b) == {"rollouts": 2, "identical": 1, "mismatched": 1, "mismatched_rows": [1],
+                             "first_divergence_at": [1]}
+
+
+def test_protocol_ends_a_turn_at_the_tool_tag_forces_the_observation_and_ends_at_the_answer(tokenizer):
+    search = Tool("search", "<search>", "</search>", lambda q: f"Doc about {q}")
+    cfg = RolloutConfig(max_turns=2, max_turn_tokens=64, max_response_tokens=512)
+    protocol = Protocol(tokenizer, [search], cfg, ["</answer>"], {tokenizer.eos_token_id}, "invalid")
+    ep = Episode(Rollout(prompt_ids=[1, 2, 3]))
+    ids = tokenizer("<think> look it up </think>\n<search> Paris </search>", add_special_tokens=False)["input_ids"]
+    ended = [protocol.accept(ep, t) for t in ids]
+    assert ended[-1] and not any(ended[:-1])  # the turn ends exactly at the closing tag
+    assert ep.call is not None and ep.call[1] == "Paris"
+    protocol.run_call(ep)
+    forced = ep.rollout.response_ids[len(ids):]
+    assert tokenizer.decode(forced) == "\n\n<information>Doc about Paris</information>\n\n"
+    assert ep.rollout.loss_mask == [1] * len(ids) + [0] * len(forced)
+    for t in tokenizer("<answer> Paris </answer>", add_special_tokens=False)["input_ids"]:
+        protocol.accept(ep, t)
+    assert ep.done and ep.rollout.finished and ep.rollout.tool_calls[0]["observation"] == "Doc about Paris"
+
+
+def test_decode_bound_is_the_smaller_of_the_bandwidth_and_compute_bounds():
+    # 1 GB of weights, 0.5 G parameters, 100 GB/s, 1 TFLOP/s
+    one = decode_bound(weight_bytes=1e9, params=5e8, bandwidth_bps=1e11, flops=1e12, batch=1)
+    assert one["bandwidth_bound"] == pytest.approx(100) and one["flops_bound"] == pytest.approx(1000)
+    assert one["tokens_per_s"] == pytest.approx(100)  # one sequence: the weights are read once per token
+    many = decode_bound(weight_bytes=1e9, params=5e8, bandwidth_bps=1e11, flops=1e12, batch=32)
+    assert many["bandwidth_bound"] == pytest.approx(3200)  # one read of the weights serves 32 sequences
+    assert many["tokens_per_s"] == pytest.approx(1000)  # then compute caps it
+
+
+def test_policy_size_counts_tied_embeddings_once_in_the_dtypes_bytes(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    real = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
+    size = policy_size(str(tiny_model_dir), torch.bfloat16)
+    assert size["params"] == real and size["weight_bytes"] == 2 * real and size["dtype"] == "bf16"
+    assert size["vocab"] == 49152 and size["hidden"] == 64
+
+
+def test_full_and_chunked_logprobs_agree_so_their_memory_is_comparable():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden, targets = torch.randn(2, 7, 8), torch.randint(50, (2, 7))
+    assert torch.allclose(full_logprobs(head, hidden, targets), token_logprobs(head, hidden, targets, chunk=3), atol=1e-6)
+
+
+def test_full_logits_memory_grows_with_the_length_and_chunked_does_not(tiny_model_dir, tmp_path):
+    result = run_loss_memory(str(tiny_model_dir), torch.float32, torch.device("cpu"), [1024], chunk=64, workdir=tmp_path)
+    (row,) = result["rows"]
+    assert row["fp32_logits_mb"] == 1024 * 49152 * 4 / 2**20  # 192 MiB
+    full, chunked = row["full"]["peak_extra_mb"], row["chunked"]["peak_extra_mb"]
+    assert full >= row["fp32_logits_mb"]  # the whole T x V logits were alive at once
+    assert chunked < full / 3
+
+
+def test_positional_rewards_give_every_group_a_spread():
+    rewards = torch.tensor(positional_rewards(12, 4)).view(3, 4)  # (groups, G)
+    assert (rewards.std(dim=1) > 0).all() and rewards[:, 0].eq(0).all() and rewards[:, -1].eq(1).all()
+
+
+def grpo_spec(model_dir, tmp_path, system: str) -> dict:
+    from icrl_lite.data import bundled_qa_path, load_qa
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": q["question"], "answers": q["answers"]}) + "\n"
+                                 for q in load_qa(bundled_qa_path("train"))[:2]))
+    return {"system": system, "model": str(model_dir), "dtype": "fp32", "device": "cpu", "questions": str(questions),
+            "seed": 0, "prompts": 2, "group": 2, "max_new_tokens": 5, "warmup": 1, "steps": 2, "temperature": 0.8,
+            "learning_rate": 1e-5, "epsilon": 0.2, "beta": 0.04, "lora_rank": 4, "lora_alpha": 8,
+            "lora_targets": ["q_proj", "v_proj"], "workdir": str(tmp_path / system)}
+
+
+def test_icrl_lite_step_trains_every_rollout_of_fixed_length(tiny_model_dir, tmp_path):
+    from icrl_lite import trainer as trainer_module
+
+    real_score = trainer_module.score
+    result = measure_icrl(grpo_spec(tiny_model_dir, tmp_path, "icrl-lite"))
+    assert trainer_module.score is real_score  # the positional reward is removed afterwards
+    assert result["trained_rollouts_per_step"] == [4, 4, 4]  # every group had a spread, every rollout trained
+    assert result["sampled_tokens_per_step"] == 2 * 2 * 5  # EOS off: exactly max_new_tokens per rollout
+    assert len(result["step_seconds"]) == 2 and result["peak_memory_mb"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL not installed (pip install -e '.[bench]')")
+def test_trl_step_samples_fixed_length_rollouts_in_its_own_process(tiny_model_dir, tmp_path):
+    result = run_child(grpo_spec(tiny_model_dir, tmp_path, "trl"), tmp_path / "trl-run")
+    assert "error" not in result, result.get("log")
+    assert result["sampled_tokens_per_step"] == 2 * 2 * 5 and len(result["step_seconds"]) == 2
+    assert result["trl_version"]
+
+
+def test_a_run_writes_the_machine_section_and_reports_missing_trl_as_skipped(tiny_model_dir, tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real_find_spec(name, *a))
+    results, output = run(only=["grpo"], quick=True, output=tmp_path / "bench", model=str(tiny_model_dir),
+                          dtype="fp32", device="cpu", log=lambda line: None)
+    saved = json.loads((output / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    machine = saved["machine"]
+    assert machine["cores"] >= 1 and machine["cpu"] and machine["date"]
+    assert {"torch", "transformers", "trl"} <= set(machine["versions"])
+    assert set(saved["limits"]["matmul_gflops"]) >= {"fp32", "bf16"} and saved["limits"]["bandwidth_gbs"]["read"] > 0
+    assert [b["batch"] for b in saved["limits"]["decode_bounds"]] == [1, 4, 16, 32, 64]
+    assert "pip install" in saved["benchmarks"]["grpo"]["skipped"] and list(saved["benchmarks"]) == ["grpo"]
+    md = (output / "results.md").read_text()
+    assert "## Machine" in md and machine["cpu"] in md and "torch " in md and "## Machine limits" in md
+    assert "Skipped: TRL is not installed" in md
+
+
+def test_unknown_benchmark_names_are_refused_with_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="rollouts, grpo, loss_memory"):
+        run(only=["speed"], output=tmp_path)
