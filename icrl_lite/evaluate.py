@@ -35,7 +35,7 @@ class EvalConfig:
     checkpoint: str = "base"
     """A checkpoint directory written by `icrl-lite train` (or its run directory: the latest checkpoint), or `base` for the untrained model."""
     task: str = ""
-    """qa (search a corpus) | math (compute with the restricted Python tool) | fc (function calling); empty = the checkpoint's task (qa for base)."""
+    """qa (search a corpus) | math (compute with the restricted Python tool) | fc (function calling) | a task registered by `plugins`; empty = the checkpoint's task (qa for base)."""
     split: str = "test"
     """Bundled split (train | dev | test) or, with `dataset`, the split of a hub dataset."""
     dataset: str = ""

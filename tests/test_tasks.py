@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from icrl_lite.model import ModelConfig, load_policy
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
-from icrl_lite.tasks import build_tools, get_task, load_plugins
+from icrl_lite.tasks import TASKS, build_tools, get_task, load_plugins, register_task, setup_task
 from icrl_lite.tools import PythonConfig, SearchConfig, Tool, available_tools, register_tool
 from icrl_lite.trainer import TrainConfig, Trainer
 
@@ -16,6 +17,25 @@ from icrl_lite.trainer import TrainConfig, Trainer
 def test_unknown_task_names_the_choices():
     with pytest.raises(ValueError, match="qa, math"):
         get_task("chess")
+
+
+def test_the_bundled_tasks_are_registered_in_order_and_a_taken_name_is_refused():
+    assert list(TASKS)[:3] == ["qa", "math", "fc"]
+    with pytest.raises(ValueError, match="'math' is already registered"):
+        register_task(replace(get_task("qa"), name="math"))
+
+
+def test_a_plugin_file_registers_a_task_selectable_by_name(tmp_path):
+    plugin = tmp_path / "my_task.py"
+    plugin.write_text(
+        "from dataclasses import replace\n"
+        "from icrl_lite.tasks import get_task, register_task\n"
+        "register_task(replace(get_task('qa'), name='qa_again_test', instruction='Q: {question}\\n'))\n"
+    )
+    cfg = TrainConfig(task="qa_again_test", plugins=[str(plugin)])
+    cfg.validate()  # the plugin is loaded before the task is looked up
+    task, (search,), instruction = setup_task(cfg)
+    assert (task.name, search.name, instruction) == ("qa_again_test", "search", "Q: {question}\n")
 
 
 def test_builtin_tools_follow_their_config_sections(tmp_path):
