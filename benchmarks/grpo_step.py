@@ -179,15 +179,14 @@ def run_grpo_step(model: str, dtype: str, device: str, sizes: dict, workdir: Pat
     if not trl_available():
         return {"skipped": f"TRL is not installed: {INSTALL_TRL}"}
     from icrl_lite.data import bundled_qa_path, load_qa
+    from icrl_lite.model import ModelConfig
 
     workdir.mkdir(parents=True, exist_ok=True)
     questions = workdir / "questions.jsonl"
     with questions.open("w") as f:
         for q in load_qa(bundled_qa_path("train"))[: sizes["prompts"]]:
             f.write(json.dumps({"question": q["question"], "answers": q["answers"]}) + "\n")
-    from icrl_lite.model import ModelConfig
-
-    lora = ModelConfig()
+    lora = ModelConfig()  # icrl-lite's default LoRA, given to both
     base = {"model": model, "dtype": dtype, "device": device, "questions": str(questions), "seed": 0,
             "prompts": sizes["prompts"], "group": sizes["group"], "max_new_tokens": sizes["max_new_tokens"],
             "warmup": sizes["warmup"], "steps": sizes["steps"], "temperature": 0.8, "learning_rate": 1e-5,

@@ -24,7 +24,7 @@ BENCHMARKS = ("rollouts", "grpo", "loss_memory")
 SIZES = {
     "quick": {
         "machine": {"cpu": (512, 64), "cuda": (4096, 1024)},  # matmul size, MiB of the bandwidth tensor
-        "rollouts": [{"name": "3 demos", "demos": 3, "questions": 2, "max_turns": 2, "max_turn_tokens": 24,
+        "rollouts": [{"name": "3 demos", "demos": 3, "questions": 2, "max_turns": 2, "max_turn_tokens": 32,
                       "max_response_tokens": 256}],
         "grpo": {"prompts": 2, "group": 2, "max_new_tokens": 8, "warmup": 1, "steps": 1, "betas": [0.0]},
         "loss_memory": {"lengths": [256, 1024], "chunk": 256},
