@@ -1,6 +1,6 @@
 """What the Colab notebook's cells call (notebooks/icrl_lite_colab.ipynb), so that no logic lives in a cell.
 
-`train_config` layers the run's settings (a packaged config, the hardware's choice from `hardware.recommend`, the
+`train_config` layers the run's settings (the hardware's choice from `hardware.recommend`, a packaged config, the
 smoke budgets, the parameters cell's model and overrides); `build_index` builds the search index before training
 and shows a search; `train_live` trains while a plot of metrics.jsonl redraws below the cell; `ask` shows an
 agent's answer with its tool calls as they happen; `push_to_hub` uploads an exported adapter. Training, evaluation,
@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import load_config
+from .config import flatten, load_config, read_config_file, resolve_config_path
 from .hardware import Choice
 from .trainer import TrainConfig
 
@@ -28,12 +28,15 @@ SMOKE = ("stages=[{demos: 1, steps: 1}, {demos: 0, steps: 1}]", "prompts_per_ste
 
 def train_config(choice: Choice | None = None, run_dir: str = "runs/colab", config: str = "", smoke: bool = False,
                  model: str = "", overrides: Sequence[str] = ()) -> TrainConfig:
-    """The notebook's TrainConfig, each layer over the one before: `config` (a YAML file or packaged name; empty =
-    the defaults, or `smoke` when `smoke`), the hardware `choice`'s overrides, the `SMOKE` budgets, `model`
-    (model.name, when given), `overrides` (key=value), and `run_dir` as output_dir."""
-    layers = [*(choice.args() if choice else ()), *(SMOKE if smoke else ()),
-              *([f"model.name={model}"] if model else ()), *overrides, f"output_dir={run_dir}"]
-    return load_config(TrainConfig, config or ("smoke" if smoke else None), layers)
+    """The notebook's TrainConfig, each layer over the one before: the hardware `choice` (only the keys that
+    `config` leaves unset: a config such as gpu-16gb keeps its own model), `config` (a YAML file or packaged name;
+    empty = the defaults, or `smoke` when `smoke`), the `SMOKE` budgets, `model` (model.name, when given),
+    `overrides` (key=value), and `run_dir` as output_dir."""
+    source = config or ("smoke" if smoke else None)
+    chosen = set(flatten(read_config_file(resolve_config_path(source)))) if source else set()
+    hardware = [arg for key, arg in zip(choice.overrides, choice.args()) if key not in chosen] if choice else []
+    layers = [*(SMOKE if smoke else ()), *([f"model.name={model}"] if model else ()), *overrides, f"output_dir={run_dir}"]
+    return load_config(TrainConfig, source, hardware + layers)
 
 
 def describe(cfg: TrainConfig) -> str:

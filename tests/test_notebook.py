@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from icrl_lite.hardware import Choice, Hardware
+from icrl_lite.hardware import Choice, Hardware, recommend
 from icrl_lite.notebook import describe, train_config, train_live
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "icrl_lite_colab.ipynb"
@@ -86,6 +86,14 @@ def test_train_config_layers_the_smoke_budgets_the_model_and_overrides_over_the_
     default = train_config(choice)
     assert default.stages == train_config().stages and default.final_eval_size == 0  # no smoke: the default method
     assert "2 questions x 2 rollouts" in describe(cfg)
+
+
+def test_a_config_keeps_its_own_model_over_the_hardware_choice():
+    choice = recommend(Hardware("cpu", "CPU", cpu_fast_bf16=False))
+    packaged = train_config(choice, config="gpu-16gb")  # sets its model, dtype and 4-bit itself
+    assert (packaged.model.name, packaged.model.dtype, packaged.model.load_in_4bit) == ("Qwen/Qwen2.5-3B-Instruct", "fp16", True)
+    smoke = train_config(choice, smoke=True)  # the smoke config sets no model: the hardware's applies
+    assert (smoke.model.name, smoke.model.dtype) == ("smollm2-135m", "fp32")
 
 
 def test_train_live_redraws_the_curves_while_training_runs(tmp_path, monkeypatch):
