@@ -132,9 +132,8 @@ class Agent:
         tools = ", ".join(t.name for t in self.tools) or "none (answers in one turn)"
         decoding = "greedy" if self.cfg.temperature == 0 else f"temperature {self.cfg.temperature:g}"
         memory = f", remembers {self.memory} exchanges" if self.memory else ""
-        turns = self.cfg.rollout.max_turns
         return (f"{where}: task {self.task.name}, tools: {tools}, {len(self.demos)} demos, {decoding}, at most "
-                f"{turns} tool call{'' if turns == 1 else 's'}{memory}")
+                f"{self.cfg.rollout.max_turns} tool calls{memory}")
 
 
 # ---- events -------------------------------------------------------------------------------------------

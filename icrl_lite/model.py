@@ -195,12 +195,49 @@ def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
     copy made attention ~10x slower than the kernel's own grouped path (measured: 29 ms vs 2.2 ms per call at
     16 x 1500 tokens).
     """
+    if short_query_on_cpu(query, attention_mask, module.training):
+        return grouped_attention(query, key, value, attention_mask, scaling), None
     causal = bool(is_causal if is_causal is not None else True) and attention_mask is None and query.shape[2] > 1
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout if module.training else 0.0,
         scale=scaling, is_causal=causal, enable_gqa=True,
     )  # (B, heads, q, d)
     return out.transpose(1, 2).contiguous(), None
+
+
+SHORT_QUERY = 32  # decode steps and small forced chunks; longer queries (prefill, training) keep the fused kernel
+
+
+def short_query_on_cpu(query: torch.Tensor, attention_mask, training: bool) -> bool:
+    """Whether `grouped_attention` beats torch's kernel: a few half-precision query positions on a CPU, no grad.
+
+    torch's CPU scaled_dot_product_attention has no fast half-precision path for one query position: measured on
+    a 2-core AVX-512-bf16 EPYC at 16 rows x 9:3 heads x 600 keys, 16 ms per call in bf16 vs 1.1 ms for two bf16
+    matmuls and an fp32 softmax (fp32: no difference, so fp32 keeps the kernel).
+    """
+    return (query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) and not training
+            and not torch.is_grad_enabled() and query.shape[2] <= SHORT_QUERY
+            and (attention_mask is not None or query.shape[2] == 1)
+            and (attention_mask is None or attention_mask.dtype == torch.bool))
+
+
+def grouped_attention(query, key, value, attention_mask, scaling=None) -> torch.Tensor:
+    """Attention as two matmuls in the input dtype with an fp32 softmax, KV heads grouped without copies.
+
+    query (B, H, q, d), key/value (B, KV, L, d), attention_mask None or bool (B|1, 1, q, L) with True = attend.
+    Returns (B, q, H, d), as the attention interface expects.
+    """
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    scores = torch.matmul(query.reshape(batch, kv_heads, group * length, dim), key.transpose(-1, -2))  # (B, KV, g*q, L)
+    scores = scores.float() * (scaling if scaling is not None else dim ** -0.5)
+    if attention_mask is not None:
+        scores = scores.view(batch, kv_heads, group, length, -1).masked_fill(
+            ~attention_mask[:, None], torch.finfo(torch.float32).min).view(batch, kv_heads, group * length, -1)
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value).view(batch, heads, length, dim)  # (B, H, q, d)
+    return out.transpose(1, 2).contiguous()
 
 
 def register_attention() -> str:

@@ -137,3 +137,37 @@ def test_4bit_on_cpu_is_refused_with_the_reason(tiny_model_dir):
 
     with pytest.raises(ValueError, match="needs a CUDA device"):
         load_policy(ModelConfig(name=str(tiny_model_dir), load_in_4bit=True, device="cpu"))
+
+
+@pytest.mark.parametrize("length, masked", [(1, False), (1, True), (7, True)])
+def test_grouped_attention_equals_torchs_kernel_for_short_half_precision_queries(length, masked):
+    from icrl_lite.model import grouped_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=gen) for shape in ((3, 6, length, 16), (3, 2, 40, 16), (3, 2, 40, 16)))
+    mask = None
+    if masked:  # left padding of different widths and a causal tail, as the engine's holes make
+        mask = torch.ones(3, 1, length, 40, dtype=torch.bool)
+        mask[0, ..., :5] = False
+        mask[2, ..., :17] = False
+        mask[..., 40 - length:] &= torch.ones(length, length, dtype=torch.bool).tril()
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    got = grouped_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask).float()  # (B, q, H, d)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() < 0.03 * want.abs().max()  # bf16 inputs: ~3 significant digits
+    exact = grouped_attention(q, k, v, mask)  # the same arithmetic in fp32 is the kernel's to rounding
+    assert torch.allclose(exact, want, atol=1e-5)
+
+
+def test_only_short_half_precision_queries_without_grad_leave_the_fused_kernel():
+    from icrl_lite.model import short_query_on_cpu
+
+    q = torch.zeros(2, 6, 1, 16, dtype=torch.bfloat16)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    with torch.no_grad():
+        assert short_query_on_cpu(q, mask, training=False)
+        assert not short_query_on_cpu(q.float(), mask, training=False)  # fp32: the kernel is as fast
+        assert not short_query_on_cpu(torch.zeros(2, 6, 300, 16, dtype=torch.bfloat16), mask, training=False)
+        assert not short_query_on_cpu(q, mask, training=True)
+        assert not short_query_on_cpu(q, mask.float(), training=False)  # an additive mask: the kernel's
+    assert not short_query_on_cpu(q, mask, training=False)  # gradients: the kernel's backward
