@@ -134,3 +134,14 @@ def test_non_mapping_yaml_is_rejected(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="expected a mapping"):
         load_config(TrainConfig, path)
+
+
+def test_exponent_floats_without_a_dot_are_floats_on_the_command_line_and_in_yaml(tmp_path):
+    # PyYAML (YAML 1.1) reads 5e-5 as a string; the README and --help write learning rates that way
+    cfg = load_config(TrainConfig, None, ["learning_rate=5e-5", "rollout.top_p=1E-1"])
+    assert cfg.learning_rate == 5e-5 and cfg.rollout.top_p == 0.1
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 2e-4\n")
+    assert load_config(TrainConfig, str(path), []).learning_rate == 2e-4
+    with pytest.raises(ValueError, match="expected float"):
+        load_config(TrainConfig, None, ["learning_rate=fast"])
