@@ -347,6 +347,7 @@ class Trainer:
             "loss": update.get("loss", 0.0), "kl": update.get("kl", 0.0), "grad_norm": update.get("grad_norm", 0.0),
             "clip_fraction": update.get("clip_fraction", 0.0),
             "lr": lr,
+            "loss_scale": self.scaler.scale_factor, "skipped_updates": self.scaler.skipped_steps,  # fp16 overflows
         }
         if 0 < zero_shot < size:  # mixed groups: how the rollouts without demos did
             metrics.update({f"zs/{k}": v for k, v in mean_metrics([m for m, k in zip(scored, shots) if k == 0]).items()})

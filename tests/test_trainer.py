@@ -15,7 +15,7 @@ from icrl_lite.trainer import LossItem
 from icrl_lite.trainer import TrainConfig, Trainer, latest_checkpoint, loss_mask
 
 METRIC_KEYS = {"reward", "em", "format_valid", "searches", "response_tokens", "kl", "loss", "grad_norm",
-               "step_seconds", "gen_tokens_per_s", "demos"}
+               "step_seconds", "gen_tokens_per_s", "demos", "loss_scale", "skipped_updates"}
 
 
 SHORT_DEMOS = [  # short worked examples keep the prompts, and so the updates, small
