@@ -72,7 +72,7 @@ class Agent:
 
     def __init__(self, checkpoint: str = "base", task: str = "", demos: int = 0, temperature: float = 0.0,
                  memory: int = 0, schemas: str = "", overrides: Sequence[str] = ()):
-        from .trainer import load_for_inference
+        from .evaluate import load_for_inference
 
         cfg = load_config(EvalConfig, None, list(overrides))
         cfg.checkpoint, cfg.task, cfg.demos, cfg.temperature = str(checkpoint), task, demos, temperature
@@ -132,8 +132,9 @@ class Agent:
         tools = ", ".join(t.name for t in self.tools) or "none (answers in one turn)"
         decoding = "greedy" if self.cfg.temperature == 0 else f"temperature {self.cfg.temperature:g}"
         memory = f", remembers {self.memory} exchanges" if self.memory else ""
+        turns = self.cfg.rollout.max_turns
         return (f"{where}: task {self.task.name}, tools: {tools}, {len(self.demos)} demos, {decoding}, at most "
-                f"{self.cfg.rollout.max_turns} tool calls{memory}")
+                f"{turns} tool call{'' if turns == 1 else 's'}{memory}")
 
 
 # ---- events -------------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from .checkpoints import (RunLock, last_logged_step, latest_checkpoint, load_tra
 from .config import changed_keys, save_config, to_dict
 from .curriculum import DEMO_CHOICES, Curriculum, choose_demos
 from .evaluate import EvalConfig, bootstrap_ci, mean_metrics, run_eval, score
-from .evaluate import load_for_inference  # noqa: F401 - moved to evaluate; chat.py and test_export.py import it here
 from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
 from .memory import memory_report
 from .model import LossScaler, ModelConfig, load_policy, load_tokenizer, reference_mode, response_logprobs

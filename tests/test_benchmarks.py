@@ -12,7 +12,7 @@ import torch
 from benchmarks.grpo_step import measure_icrl, positional_rewards, run_child
 from benchmarks.loss_memory import full_logprobs, run_loss_memory
 from benchmarks.machine import decode_bound, policy_size
-from benchmarks.multiturn import Episode, Protocol, compare, reencode_rollouts, turn_stats
+from benchmarks.multiturn import Episode, Protocol, compare, reencode_rollouts
 from benchmarks.run import run
 from icrl_lite.model import ModelConfig, load_policy, token_logprobs
 from icrl_lite.rollout import Rollout, RolloutConfig, RolloutEngine

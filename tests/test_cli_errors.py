@@ -5,7 +5,6 @@ text files that are not UTF-8 (a byte-order mark is fine)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import huggingface_hub
 import pytest

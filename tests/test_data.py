@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from icrl_lite import data
 from icrl_lite.data import DATA_DIR, bundled_qa_path, load_corpus, load_demos, load_qa, read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent

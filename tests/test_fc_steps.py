@@ -14,7 +14,7 @@ from icrl_lite.function_calls import parse_response, steps_format_reward, toolrl
 from icrl_lite.model import ModelConfig, load_policy
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 from icrl_lite.tasks import setup_task
-from icrl_lite.tools.functions import execute_calls, function_tool, load_implementations
+from icrl_lite.tools.functions import execute_calls, load_implementations
 from icrl_lite.trainer import TrainConfig
 
 IMPLEMENTATIONS = '''

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from icrl_lite import trainer as trainer_module
-from icrl_lite.model import ModelConfig, merged_adapter, response_logprobs
+from icrl_lite.model import ModelConfig, response_logprobs
 from icrl_lite.rollout import RolloutConfig
 from icrl_lite.trainer import LossItem, TrainConfig, Trainer
 
