@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="more keys as key=value:\n" + "\n".join(describe(EvalConfig)))
     ev.add_argument("--checkpoint", default="base", help="checkpoint or run directory, or `base` (default)")
-    ev.add_argument("--task", default="", help="qa | math (default: the checkpoint's task; qa for base)")
+    ev.add_argument("--task", default="", help="qa | math | fc | a plugin's task (default: the checkpoint's task; qa for base)")
     ev.add_argument("--split", default="test")
     ev.add_argument("--demos", type=int, default=0, help="in-context demonstrations (default 0: zero-shot)")
     ev.add_argument("--dataset", default="", help="QA file or HF dataset name (default: bundled task)")
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                           "(the evaluation keys; split, dataset, limit, batch_size and output do not apply):\n"
                           + "\n".join(describe(EvalConfig)))
     chat.add_argument("--checkpoint", default="base", help="checkpoint or run directory, or `base` (default)")
-    chat.add_argument("--task", default="", help="qa | math | fc (default: the checkpoint's task; qa for base)")
+    chat.add_argument("--task", default="", help="qa | math | fc | a plugin's task (default: the checkpoint's task; qa for base)")
     chat.add_argument("--demos", type=int, default=0, help="in-context demonstrations (default 0: zero-shot)")
     chat.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     chat.add_argument("--memory", type=int, default=0, help="earlier exchanges kept in the prompt (default 0)")

@@ -54,7 +54,8 @@ class TrainConfig:
     seed: int = 0
     """Seed for question order, demo choice and sampling."""
     task: str = "qa"
-    """qa (search a corpus, ICRL's setting) | math (compute with the restricted Python tool) | fc (function calling, ToolRL's reward)."""
+    """qa (search a corpus, ICRL's setting) | math (compute with the restricted Python tool) | fc (function calling,
+    ToolRL's reward) | a task of your own registered by a `plugins` file (`register_task`)."""
     reward_variant: str = "fine"
     """fc only: ToolRL's fine-grained reward | coarse (exact match only) | dynamic (correctness range widens over training)."""
     train_data: str = ""
