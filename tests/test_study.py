@@ -292,3 +292,12 @@ def test_saved_evaluations_survive_options_added_at_their_defaults_and_not_chang
     other = copy.deepcopy(current)
     other["eval"]["limit"] = 50
     assert not same_evaluation(saved, other)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parent.parent / "icrl_lite/configs/studies").glob("*.yaml")))
+def test_every_packaged_study_plans_valid_runs(name):
+    study = load_study(name)
+    runs = plan(study)
+    assert runs and len({cfg.output_dir for _, _, cfg in runs}) == len(runs)  # one directory per arm x seed
+    for _, _, cfg in runs:
+        cfg.validate()
