@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             view.line(f"loading {args.checkpoint} ...", "dim")
             agent = Agent(args.checkpoint, task=args.task, demos=args.demos, temperature=args.temperature,
                           memory=args.memory, schemas=args.schemas, overrides=args.overrides)
-            return run_chat(agent, view)
+            status = run_chat(agent, view)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while the process exits prints no traceback
+            return status
         if args.command == "export":
             from .export import export
 
