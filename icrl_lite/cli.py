@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             view.line(f"loading {args.checkpoint} ...", "dim")
             agent = Agent(args.checkpoint, task=args.task, demos=args.demos, temperature=args.temperature,
                           memory=args.memory, schemas=args.schemas, overrides=args.overrides)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even if started with SIGINT ignored
             status = run_chat(agent, view)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while the process exits prints no traceback
             return status
