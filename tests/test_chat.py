@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from scripted_head import Scripted
 
 from icrl_lite.chat import Agent, ChatView, Event, events_of, merged, run_chat
 
@@ -23,22 +23,6 @@ TURNS = ["<think> I should search. </think>\n<search> Tavoustead river </search>
 DOCS = [{"id": "d1", "title": "Tavoustead", "text": "Tavoustead lies on the Vorbam River."},
         {"id": "d2", "title": "Skorvilow", "text": "Skorvilow was founded in 1600."}]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-class Scripted(torch.nn.Module):
-    """An output head that makes the (single) row sample `script` token by token, then EOS: one forward pass,
-    one sampled token."""
-
-    def __init__(self, script: list[int], vocab: int, eos: int):
-        super().__init__()
-        self.script, self.vocab, self.eos, self.calls = script, vocab, eos, 0
-
-    def forward(self, h):  # (B, H) -> (B, V)
-        token = self.script[self.calls] if self.calls < len(self.script) else self.eos
-        self.calls += 1
-        logits = torch.full((h.shape[0], self.vocab), -1e9)
-        logits[:, token] = 0.0
-        return logits
 
 
 def script(agent: Agent, turns=TURNS) -> None:

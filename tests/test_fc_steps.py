@@ -8,7 +8,7 @@ import re
 import threading
 
 import pytest
-import torch
+from scripted_head import Scripted
 
 from icrl_lite.function_calls import parse_response, steps_format_reward, toolrl_reward
 from icrl_lite.model import ModelConfig, load_policy
@@ -168,21 +168,6 @@ def test_multi_step_correctness_counts_every_turns_calls():
 
 
 # ---- the rollout ---------------------------------------------------------------------------------------
-class Scripted(torch.nn.Module):
-    """An output head that makes one row sample `script` token by token, then EOS."""
-
-    def __init__(self, script: list[int], vocab: int, eos: int):
-        super().__init__()
-        self.script, self.vocab, self.eos, self.calls = script, vocab, eos, 0
-
-    def forward(self, h):  # (B, H) -> (B, V)
-        token = self.script[self.calls] if self.calls < len(self.script) else self.eos
-        self.calls += 1
-        logits = torch.full((h.shape[0], self.vocab), -1e9)
-        logits[:, token] = 0.0
-        return logits
-
-
 def test_a_rollout_runs_the_calls_returns_obs_and_continues_to_the_response(tiny_model_dir, impl_file, tmp_path):
     cfg = TrainConfig(task="fc", functions=str(impl_file))
     task, tools, instruction = setup_task(cfg)
