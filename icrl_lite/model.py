@@ -489,7 +489,7 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 def response_logprobs(model, prompt: list[int], responses: list[list[int]], chunk: int = 1024,
-                      temperature: float = 1.0) -> torch.Tensor:
+                      temperature: float = 1.0, prefix: "SharedPrefix | None" = None) -> torch.Tensor:
     """Log-probabilities of several responses to ONE prompt: (G, R) for R = the longest response, under
     softmax(logits / temperature): score with the temperature the tokens were sampled with.
 
@@ -501,6 +501,10 @@ def response_logprobs(model, prompt: list[int], responses: list[list[int]], chun
     written twice when the backward pass replays them), so the shared prompt would silently vanish from the
     context. Then each response is scored as one sequence, prompt + response: just as exact, but the prompt
     costs G forward/backward passes.
+
+    `prefix` (from `SharedPrefix.compute`, a prefix of `prompt` shorter than it) supplies the KV of the prompt's
+    first tokens, computed once for several prompts (the same demonstrations); only the rest of the prompt runs
+    here. Ignored under gradient checkpointing.
     """
     if checkpoints_layers(model):
         return _joined_logprobs(model, prompt, responses, chunk, temperature)
@@ -508,9 +512,14 @@ def response_logprobs(model, prompt: list[int], responses: list[list[int]], chun
 
     device = model.device
     body = decoder(model)
-    cache = DynamicCache()
+    cache, start = DynamicCache(), 0
+    if prefix is not None:
+        start = prefix.load(cache, prompt)
+    if len(prompt) - 1 > start:
+        rest = torch.tensor([prompt[start:-1]], device=device)  # (1, P-1-start)
+        body(input_ids=rest, position_ids=torch.arange(start, len(prompt) - 1, device=device)[None],
+             past_key_values=cache, use_cache=True)
     if len(prompt) > 1:
-        body(input_ids=torch.tensor([prompt[:-1]], device=device), past_key_values=cache, use_cache=True)
         cache.batch_repeat_interleave(len(responses))  # differentiable copy of the prompt's keys/values
     width = max(len(r) for r in responses)
     ids = torch.full((len(responses), width + 1), prompt[-1], dtype=torch.long, device=device)  # (G, R+1)
@@ -524,6 +533,53 @@ def response_logprobs(model, prompt: list[int], responses: list[list[int]], chun
     hidden = body(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
                   past_key_values=cache, use_cache=True).last_hidden_state[:, :-1]  # (G, R, H)
     return token_logprobs(model.get_output_embeddings(), hidden, ids[:, 1:], chunk, temperature)
+
+
+class SharedPrefix:
+    """The keys and values of a token prefix that several prompts of an update share (the demonstrations of a
+    step), computed in one forward pass and reused by every `response_logprobs` call on those prompts.
+
+    Gradients stay exact: the calls see the prefix's keys/values as leaf tensors, whose `.grad` sums what every
+    call's backward sends them; `backward()` then runs the prefix's own graph once with those sums, which by the
+    chain rule is what each call's backward through its own copy of the prefix would have added to the
+    weights' gradients. So an update over B prompts with demonstrations pays one forward/backward of the demos
+    instead of B. Call `backward()` after the last call's backward and before the optimizer step. Under no_grad
+    (the reference pass) the prefix is plain cached state and `backward()` does nothing.
+    """
+
+    def __init__(self, ids: list[int], keys: list[torch.Tensor], values: list[torch.Tensor], graph=None):
+        self.ids, self.keys, self.values, self._graph = list(ids), keys, values, graph
+
+    @classmethod
+    def compute(cls, model, ids: list[int]) -> "SharedPrefix":
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        decoder(model)(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True)
+        keys = [layer.keys for layer in cache.layers]  # per layer (1, heads, C, head_dim)
+        values = [layer.values for layer in cache.layers]
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in keys + values):
+            return cls(ids, keys, values)
+        leaves = [t.detach().requires_grad_() for t in keys + values]
+        return cls(ids, leaves[: len(keys)], leaves[len(keys):], graph=keys + values)
+
+    def load(self, cache, prompt: list[int]) -> int:
+        """Put the prefix's keys/values into an empty `cache` for `prompt`; returns the prefix length."""
+        if len(prompt) <= len(self.ids) or list(prompt[: len(self.ids)]) != self.ids:
+            raise ValueError(f"the shared prefix ({len(self.ids)} tokens) is not a proper prefix of this "
+                             f"{len(prompt)}-token prompt")
+        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+            cache.update(k, v, layer)
+        return len(self.ids)
+
+    def backward(self) -> None:
+        """Send the gradients gathered on the prefix's keys/values through the pass that computed them."""
+        if self._graph is None:
+            return
+        pairs = [(out, leaf.grad) for out, leaf in zip(self._graph, self.keys + self.values) if leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+        self._graph = None  # the graph is freed: a second call would fail
 
 
 def checkpoints_layers(model) -> bool:

@@ -61,7 +61,8 @@ class RolloutConfig:
     corrects for the tiny merged/unmerged difference: the loss's ratio is taken against the sampler's own log-probs."""
     shared_prefix_min: int = 64
     """Prompts of one batch that share at least this many leading tokens (the same demonstrations) run that
-    prefix once; 0 = never share (every prompt prefilled in full)."""
+    prefix once, in sampling and in the update's loss (one forward/backward of the prefix per update, exact
+    gradients); 0 = never share (every prompt run in full)."""
     stop_at_eos: bool = False
     """What an end-of-sequence token does while tools are still available and the turn holds no valid action:
     false = ICRL's loop (the corrective message is forced and the policy tries again; the EOS stays in the

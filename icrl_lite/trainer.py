@@ -38,10 +38,11 @@ from .curriculum import DEMO_CHOICES, Curriculum, choose_demos
 from .evaluate import EvalConfig, bootstrap_ci, mean_metrics, run_eval, score
 from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
 from .memory import memory_report
-from .model import LossScaler, ModelConfig, load_policy, load_tokenizer, reference_mode, response_logprobs
+from .model import (LossScaler, ModelConfig, SharedPrefix, checkpoints_layers, load_policy, load_tokenizer, reference_mode,
+                    response_logprobs)
 from .preflight import check_model_source, check_output_dir
 from .prompts import build_messages, render_prompt
-from .rollout import Rollout, RolloutConfig, RolloutEngine, demo_budget_problems
+from .rollout import Rollout, RolloutConfig, RolloutEngine, common_prefix_length, demo_budget_problems
 from .tasks import REWARD_VARIANTS, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig
 from .tracking import check_report_to, open_tracker
@@ -416,11 +417,14 @@ class Trainer:
         batches = [(list(prompt), offpolicy, members[start:start + cfg.micro_batch_size])
                    for (prompt, offpolicy), members in groups.items()
                    for start in range(0, len(members), cfg.micro_batch_size)]
+        shared = self.shared_prefix([prompt for prompt, _, _ in batches])
         references: dict[int, torch.Tensor] = {}
+        reference_prefix = None
         first: dict[str, float] = {}
         norms = []
         for epoch in range(cfg.updates_per_step):
             totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+            prefix = SharedPrefix.compute(self.model, shared) if shared else None  # the weights change every epoch
             for b, (prompt, offpolicy, batch) in enumerate(batches):
                 rollouts = [it.rollout for it in batch]
                 responses = [r.response_ids for r in rollouts]
@@ -428,8 +432,11 @@ class Trainer:
                 adv = torch.tensor([it.advantage for it in batch], device=device)  # (b,)
                 if cfg.beta > 0 and b not in references:
                     with torch.no_grad(), reference_mode(self.model):
-                        references[b] = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, temperature)  # (b, R)
-                logp = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, temperature)  # (b, R)
+                        if shared and reference_prefix is None:
+                            reference_prefix = SharedPrefix.compute(self.model, shared)
+                        references[b] = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, temperature,
+                                                          prefix=reference_prefix)  # (b, R)
+                logp = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, temperature, prefix=prefix)  # (b, R)
                 shaped = offpolicy and cfg.offpolicy_weight == "shaped"
                 old = logp.detach() if offpolicy and cfg.offpolicy_weight != "ratio" else sampler_logprobs(rollouts).to(device)
                 loss, metrics = grpo_loss(
@@ -443,6 +450,8 @@ class Trainer:
                 totals["loss"] += loss.item()
                 totals["kl"] += metrics["kl"].item() * weight
                 totals["clip_fraction"] += metrics["clip_fraction"].item() * weight
+            if prefix is not None:
+                prefix.backward()  # the demos' one backward pass, with the gradient every batch sent them
             params = [p for p in self.model.parameters() if p.requires_grad]
             norm = self.scaler.unscale_and_clip(params, cfg.max_grad_norm)
             if self.scaler.step(self.optimizer):  # False: an fp16 overflow, the update is skipped
@@ -451,6 +460,18 @@ class Trainer:
             first = first or totals
         return {**first, "grad_norm": sum(norms) / len(norms) if norms else 0.0,
                 "loss_scale": self.scaler.scale_factor, "skipped_updates": self.scaler.skipped_steps}
+
+    def shared_prefix(self, prompts: list[list[int]]) -> list[int]:
+        """The tokens every loss prompt of an update starts with (the step's demonstrations with
+        demo_choice=per_step and demo_loss_prompt=own; the system prompt and instruction otherwise), when there
+        are several batches and it is at least `rollout.shared_prefix_min` tokens long: computed once per update
+        (`SharedPrefix`), not once per batch. Each prompt keeps at least one token of its own. Empty = no sharing
+        (one batch, a short prefix, sharing off, or gradient checkpointing, whose layers run without a cache)."""
+        least = self.cfg.rollout.shared_prefix_min
+        if len(prompts) < 2 or not least or checkpoints_layers(self.model):
+            return []
+        length = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+        return list(prompts[0][:length]) if length >= least else []
 
     def evaluate(self) -> dict[str, float]:
         cfg = EvalConfig(task=self.cfg.task, seed=self.cfg.seed, rollout=replace(self.cfg.rollout, temperature=0.0))
