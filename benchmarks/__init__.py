@@ -2,7 +2,8 @@
 
 - machine.py: what the machine is and can do (matmul FLOP/s per dtype, memory bandwidth, the decode bound);
 - multiturn.py: multi-turn search rollouts, the engine's KV reuse vs re-encoding the context every turn;
-- grpo_step.py: a GRPO step, TRL's GRPOTrainer vs icrl-lite's Trainer, KL off and on;
+- grpo_step.py: a GRPO step, TRL's GRPOTrainer vs icrl-lite's Trainer, 0 and 3 demos, KL off and on;
+- sweep.py: GRPO step time of both against group size and response length, and its figure;
 - loss_memory.py: log-prob memory vs sequence length, chunked vs full logits;
 - run.py runs them and report.py writes results.json and results.md.
 

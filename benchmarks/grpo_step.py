@@ -1,10 +1,20 @@
-"""A GRPO step, TRL's GRPOTrainer vs icrl-lite's Trainer, on the same single-turn workload.
+"""A GRPO step, TRL's GRPOTrainer vs icrl-lite's Trainer, on the same single-turn workloads.
 
 Both get the same model (weights in the same dtype; on a CPU the same attention kernel), LoRA (rank, alpha,
-targets, no dropout), the same P prompts every step (bundled QA train questions, the search instruction, no
-demos, through the chat template), group size G, temperature, AdamW learning rate, clip range, beta, and one
-update per batch (TRL: num_iterations=1, generation batch = train batch = P x G, one accumulation step;
-icrl-lite: updates_per_step=1). Neither uses gradient checkpointing (icrl-lite's default; TRL's default is on).
+targets, no dropout), the same P prompts every step (bundled QA train questions through the search instruction
+and the chat template), group size G, temperature, AdamW learning rate, clip range, beta, and one update per
+batch (TRL: num_iterations=1, generation batch = train batch = P x G, one accumulation step; icrl-lite:
+updates_per_step=1). Neither uses gradient checkpointing (icrl-lite's default; TRL's default is on).
+
+Two workloads. **0 demos**: the instruction and the question. **3 demos** (the ICRL workload): every prompt of a
+step carries the same 3 worked demonstrations before its question, chosen and rendered as icrl-lite's Trainer
+does (`choose_demos` with demo_choice=per_step, `build_messages`, `render_prompt`), a new set each step; both
+systems score the rollouts in the loss under that same demo prompt (icrl-lite: demo_loss_prompt=own; TRL gets
+the demos in its prompt messages). TRL 1.16 has no prompt-length limit (max_prompt_length is gone), and each
+system records the token ids of every prompt it ran: the report says whether they were identical. What differs
+is each system's own design: icrl-lite's engine prefills the demo block once per step and its loss runs each
+prompt once for its G rollouts; TRL encodes prompt + completion for each of the P x G rows, in generation and
+in the loss.
 
 Every rollout samples exactly N tokens (EOS and stop strings off: TRL through min_new_tokens=N, icrl-lite with
 the engine's EOS ids and final stops emptied and no tool turns), so both sample the same number of tokens per
@@ -17,6 +27,7 @@ on a GPU. Each system runs in its own process (`python -m benchmarks.grpo_step S
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -32,6 +43,7 @@ import torch
 TRL_VERSION = "1.16.0"
 INSTALL_TRL = f'pip install -e ".[bench]"   (or: pip install trl=={TRL_VERSION})'
 SYSTEMS = ("trl", "icrl-lite")
+WORKLOAD_KEYS = ("prompts", "group", "max_new_tokens", "warmup", "steps")  # what a workload sets, besides its demos
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -54,6 +66,15 @@ def summarize(seconds: list[float], warmup: int, sampled_per_step: list[int], pe
             "sampled_tokens_per_s": tokens / median, "peak_memory_mb": peak_mb}
 
 
+def prompt_record(steps: list[list[list[int]]]) -> dict:
+    """What a system prompted with: the token count of each distinct prompt of each step, their mean, and a
+    digest of the token ids (each step's prompts sorted, so the order of the questions in a step does not count)."""
+    digest = hashlib.sha256(json.dumps([sorted(step) for step in steps]).encode()).hexdigest()
+    counts = [[len(p) for p in step] for step in steps]
+    flat = [n for step in counts for n in step]
+    return {"prompt_tokens": counts, "prompt_tokens_mean": sum(flat) / len(flat), "prompt_digest": digest}
+
+
 # ---- the two systems, each run in its own process ------------------------------------------------------
 def measure_icrl(spec: dict) -> dict:
     """icrl-lite's Trainer.step, `warmup + steps` times."""
@@ -62,10 +83,11 @@ def measure_icrl(spec: dict) -> dict:
     from icrl_lite.rollout import RolloutConfig
     from icrl_lite.trainer import TrainConfig, Trainer
 
-    group, n = spec["group"], spec["max_new_tokens"]
+    group, n, demos = spec["group"], spec["max_new_tokens"], spec.get("demos", 0)
     cfg = TrainConfig(
         output_dir=str(Path(spec["workdir"]) / "icrl-lite"), seed=spec["seed"], train_data=spec["questions"],
-        eval_data=spec["questions"], stages=[{"demos": 0, "steps": spec["warmup"] + spec["steps"]}],
+        eval_data=spec["questions"], stages=[{"demos": demos, "steps": spec["warmup"] + spec["steps"]}],
+        demo_choice="per_step", demo_loss_prompt="own",  # the same demos for every prompt of a step, scored under them
         prompts_per_step=spec["prompts"], num_generations=group, micro_batch_size=group,
         learning_rate=spec["learning_rate"], warmup_ratio=0.0, beta=spec["beta"], epsilon=spec["epsilon"],
         updates_per_step=1, probe_demos=0, eval_every=0, final_eval="", save_every=0, progress=False,
@@ -83,12 +105,19 @@ def measure_icrl(spec: dict) -> dict:
         metrics["reward"] = positional_rewards(group, group)[next(counter) % group]
         return metrics
 
-    seconds, sampled, trained = [], [], []
+    seconds, sampled, trained, prompts = [], [], [], []
     trainer_module.score = score
     try:
         trainer = Trainer(cfg)
         trainer.engine.eos_ids = set()  # every rollout samples exactly n tokens, as TRL's min_new_tokens=n
         trainer.engine.final_stops = []
+        generate = trainer.engine.generate
+
+        def recording(step_prompts, *args, **kwargs):  # the token ids of the step's prompts, one per group
+            prompts.append([list(p) for p in step_prompts])
+            return generate(step_prompts, *args, **kwargs)
+
+        trainer.engine.generate = recording
         try:
             for _ in range(spec["warmup"] + spec["steps"]):
                 start = time.perf_counter()
@@ -104,7 +133,23 @@ def measure_icrl(spec: dict) -> dict:
     out = summarize(seconds, spec["warmup"], sampled, peak_memory_mb(trainer.model.device))
     out["trained_rollouts_per_step"] = trained
     out["dtype"] = str(trainer.model.dtype).removeprefix("torch.")
-    return out
+    return {**out, **prompt_record(prompts)}
+
+
+def trl_prompts(spec: dict) -> list[list[dict]]:
+    """TRL's dataset, in the order it reads it (no shuffling): for each step, the P questions with that step's
+    demos, chosen and laid out as icrl-lite's `Trainer.prompt` does with demo_choice=per_step."""
+    from icrl_lite.curriculum import choose_demos
+    from icrl_lite.prompts import build_messages
+    from icrl_lite.tasks import get_task
+
+    task = get_task("qa")
+    questions, pool = task.load(spec["questions"]), task.load_demos(task.bundled("demos"))
+    rows = []
+    for step in range(spec["warmup"] + spec["steps"]):
+        demos = [pool[j] for j in choose_demos(len(pool), spec.get("demos", 0), spec["seed"], step, 0)]
+        rows += [build_messages(q, demos, "chat", task.instruction) for q in questions]
+    return rows
 
 
 def measure_trl(spec: dict) -> dict:
@@ -115,9 +160,7 @@ def measure_trl(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from icrl_lite.data import load_qa
     from icrl_lite.model import load_tokenizer, register_attention, resolve_device, resolve_dtype, resolve_model_path
-    from icrl_lite.prompts import SEARCH_INSTRUCTION, fill
 
     device = resolve_device(spec["device"])
     dtype = resolve_dtype(spec["dtype"], device)
@@ -126,11 +169,10 @@ def measure_trl(spec: dict) -> dict:
         kwargs["attn_implementation"] = register_attention()
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(spec["model"]), **kwargs).to(device)
     tokenizer = load_tokenizer(spec["model"])
-    questions = load_qa(spec["questions"])
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": fill(SEARCH_INSTRUCTION, q["question"])}]}
-                                 for q in questions])
+    dataset = Dataset.from_list([{"prompt": messages} for messages in trl_prompts(spec)])
     group, n, steps = spec["group"], spec["max_new_tokens"], spec["warmup"] + spec["steps"]
     sampled: list[int] = []
+    prompts: list[list[list[int]]] = []
 
     def positional(completions, completion_ids, **kwargs):
         sampled.append(sum(len(c) for c in completion_ids))
@@ -161,57 +203,99 @@ def measure_trl(spec: dict) -> dict:
     timer = StepTimer()
     trainer = GRPOTrainer(model=model, reward_funcs=positional, args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=lora, callbacks=[timer])
+    tokenize = trainer._tokenize_prompts  # the token ids TRL generates from and trains on, untruncated
+
+    def recording(batch):  # P x G prompts, each repeated G times in a row
+        prompt_ids, *rest = tokenize(batch)
+        prompts.append([list(p) for p in prompt_ids[::group]])
+        return (prompt_ids, *rest)
+
+    trainer._tokenize_prompts = recording
     trainer.train()
     out = summarize(timer.seconds, spec["warmup"], sampled, peak_memory_mb(device))
     out["trl_version"] = trl.__version__
     out["dtype"] = str(dtype).removeprefix("torch.")
-    return out
+    return {**out, **prompt_record(prompts)}
 
 
-# ---- the parent: both systems, KL off and on ----------------------------------------------------------
+def measure_points(spec: dict) -> dict:
+    """`spec["points"]` ({group, max_new_tokens} each) one after another in this process, each with its own
+    trainer and warm-up; only the step times mean anything (the peak memory is the process's over all points)."""
+    measure = measure_trl if spec["system"] == "trl" else measure_icrl
+    points = []
+    for point in spec["points"]:
+        folder = f"g{point['group']}-n{point['max_new_tokens']}"
+        result = measure({**spec, **point, "workdir": str(Path(spec["workdir"]) / folder)})
+        points.append({**point, **{k: result[k] for k in ("median_step_s", "step_seconds", "sampled_tokens_per_step",
+                                                           "sampled_tokens_per_s", "dtype")}})
+    return {"points": points}
+
+
+# ---- the parent: both systems, each workload, KL off and on ----------------------------------------------
 def trl_available() -> bool:
     return importlib.util.find_spec("trl") is not None
 
 
-def run_grpo_step(model: str, dtype: str, device: str, sizes: dict, workdir: Path, log=print) -> dict:
-    """Each system x each beta in `sizes["betas"]`, one process each. Skipped (with the install command) when
-    TRL is not installed; a process that fails is reported with the end of its log."""
-    if not trl_available():
-        return {"skipped": f"TRL is not installed: {INSTALL_TRL}"}
-    from icrl_lite.data import bundled_qa_path, load_qa
+def base_spec(model: str, dtype: str, device: str, questions: Path) -> dict:
+    """What both systems share in every run: the model, the questions file, sampling and optimizer settings
+    and icrl-lite's default LoRA."""
     from icrl_lite.model import ModelConfig
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    questions = workdir / "questions.jsonl"
-    with questions.open("w") as f:
-        for q in load_qa(bundled_qa_path("train"))[: sizes["prompts"]]:
-            f.write(json.dumps({"question": q["question"], "answers": q["answers"]}) + "\n")
     lora = ModelConfig()  # icrl-lite's default LoRA, given to both
-    base = {"model": model, "dtype": dtype, "device": device, "questions": str(questions), "seed": 0,
-            "prompts": sizes["prompts"], "group": sizes["group"], "max_new_tokens": sizes["max_new_tokens"],
-            "warmup": sizes["warmup"], "steps": sizes["steps"], "temperature": 0.8, "learning_rate": 1e-5,
-            "epsilon": 0.2, "lora_rank": lora.lora_rank, "lora_alpha": lora.lora_alpha,
-            "lora_targets": lora.lora_target_modules}
-    variants = []
-    for beta in sizes["betas"]:
-        variant = {"beta": beta}
-        for system in SYSTEMS:
-            spec = {**base, "beta": beta, "system": system, "workdir": str(workdir / f"{system}-beta{beta}")}
-            variant[system] = run_child(spec, workdir / f"{system}-beta{beta}")
-            log(f"  grpo {system} beta={beta}: " + (f"{variant[system]['median_step_s']:.2f} s/step"
-                                                     if "error" not in variant[system] else "failed"))
-        if all("error" not in variant[s] for s in SYSTEMS):
-            ours, theirs = variant["icrl-lite"], variant["trl"]
-            variant["ratio"] = {  # icrl-lite / TRL: below 1 = icrl-lite takes less
-                "step_time": ours["median_step_s"] / theirs["median_step_s"],
-                "time_per_sampled_token": (ours["median_step_s"] / ours["sampled_tokens_per_step"])
-                / (theirs["median_step_s"] / theirs["sampled_tokens_per_step"]),
-                "peak_memory": ours["peak_memory_mb"] / theirs["peak_memory_mb"],
-            }
-        variants.append(variant)
-    settings = {k: base[k] for k in ("prompts", "group", "max_new_tokens", "warmup", "steps", "temperature",
-                                     "learning_rate", "epsilon", "lora_rank", "lora_alpha", "lora_targets")}
-    return {"settings": settings, "variants": variants}
+    return {"model": model, "dtype": dtype, "device": device, "questions": str(questions), "seed": 0,
+            "temperature": 0.8, "learning_rate": 1e-5, "epsilon": 0.2, "lora_rank": lora.lora_rank,
+            "lora_alpha": lora.lora_alpha, "lora_targets": lora.lora_target_modules}
+
+
+def write_questions(path: Path, count: int) -> Path:
+    """The first `count` bundled QA train questions: each step of either system prompts with exactly these."""
+    from icrl_lite.data import bundled_qa_path, load_qa
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for q in load_qa(bundled_qa_path("train"))[:count]:
+            f.write(json.dumps({"question": q["question"], "answers": q["answers"]}) + "\n")
+    return path
+
+
+def run_grpo_step(model: str, dtype: str, device: str, sizes: list[dict], workdir: Path, log=print) -> dict:
+    """Each workload in `sizes` ({name, demos, prompts, group, max_new_tokens, warmup, steps, betas}) x each of
+    its betas x each system, one process each. Skipped (with the install command) when TRL is not installed; a
+    process that fails is reported with the end of its log."""
+    if not trl_available():
+        return {"skipped": f"TRL is not installed: {INSTALL_TRL}"}
+    workdir.mkdir(parents=True, exist_ok=True)
+    variants, base = [], None
+    for workload in sizes:
+        slug = workload["name"].replace(" ", "")
+        questions = write_questions(workdir / slug / "questions.jsonl", workload["prompts"])
+        base = base_spec(model, dtype, device, questions)
+        for beta in workload["betas"]:
+            variant = {"workload": workload["name"], "demos": workload["demos"], "beta": beta,
+                       **{k: workload[k] for k in WORKLOAD_KEYS}}
+            for system in SYSTEMS:
+                folder = workdir / slug / f"{system}-beta{beta}"
+                spec = {**base, **variant, "system": system, "workdir": str(folder)}
+                variant[system] = run_child(spec, folder)
+                log(f"  grpo {workload['name']} {system} beta={beta}: " + (
+                    f"{variant[system]['median_step_s']:.2f} s/step" if "error" not in variant[system] else "failed"))
+            if all("error" not in variant[s] for s in SYSTEMS):
+                ours, theirs = variant["icrl-lite"], variant["trl"]
+                variant["prompt_tokens_per_prompt"] = theirs["prompt_tokens_mean"]
+                variant["same_prompt_ids"] = ours["prompt_digest"] == theirs["prompt_digest"]
+                variant["ratio"] = ratios(ours, theirs)
+            variants.append(variant)
+    settings = {k: base[k] for k in ("temperature", "learning_rate", "epsilon", "lora_rank", "lora_alpha",
+                                     "lora_targets")}
+    return {"settings": settings, "workloads": sizes, "variants": variants}
+
+
+def ratios(ours: dict, theirs: dict) -> dict:
+    """icrl-lite / TRL: below 1 = icrl-lite takes less."""
+    return {"step_time": ours["median_step_s"] / theirs["median_step_s"],
+            "time_per_sampled_token": (ours["median_step_s"] / ours["sampled_tokens_per_step"])
+            / (theirs["median_step_s"] / theirs["sampled_tokens_per_step"]),
+            "peak_memory": ours["peak_memory_mb"] / theirs["peak_memory_mb"]}
 
 
 def run_child(spec: dict, folder: Path) -> dict:
@@ -231,7 +315,10 @@ def run_child(spec: dict, folder: Path) -> dict:
 def main(argv: list[str]) -> None:
     spec_path, out_path = argv
     spec = json.loads(Path(spec_path).read_text())
-    result = (measure_trl if spec["system"] == "trl" else measure_icrl)(spec)
+    if "points" in spec:
+        result = measure_points(spec)
+    else:
+        result = (measure_trl if spec["system"] == "trl" else measure_icrl)(spec)
     Path(out_path).write_text(json.dumps(result, indent=1))
 
 

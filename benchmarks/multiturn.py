@@ -12,6 +12,12 @@ can flip a near-tie argmax, so disagreements are counted and reported, not raise
 
 The baseline re-implements the rollout protocol (stop strings, tool calls, corrective messages, budgets)
 independently of the engine, turn by turn; only `find_call` (the one parser of tool calls) is shared.
+
+A rollout's tokens/s above mixes prefill, tool turns and a batch that shrinks as rollouts finish, so it is not
+the decode rate at the batch it starts with. `pure_decode` measures that alone: the engine decodes `batch`
+short prompts (a test question each, no instruction), greedy, exactly `new_tokens` per row (EOS and stops off,
+no tools); the time of a 1-token run (the prefill and the first token) is subtracted, and the rate is read
+against the decode bound at that batch.
 """
 
 from __future__ import annotations
@@ -222,9 +228,31 @@ def run_workload(model, tokenizer, tools, prompts: list[list[int]], cfg: Rollout
     return result
 
 
-def run_multiturn(model_name: str, dtype: str, device: str, workloads: list[dict], bound_at=None) -> dict:
+def pure_decode(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> dict:
+    """Decode tokens/s of the engine on `prompts` (one greedy row each, exactly `new_tokens` per row): the
+    time of a `new_tokens` run minus that of a 1-token run, after a warm-up."""
+    def engine(n: int) -> RolloutEngine:
+        cfg = RolloutConfig(max_turns=0, max_turn_tokens=n, max_response_tokens=n + 1, temperature=0.0)
+        built = RolloutEngine(model, tokenizer, [], cfg, final_stops=[])
+        built.eos_ids = set()  # every row decodes exactly n tokens
+        return built
+
+    short, full = engine(1), engine(new_tokens)
+    short.generate(prompts, 1)  # warm-up
+    _, first = timed(lambda: short.generate(prompts, 1))
+    rollouts, run = timed(lambda: full.generate(prompts, 1))
+    assert all(r.sampled_tokens == new_tokens for r in rollouts), "a row stopped early: EOS or a stop was not off"
+    decoded = len(prompts) * (new_tokens - 1)
+    return {"batch": len(prompts), "new_tokens": new_tokens, "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts),
+            "seconds": run["seconds"], "first_token_seconds": first["seconds"],
+            "tokens_per_s": decoded / (run["seconds"] - first["seconds"])}
+
+
+def run_multiturn(model_name: str, dtype: str, device: str, workloads: list[dict], bound_at=None,
+                  decode: dict | None = None) -> dict:
     """Every workload ({name, demos, questions, max_turns, max_turn_tokens, max_response_tokens}) on the bundled
-    QA task with its BM25 search tool. `bound_at(batch)` gives the decode bound at a batch size (tokens/s)."""
+    QA task with its BM25 search tool, then `pure_decode` at `decode` ({batch, new_tokens}) when given.
+    `bound_at(batch)` gives the decode bound at a batch size (tokens/s)."""
     from icrl_lite.model import ModelConfig, load_policy
     from icrl_lite.prompts import build_messages, render_prompt
     from icrl_lite.tasks import get_task
@@ -242,4 +270,12 @@ def run_multiturn(model_name: str, dtype: str, device: str, workloads: list[dict
                             max_response_tokens=w["max_response_tokens"], temperature=0.0)
         bound = bound_at(len(prompts)) if bound_at else None
         results.append({**w, **run_workload(model, tokenizer, tools, prompts, cfg, task.final_stops, bound)})
-    return {"dtype": str(model.dtype).removeprefix("torch."), "workloads": results}
+    out = {"dtype": str(model.dtype).removeprefix("torch."), "workloads": results}
+    if decode:
+        rows = [questions[i % len(questions)]["question"] for i in range(decode["batch"])]
+        prompts = [render_prompt(tokenizer, [{"role": "user", "content": q}]) for q in rows]
+        out["decode"] = pure_decode(model, tokenizer, prompts, decode["new_tokens"])
+        if bound_at:
+            out["decode"]["decode_bound_tokens_per_s"] = bound_at(decode["batch"])
+            out["decode"]["fraction_of_bound"] = out["decode"]["tokens_per_s"] / out["decode"]["decode_bound_tokens_per_s"]
+    return out

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from benchmarks import grpo_step, loss_memory, multiturn
+from benchmarks import grpo_step, loss_memory, multiturn, sweep
 
 
 def write_results(results: dict, output: Path) -> None:
@@ -27,9 +27,11 @@ def markdown(results: dict) -> str:
     lines += machine_section(results["machine"])
     if "limits" in results:
         lines += limits_section(results["limits"])
-    sections = {"rollouts": rollouts_section, "grpo": grpo_section, "loss_memory": loss_memory_section}
+    sections = {"rollouts": rollouts_section, "grpo": grpo_section, "sweep": sweep_section,
+                "loss_memory": loss_memory_section}
     for name, result in results["benchmarks"].items():
         title = {"rollouts": "Multi-turn rollouts: KV reuse vs re-encoding", "grpo": "A GRPO step: icrl-lite vs TRL",
+                 "sweep": "GRPO step time vs group size and response length: icrl-lite vs TRL",
                  "loss_memory": "Loss memory vs sequence length"}[name]
         lines += [f"## {title}", ""]
         if "skipped" in result:
@@ -96,6 +98,13 @@ def rollouts_section(result: dict) -> list[str]:
               "rollouts by turns used", "engine tok/s", "re-encoding tok/s", "engine / re-encoding", "decode bound at B",
               "fraction of bound (engine / re-enc.)", "same tokens"]
     lines = about(multiturn) + table(header, rows)
+    if "decode" in result:
+        d = result["decode"]
+        bound = d.get("decode_bound_tokens_per_s")
+        lines += [f"Pure decode, engine, batch {d['batch']} ({d['prompt_tokens_mean']:.0f}-token prompts, {d['new_tokens']} "
+                  f"greedy tokens per row): {d['tokens_per_s']:.1f} tok/s"
+                  + (f", {d['fraction_of_bound']:.1%} of the decode bound at batch {d['batch']} ({bound:,.0f} tok/s)."
+                     if bound else "."), ""]
     for w in result["workloads"]:
         if w["agreement"]["mismatched"]:
             lines += [f"{w['name']}: {w['agreement']['mismatched']} rollouts differ, first at response tokens "
@@ -106,34 +115,67 @@ def rollouts_section(result: dict) -> list[str]:
 def grpo_section(result: dict) -> list[str]:
     s = result["settings"]
     lines = about(grpo_step) + [
-        f"Workload: {s['prompts']} prompts x {s['group']} rollouts x {s['max_new_tokens']} new tokens, LoRA r{s['lora_rank']} "
-        f"alpha {s['lora_alpha']} on {', '.join(s['lora_targets'])}, temperature {s['temperature']}, lr {s['learning_rate']}, "
-        f"epsilon {s['epsilon']}; {s['warmup']} warm-up step(s), then the median of {s['steps']}.", ""]
-    rows = []
+        f"LoRA r{s['lora_rank']} alpha {s['lora_alpha']} on {', '.join(s['lora_targets'])}, temperature "
+        f"{s['temperature']}, lr {s['learning_rate']}, epsilon {s['epsilon']}. Each workload: P prompts x G rollouts x "
+        "N new tokens, its warm-up step(s), then the median of its measured steps.", ""]
+    rows, ratios = [], []
     for v in result["variants"]:
+        w = {k: v.get(k, s.get(k)) for k in grpo_step.WORKLOAD_KEYS}  # results before workloads kept them in settings
+        name = f"{v.get('workload', '0 demos')}: {w['prompts']} x {w['group']} x {w['max_new_tokens']}"
         for system in grpo_step.SYSTEMS:
             r = v[system]
             if "error" in r:
-                rows.append([v["beta"], system, "failed", "", "", "", ""])
+                rows.append([name, v["beta"], system, "failed", "", "", "", "", ""])
                 continue
             trained = r.get("trained_rollouts_per_step")
             trained = "all (TRL keeps every rollout)" if trained is None else (
-                f"all {trained[0]}" if len(set(trained)) == 1 and trained[0] == s["prompts"] * s["group"] else str(trained))
-            rows.append([v["beta"], system + (f" {r['trl_version']}" if "trl_version" in r else ""),
+                f"all {trained[0]}" if len(set(trained)) == 1 and trained[0] == w["prompts"] * w["group"] else str(trained))
+            prompt = f"{r['prompt_tokens_mean']:.0f}" if "prompt_tokens_mean" in r else "-"
+            rows.append([name, v["beta"], system + (f" {r['trl_version']}" if "trl_version" in r else ""), prompt,
                          f"{r['median_step_s']:.2f}", f"{r['sampled_tokens_per_step']:.0f}",
                          f"{r['sampled_tokens_per_s']:.1f}", f"{r['peak_memory_mb']:.0f}", trained])
-    lines += table(["beta", "system", "median s / step", "sampled tokens / step", "sampled tok/s of step",
-                    "peak memory MiB", "trained rollouts per step"], rows)
-    ratios = [[v["beta"], f"{v['ratio']['step_time']:.3f}", f"{v['ratio']['time_per_sampled_token']:.3f}",
-               f"{v['ratio']['peak_memory']:.2f}"] for v in result["variants"] if "ratio" in v]
+        if "ratio" in v:
+            same = {True: "yes", False: "NO", None: "-"}[v.get("same_prompt_ids")]
+            ratios.append([name, v["beta"], f"{v['ratio']['step_time']:.3f}", f"{v['ratio']['time_per_sampled_token']:.3f}",
+                           f"{v['ratio']['peak_memory']:.2f}", same])
+    lines += table(["workload: P x G x N", "beta", "system", "prompt tokens (mean)", "median s / step",
+                    "sampled tokens / step", "sampled tok/s of step", "peak memory MiB", "trained rollouts per step"], rows)
     if ratios:
         lines += ["icrl-lite / TRL (below 1: icrl-lite takes less):", ""]
-        lines += table(["beta", "step time", "time per sampled token", "peak memory"], ratios)
+        lines += table(["workload: P x G x N", "beta", "step time", "time per sampled token", "peak memory",
+                        "same prompt token ids"], ratios)
     for v in result["variants"]:
         for system in grpo_step.SYSTEMS:
             if "error" in v[system]:
-                lines += [f"{system}, beta {v['beta']} failed ({v[system]['error']}):", "", "```",
-                          v[system]["log"].rstrip(), "```", ""]
+                lines += [f"{system}, {v.get('workload', '0 demos')}, beta {v['beta']} failed ({v[system]['error']}):",
+                          "", "```", v[system]["log"].rstrip(), "```", ""]
+    return lines
+
+
+def sweep_section(result: dict) -> list[str]:
+    s = result["settings"]
+    lines = about(sweep) + [
+        f"{s['prompts']} prompts per step; group sizes {', '.join(map(str, s['groups']))} at {s['group_axis_tokens']} "
+        f"new tokens, response lengths {', '.join(map(str, s['lengths']))} at group {s['length_axis_group']}; "
+        f"{s['warmup']} warm-up step(s), then the median of {s['steps']}.", ""]
+    by_point: dict[tuple, dict] = {}
+    for p in result["points"]:
+        by_point.setdefault((p["group"], p["max_new_tokens"]), {})[p["system"]] = p
+    rows = []
+    for (group, tokens), systems in by_point.items():
+        cells = [group, tokens]
+        for system in sweep.SYSTEMS:
+            p = systems.get(system)
+            cells += [f"{p['median_step_s']:.2f}", f"{p['sampled_tokens_per_s']:.1f}"] if p else ["failed", ""]
+        both = len(systems) == len(sweep.SYSTEMS)
+        cells.append(f"{systems['icrl-lite']['median_step_s'] / systems['trl']['median_step_s']:.3f}" if both else "-")
+        rows.append(cells)
+    lines += table(["group G", "new tokens N", "TRL s / step", "TRL sampled tok/s", "icrl-lite s / step",
+                    "icrl-lite sampled tok/s", "icrl-lite / TRL step time"], rows)
+    if "figure" in result:
+        lines += [f"![step time vs group size and response length]({result['figure']})", ""]
+    for system, failure in result["errors"].items():
+        lines += [f"{system} failed ({failure['error']}):", "", "```", failure["log"].rstrip(), "```", ""]
     return lines
 
 

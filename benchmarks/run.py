@@ -18,15 +18,24 @@ from benchmarks.loss_memory import run_loss_memory
 from benchmarks.machine import decode_bound, decode_bounds, describe_machine, dtype_name, machine_limits, policy_size
 from benchmarks.multiturn import run_multiturn
 from benchmarks.report import write_results
+from benchmarks.sweep import run_sweep
 
-BENCHMARKS = ("rollouts", "grpo", "loss_memory")
+BENCHMARKS = ("rollouts", "grpo", "sweep", "loss_memory")
 
 SIZES = {
     "quick": {
         "machine": {"cpu": (512, 64), "cuda": (4096, 1024)},  # matmul size, MiB of the bandwidth tensor
         "rollouts": [{"name": "3 demos", "demos": 3, "questions": 2, "max_turns": 2, "max_turn_tokens": 32,
                       "max_response_tokens": 256}],
-        "grpo": {"prompts": 2, "group": 2, "max_new_tokens": 8, "warmup": 1, "steps": 1, "betas": [0.0]},
+        "decode": {"batch": 4, "new_tokens": 8},
+        "grpo": [
+            {"name": "0 demos", "demos": 0, "prompts": 2, "group": 2, "max_new_tokens": 8, "warmup": 1, "steps": 1,
+             "betas": [0.0]},
+            {"name": "3 demos", "demos": 3, "prompts": 1, "group": 2, "max_new_tokens": 4, "warmup": 0, "steps": 1,
+             "betas": [0.0]},  # ~1,500-1,900 prompt tokens: TRL's step takes a minute even at this size
+        ],
+        "sweep": {"prompts": 1, "groups": [2, 3], "group_axis_tokens": 4, "lengths": [4, 8], "length_axis_group": 2,
+                  "warmup": 1, "steps": 1},
         "loss_memory": {"lengths": [256, 1024], "chunk": 256},
     },
     "full": {
@@ -37,7 +46,15 @@ SIZES = {
             {"name": "0 demos", "demos": 0, "questions": 32, "max_turns": 4, "max_turn_tokens": 64,
              "max_response_tokens": 1024},
         ],
-        "grpo": {"prompts": 4, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 3, "betas": [0.0, 0.04]},
+        "decode": {"batch": 32, "new_tokens": 128},  # pure decode, read against the decode bound at that batch
+        "grpo": [
+            {"name": "0 demos", "demos": 0, "prompts": 4, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 3,
+             "betas": [0.0, 0.04]},
+            {"name": "3 demos", "demos": 3, "prompts": 2, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 2,
+             "betas": [0.0]},  # ~1,100-1,500 prompt tokens: TRL encodes them for every rollout
+        ],
+        "sweep": {"prompts": 2, "groups": [2, 4, 8], "group_axis_tokens": 64, "lengths": [32, 64, 128],
+                  "length_axis_group": 4, "warmup": 1, "steps": 2},
         "loss_memory": {"lengths": [512, 1024, 2048, 4096], "chunk": 1024},  # chunk: TrainConfig.logprob_chunk
     },
 }
@@ -81,8 +98,10 @@ def run(only: list[str] | None = None, quick: bool = False, output: Path | None 
                             limits["matmul_gflops"][name] * 1e9, batch)["tokens_per_s"]
 
     jobs = {
-        "rollouts": lambda: run_multiturn(model, name, str(where), sizes["rollouts"], bound_at),
+        "rollouts": lambda: run_multiturn(model, name, str(where), sizes["rollouts"], bound_at, sizes["decode"]),
         "grpo": lambda: run_grpo_step(model, name, str(where), sizes["grpo"], output / "work" / "grpo", log=log),
+        "sweep": lambda: run_sweep(model, name, str(where), sizes["sweep"], output / "work" / "sweep",
+                                   output / "sweep.png", log=log),
         "loss_memory": lambda: run_loss_memory(model, precision, where, sizes["loss_memory"]["lengths"],
                                                sizes["loss_memory"]["chunk"], output / "work" / "loss_memory"),
     }
