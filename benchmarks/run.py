@@ -50,8 +50,9 @@ SIZES = {
         "grpo": [
             {"name": "0 demos", "demos": 0, "prompts": 4, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 3,
              "betas": [0.0, 0.04]},
-            {"name": "3 demos", "demos": 3, "prompts": 2, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 2,
-             "betas": [0.0]},  # ~1,100-1,500 prompt tokens: TRL encodes them for every rollout
+            # ~1,500-2,000 prompt tokens, which TRL runs for every rollout: one prompt keeps its process within 24 GB
+            {"name": "3 demos", "demos": 3, "prompts": 1, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 2,
+             "betas": [0.0]},
         ],
         "sweep": {"prompts": 2, "groups": [2, 4, 8], "group_axis_tokens": 64, "lengths": [32, 64, 128],
                   "length_axis_group": 4, "warmup": 1, "steps": 2},
