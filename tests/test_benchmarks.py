@@ -1,5 +1,6 @@
 """The benchmark suite's machinery on a tiny random model: same tokens from both rollout loops, the decode-bound
-arithmetic, both GRPO systems training on every rollout, the loss-memory measurement, and the written report."""
+arithmetic and the pure-decode rate against it, both GRPO systems training on every rollout (0 and 3 demos, on
+the same prompt tokens), the step-time sweep and its figure, the loss-memory measurement, and the written report."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import torch
 from benchmarks.grpo_step import measure_icrl, positional_rewards, run_child
 from benchmarks.loss_memory import full_logprobs, run_loss_memory
 from benchmarks.machine import decode_bound, policy_size
-from benchmarks.multiturn import Episode, Protocol, compare, reencode_rollouts
-from benchmarks.run import run
+from benchmarks.multiturn import Episode, Protocol, compare, reencode_rollouts, run_multiturn
+from benchmarks.run import SIZES, run
+from benchmarks.sweep import sweep_points
 from icrl_lite.model import ModelConfig, load_policy, token_logprobs
 from icrl_lite.rollout import Rollout, RolloutConfig, RolloutEngine
 from icrl_lite.tools import Tool
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+needs_trl = pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL not installed (pip install -e '.[bench]')")
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +138,7 @@ def test_icrl_lite_step_trains_every_rollout_of_fixed_length(tiny_model_dir, tmp
     assert len(result["step_seconds"]) == 2 and result["peak_memory_mb"] > 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL not installed (pip install -e '.[bench]')")
+@needs_trl
 def test_trl_step_samples_fixed_length_rollouts_in_its_own_process(tiny_model_dir, tmp_path):
     result = run_child(grpo_spec(tiny_model_dir, tmp_path, "trl"), tmp_path / "trl-run")
     assert "error" not in result, result.get("log")
@@ -162,5 +165,73 @@ def test_a_run_writes_the_machine_section_and_reports_missing_trl_as_skipped(tin
 
 
 def test_unknown_benchmark_names_are_refused_with_the_choices(tmp_path):
-    with pytest.raises(ValueError, match="rollouts, grpo, loss_memory"):
+    with pytest.raises(ValueError, match="rollouts, grpo, sweep, loss_memory"):
         run(only=["speed"], output=tmp_path)
+
+
+def test_pure_decode_runs_every_row_to_its_length_and_is_read_against_the_bound_at_that_batch(tiny_model_dir):
+    result = run_multiturn(str(tiny_model_dir), "fp32", "cpu", [], bound_at=lambda batch: 1000.0 * batch,
+                           decode={"batch": 3, "new_tokens": 5})
+    decode = result["decode"]
+    assert decode["batch"] == 3 and decode["new_tokens"] == 5 and decode["tokens_per_s"] > 0
+    assert decode["decode_bound_tokens_per_s"] == 3000.0
+    assert decode["fraction_of_bound"] == pytest.approx(decode["tokens_per_s"] / 3000.0)
+
+
+def test_sweep_points_measure_the_point_both_axes_share_once():
+    sizes = {"groups": [2, 4, 8], "group_axis_tokens": 64, "lengths": [32, 64, 128], "length_axis_group": 4}
+    points = [(p["group"], p["max_new_tokens"]) for p in sweep_points(sizes)]
+    assert points == [(2, 64), (4, 64), (8, 64), (4, 32), (4, 128)]
+
+
+TINY_SWEEP = {"prompts": 1, "groups": [2, 3], "group_axis_tokens": 2, "lengths": [2, 3], "length_axis_group": 2,
+              "warmup": 0, "steps": 1}
+
+
+@pytest.fixture(scope="module")
+def demo_and_sweep_run(tiny_model_dir, tmp_path_factory):
+    """`run --only grpo,sweep --quick` on the tiny model, with the quick 3-demo workload alone (one step) and a
+    smaller sweep, so the four processes take seconds each."""
+    demo = [{**next(w for w in SIZES["quick"]["grpo"] if w["demos"] == 3), "prompts": 1, "max_new_tokens": 2,
+             "warmup": 0, "steps": 1}]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(SIZES["quick"], "grpo", demo)
+        patch.setitem(SIZES["quick"], "sweep", TINY_SWEEP)
+        _, output = run(only=["grpo", "sweep"], quick=True, output=tmp_path_factory.mktemp("bench"),
+                        model=str(tiny_model_dir), dtype="fp32", device="cpu", log=lambda line: None)
+    return json.loads((output / "results.json").read_text()), output
+
+
+@needs_trl
+def test_the_3_demo_workload_gives_both_systems_the_same_untruncated_prompt_tokens(demo_and_sweep_run):
+    results, _ = demo_and_sweep_run
+    (variant,) = results["benchmarks"]["grpo"]["variants"]
+    assert variant["workload"] == "3 demos" and variant["demos"] == 3
+    trl, ours = variant["trl"], variant["icrl-lite"]
+    assert "error" not in trl, trl.get("log")
+    assert "error" not in ours, ours.get("log")
+    assert trl["prompt_tokens"] == ours["prompt_tokens"] and variant["same_prompt_ids"]
+    assert variant["prompt_tokens_per_prompt"] > 1000  # the 3 demonstrations are in the prompt, whole
+    assert set(variant["ratio"]) == {"step_time", "time_per_sampled_token", "peak_memory"}
+    assert trl["sampled_tokens_per_step"] == ours["sampled_tokens_per_step"] == 1 * 2 * 2
+
+
+@needs_trl
+def test_the_sweep_measures_every_point_of_both_systems_and_draws_them(demo_and_sweep_run):
+    results, output = demo_and_sweep_run
+    sweep = results["benchmarks"]["sweep"]
+    assert not sweep["errors"], sweep["errors"]
+    measured = {(p["system"], p["group"], p["max_new_tokens"]) for p in sweep["points"]}
+    assert measured == {(system, g, n) for system in ("trl", "icrl-lite") for g, n in [(2, 2), (3, 2), (2, 3)]}
+    assert all(p["median_step_s"] > 0 and p["sampled_tokens_per_step"] == p["group"] * p["max_new_tokens"]
+               for p in sweep["points"])
+    assert sweep["figure"] == "sweep.png" and (output / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@needs_trl
+def test_results_md_has_a_row_per_workload_and_beta_and_embeds_the_sweep(demo_and_sweep_run):
+    _, output = demo_and_sweep_run
+    md = (output / "results.md").read_text()
+    assert "| 3 demos: 1 x 2 x 2 | 0.0 | trl 1.16" in md and "| 3 demos: 1 x 2 x 2 | 0.0 | icrl-lite |" in md
+    assert "| 3 demos: 1 x 2 x 2 | 0.0 | " in md.split("icrl-lite / TRL (below 1")[1]  # its ratio row
+    assert "## GRPO step time vs group size and response length" in md and "![" in md and "(sweep.png)" in md
