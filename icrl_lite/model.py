@@ -560,7 +560,8 @@ class SharedPrefix:
         values = [layer.values for layer in cache.layers]
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in keys + values):
             return cls(ids, keys, values)
-        leaves = [t.detach().requires_grad_() for t in keys + values]
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in keys + values]  # without a LoRA on k_proj,
+        # the first layer's keys do not depend on a trainable weight: they stay constants
         return cls(ids, leaves[: len(keys)], leaves[len(keys):], graph=keys + values)
 
     def load(self, cache, prompt: list[int]) -> int:

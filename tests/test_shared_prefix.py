@@ -74,6 +74,18 @@ def lora_grads_without_prefix_backward(model) -> dict[str, torch.Tensor]:
     return lora_grads(model, prefix)
 
 
+def test_keys_that_no_trainable_weight_touches_are_constants(tiny_model_dir):
+    # LoRA on q_proj and v_proj only: the first layer's keys come from frozen weights, so they get no gradient
+    model, _ = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32", lora_target_modules=["q_proj", "v_proj"]))
+    model.train()
+    prefix = SharedPrefix.compute(model, PREFIX)
+    assert not prefix.keys[0].requires_grad and prefix.values[0].requires_grad
+    logp = response_logprobs(model, PROMPTS[0], RESPONSES[0], chunk=2, prefix=prefix)
+    logp.sum().backward()
+    prefix.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "lora_A" in n)
+
+
 def test_a_prefix_that_does_not_start_the_prompt_is_refused(policy):
     with torch.no_grad():
         prefix = SharedPrefix.compute(policy, PREFIX)
