@@ -93,9 +93,11 @@ class EvalConfig:
 
 
 def score(rollout: Rollout, gold, task: Task, tools: Sequence[Tool], alpha: float = 0.8, variant: str = "fine",
-          progress: float = 0.0) -> dict[str, float]:
-    """Reward metrics of one rollout plus its tool use and length (`gold`: the record's answers or calls)."""
-    _, metrics = task.reward(rollout.policy_text, gold, alpha=alpha, variant=variant, progress=progress)
+          progress: float = 0.0, tool_penalty: float | None = None) -> dict[str, float]:
+    """Reward metrics of one rollout plus its tool use and length (`gold`: the record's answers or calls).
+    `tool_penalty` (None: the task's own) is passed to the task's reward only when set."""
+    options = {} if tool_penalty is None else {"tool_penalty": tool_penalty}
+    _, metrics = task.reward(rollout.policy_text, gold, alpha=alpha, variant=variant, progress=progress, **options)
     for tool in tools:
         metrics[task.tool_metric(tool.name)] = float(sum(c["tool"] == tool.name for c in rollout.tool_calls))
     metrics["invalid_turns"] = float(rollout.invalid_turns)

@@ -124,14 +124,25 @@ def extract_answer(response: str) -> str | None:
     return text[start + len("<answer>") : end].strip()
 
 
-def icrl_format(response: str) -> tuple[float, dict[str, float]]:
+def icrl_format(response: str, tool_penalty: float | None = None) -> tuple[float, dict[str, float]]:
     """Format score of a response: 1 - sum of violated penalties, clipped to [0, 1].
+
+    ``tool_penalty`` replaces the table's ``no_search`` amount (None: the paper's 0.1).
 
     Tags are counted after removing ``<information>`` blocks (see the module docstring). Returns the
     score and a metrics dict with one 0/1 flag per penalty of ``FORMAT_PENALTIES`` plus ``format``.
     """
     text = strip_information(response)
-    return _format_score(text, extract_answer(response), "no_search", "search", FORMAT_PENALTIES)
+    return _format_score(text, extract_answer(response), "no_search", "search", with_tool_penalty(FORMAT_PENALTIES, "no_search", tool_penalty))
+
+
+def with_tool_penalty(penalties: dict[str, float], flag: str, amount: float | None) -> dict[str, float]:
+    """The penalty table with `flag` (no tool call at all) set to `amount`; the table itself when None."""
+    if amount is None:
+        return penalties
+    if not 0.0 <= amount <= 1.0:
+        raise ValueError(f"tool_penalty must be in [0, 1] (subtracted from a format score of 1), got {amount}")
+    return {**penalties, flag: amount}
 
 
 def _format_score(text: str, answer: str | None, tool_flag: str, tool_tag: str,
@@ -156,7 +167,8 @@ def _format_score(text: str, answer: str | None, tool_flag: str, tool_tag: str,
     return score, metrics
 
 
-def icrl_reward(response: str, answers: Sequence[str], alpha: float = ALPHA) -> tuple[float, dict[str, float]]:
+def icrl_reward(response: str, answers: Sequence[str], alpha: float = ALPHA,
+                tool_penalty: float | None = None) -> tuple[float, dict[str, float]]:
     """ICRL reward ``alpha * EM + (1 - alpha) * format`` of one response.
 
     ``response`` must be the policy's response only (with the environment's ``<information>`` blocks
@@ -173,7 +185,7 @@ def icrl_reward(response: str, answers: Sequence[str], alpha: float = ALPHA) -> 
     answer = extract_answer(response)
     em = exact_match(answer, answers) if answer is not None else 0.0
     f1 = f1_score(answer, answers) if answer is not None else 0.0
-    return _combine(alpha, {"em": em, "f1": f1}, icrl_format(response), answer)
+    return _combine(alpha, {"em": em, "f1": f1}, icrl_format(response, tool_penalty), answer)
 
 
 def _combine(alpha: float, accuracy: dict[str, float], fmt: tuple[float, dict[str, float]],
@@ -277,17 +289,19 @@ def math_equal(prediction: str | None, golds: Sequence[str]) -> bool:
     return False
 
 
-def math_format(response: str, tool_tag: str = "python") -> tuple[float, dict[str, float]]:
+def math_format(response: str, tool_tag: str = "python", tool_penalty: float | None = None) -> tuple[float, dict[str, float]]:
     """Format score of a math-track response: ``icrl_format`` with ``no_search`` replaced by ``no_tool``.
 
     ``no_tool`` (0.1) is raised when the response has no ``<tool_tag>`` at all. ``<output>`` and
     ``<information>`` blocks are removed before tags are counted. Penalties: ``MATH_FORMAT_PENALTIES``.
     """
     text = strip_observations(response)
-    return _format_score(text, extract_answer(response), "no_tool", tool_tag, MATH_FORMAT_PENALTIES)
+    return _format_score(text, extract_answer(response), "no_tool", tool_tag,
+                         with_tool_penalty(MATH_FORMAT_PENALTIES, "no_tool", tool_penalty))
 
 
-def math_reward(response: str, answers: Sequence[str], alpha: float = ALPHA) -> tuple[float, dict[str, float]]:
+def math_reward(response: str, answers: Sequence[str], alpha: float = ALPHA,
+                tool_penalty: float | None = None) -> tuple[float, dict[str, float]]:
     """Math-track reward ``alpha * correct + (1 - alpha) * format`` of one response (the policy's only).
 
     ``correct`` is ``math_equal`` between the last complete ``<answer>`` (outside ``<output>`` blocks) and the
@@ -299,4 +313,4 @@ def math_reward(response: str, answers: Sequence[str], alpha: float = ALPHA) -> 
     _check_golds(answers)
     answer = extract_answer(response)
     correct = float(answer is not None and math_equal(answer, answers))
-    return _combine(alpha, {"correct": correct, "em": correct}, math_format(response), answer)
+    return _combine(alpha, {"correct": correct, "em": correct}, math_format(response, tool_penalty=tool_penalty), answer)

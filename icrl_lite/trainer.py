@@ -108,6 +108,11 @@ class TrainConfig:
     """PPO clip range."""
     alpha: float = 0.8
     """Reward = alpha * exact match + (1 - alpha) * format."""
+    tool_penalty: float | None = None
+    """qa / math: what the format score loses when a response never calls its tool (no <search> / <python>);
+    None = ICRL's table (0.1, i.e. 0.02 of the reward at alpha 0.8). Training only: evaluation's metrics do not
+    depend on it. Raise it (e.g. 0.5) when no rollout reaches a right answer, so format is the only signal and
+    0.1 does not separate calling from answering without a call (the math track, docs/results.md)."""
     updates_per_step: int = 4
     """Optimizer steps on each step's rollouts (GRPO's mu). Sampling dominates a CPU step (~90%), so reusing its
     rollouts is cheap; the PPO ratio against the sampler and its clip keep later updates near the sampler."""
@@ -188,6 +193,12 @@ class TrainConfig:
             raise ValueError(f"shaping_gamma={self.shaping_gamma} must be > 0 (LUFFY: 0.1)")
         Curriculum(self.stages)
         validate_task_fields(self)
+        if self.tool_penalty is not None and not 0.0 <= self.tool_penalty <= 1.0:
+            raise ValueError(f"tool_penalty={self.tool_penalty} must be in [0, 1] (subtracted from a format score of 1), "
+                             "or null for the task's own")
+        if self.tool_penalty is not None and self.task == "fc":
+            raise ValueError("tool_penalty applies to the qa and math rewards; fc's ToolRL reward has no tool-call "
+                             "penalty: leave it unset (null)")
         if self.reward_variant not in REWARD_VARIANTS:
             raise ValueError(f"reward_variant={self.reward_variant!r}: use one of {', '.join(REWARD_VARIANTS)}")
         check_report_to(self.report_to)  # the tracker's package is installed (not imported)
@@ -320,7 +331,8 @@ class Trainer:
 
         golds = [q[self.task.gold_field] for q in questions for _ in range(size)]
         progress = step / max(1, self.curriculum.total_steps - 1)
-        scored = [score(r, g, self.task, self.tools, cfg.alpha, cfg.reward_variant, progress) for r, g in zip(rollouts, golds)]
+        scored = [score(r, g, self.task, self.tools, cfg.alpha, cfg.reward_variant, progress, cfg.tool_penalty)
+                  for r, g in zip(rollouts, golds)]
         rewards = torch.tensor([m["reward"] for m in scored])  # (N,)
         advantages, informative = group_advantages(rewards, size, scale=cfg.scale_rewards)  # (N,), (N,)
         items = []

@@ -66,8 +66,9 @@ def get_task(name: str) -> Task:
 
 
 def answer_reward(reward: Callable[..., tuple[float, dict[str, float]]]):
-    """A reward of (response, gold answers, alpha) as a task reward (it takes no variant or progress)."""
-    def score(response, gold, alpha=0.8, variant="fine", progress=0.0):
-        return reward(response, gold, alpha=alpha)
+    """A reward of (response, gold answers, alpha) as a task reward (it takes no variant or progress). Other
+    keywords (the train config's `tool_penalty`, when set) go to the reward."""
+    def score(response, gold, alpha=0.8, variant="fine", progress=0.0, **options):
+        return reward(response, gold, alpha=alpha, **options)
 
     return score
