@@ -455,10 +455,13 @@ def merged_adapter(model, enabled: bool = True) -> Iterator[None]:
     """Merge LoRA into the base weights for fast generation, then restore the base weights bit-exactly.
 
     Unmerging in bf16 would leave rounding drift in the base weights, so the original tensors are stashed
-    and copied back instead. Quantized (4-bit) bases are never merged.
+    and copied back instead. Quantized (4-bit) bases are never merged, and neither is a disabled adapter
+    (`reference_mode`, e.g. the untrained side of the final evaluation): PEFT would merge it anyway and then, in the
+    disabled forward, unmerge it in place, leaving the base weights off by the rounding of (W + delta) - delta.
     """
     lora_layers = [m for m in model.modules() if hasattr(m, "merge") and hasattr(m, "lora_A")] if enabled else []
-    if not lora_layers or any(getattr(m.base_layer.weight, "quant_state", None) is not None for m in lora_layers):
+    if (not lora_layers or any(getattr(m, "disable_adapters", False) for m in lora_layers)
+            or any(getattr(m.base_layer.weight, "quant_state", None) is not None for m in lora_layers)):
         yield
         return
     stash = [m.base_layer.weight.data.clone() for m in lora_layers]

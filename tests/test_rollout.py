@@ -1,5 +1,7 @@
 """The rollout engine on a tiny random model: what it samples, what it forces, and the loss mask."""
 
+from dataclasses import replace
+
 import torch
 
 from icrl_lite.model import ModelConfig, load_policy
@@ -113,6 +115,29 @@ def test_merged_generation_leaves_base_weights_bit_exact(tiny_model_dir):
     for n, p in model.named_parameters():
         if n in before:
             assert torch.equal(p, before[n]), n
+
+
+def test_a_disabled_adapter_is_not_merged_so_the_reference_policy_samples_from_the_exact_base(tiny_model_dir):
+    # PEFT merges a disabled adapter too, and its disabled forward then unmerges it in place: in bf16 the base
+    # weights became round(round(W + delta) - delta), not W, and the "untrained" evaluation ran a perturbed base
+    from icrl_lite.model import reference_mode
+
+    model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="bf16"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator))
+    cfg = RolloutConfig(temperature=0.0, max_turns=0, max_turn_tokens=16, max_response_tokens=17)
+    runs = {}
+    for merge in (True, False):
+        with reference_mode(model):
+            engine = RolloutEngine(model, tok, [], replace(cfg, merge_lora=merge))
+            engine.eos_ids = set()
+            runs[merge] = engine.generate(prompts(tok), num_samples=1)
+    for merged, plain in zip(runs[True], runs[False]):
+        assert merged.response_ids == plain.response_ids
+        assert merged.logprobs == plain.logprobs  # bit for bit: the same weights, the same path
 
 
 def test_gumbel_sampling_follows_the_distribution():
