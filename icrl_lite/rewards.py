@@ -133,7 +133,8 @@ def icrl_format(response: str, tool_penalty: float | None = None) -> tuple[float
     score and a metrics dict with one 0/1 flag per penalty of ``FORMAT_PENALTIES`` plus ``format``.
     """
     text = strip_information(response)
-    return _format_score(text, extract_answer(response), "no_search", "search", with_tool_penalty(FORMAT_PENALTIES, "no_search", tool_penalty))
+    return _format_score(text, extract_answer(response), "no_search", "search",
+                         with_tool_penalty(FORMAT_PENALTIES, "no_search", tool_penalty))
 
 
 def with_tool_penalty(penalties: dict[str, float], flag: str, amount: float | None) -> dict[str, float]:

@@ -216,8 +216,7 @@ class RolloutEngine:
         """
         device = self.model.device
         zeros = torch.zeros(len(prompts), dtype=torch.long, device=device)
-        shared = common_prefix_length(prompts) if len(prompts) > 1 else 0
-        shared = min(shared, min(len(p) for p in prompts) - 1)  # every row keeps >= 1 token of its own
+        shared = shared_prefix_length(prompts)
         if not self.cfg.shared_prefix_min or shared < self.cfg.shared_prefix_min:
             ids, attn = left_pad([list(p) for p in prompts], self.pad_id, device)  # (U, P)
             logits, pos = self._forward(ids, attn, zeros, cache, None)
@@ -361,6 +360,14 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     elif extra:
         ids.update(extra)
     return sorted(i for i in ids if i is not None)
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens several prompts can share in one pass: their common prefix, less what would leave
+    a prompt without a token of its own (its last token is fed with what follows it); 0 for a single prompt."""
+    if len(prompts) < 2:
+        return 0
+    return min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
 
 
 def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:

@@ -42,7 +42,7 @@ from .model import (LossScaler, ModelConfig, SharedPrefix, checkpoints_layers, l
                     response_logprobs)
 from .preflight import check_model_source, check_output_dir
 from .prompts import build_messages, render_prompt
-from .rollout import Rollout, RolloutConfig, RolloutEngine, common_prefix_length, demo_budget_problems
+from .rollout import Rollout, RolloutConfig, RolloutEngine, demo_budget_problems, shared_prefix_length
 from .tasks import REWARD_VARIANTS, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig
 from .tracking import check_report_to, open_tracker
@@ -480,9 +480,9 @@ class Trainer:
         (`SharedPrefix`), not once per batch. Each prompt keeps at least one token of its own. Empty = no sharing
         (one batch, a short prefix, sharing off, or gradient checkpointing, whose layers run without a cache)."""
         least = self.cfg.rollout.shared_prefix_min
-        if len(prompts) < 2 or not least or checkpoints_layers(self.model):
+        if not least or checkpoints_layers(self.model):
             return []
-        length = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+        length = shared_prefix_length(prompts)
         return list(prompts[0][:length]) if length >= least else []
 
     def evaluate(self) -> dict[str, float]:
