@@ -3,8 +3,12 @@
 Both get the same model (weights in the same dtype; on a CPU the same attention kernel), LoRA (rank, alpha,
 targets, no dropout), the same P prompts every step (bundled QA train questions through the search instruction
 and the chat template), group size G, temperature, AdamW learning rate, clip range, beta, and one update per
-batch (TRL: num_iterations=1, generation batch = train batch = P x G, one accumulation step; icrl-lite:
-updates_per_step=1). Neither uses gradient checkpointing (icrl-lite's default; TRL's default is on).
+batch. TRL: num_iterations=1 and one generation of all P x G rows per optimizer step, trained in micro-batches
+of the workload's `trl_micro_batch` rows (per_device_train_batch_size; default: all P x G) accumulated into that
+one step (gradient_accumulation_steps = steps_per_generation = P x G / micro-batch); every step is checked to
+have run one generation of P x G rows, those micro-batches and one optimizer step. icrl-lite: updates_per_step=1,
+one forward/backward per prompt for its G rollouts (micro_batch_size=G). Neither uses gradient checkpointing
+(icrl-lite's default; TRL's default is on).
 
 Two workloads. **0 demos**: the instruction and the question. **3 demos** (the ICRL workload): every prompt of a
 step carries the same 3 worked demonstrations before its question, chosen and rendered as icrl-lite's Trainer
@@ -68,8 +72,10 @@ def summarize(seconds: list[float], warmup: int, sampled_per_step: list[int], pe
 
 def prompt_record(steps: list[list[list[int]]]) -> dict:
     """What a system prompted with: the token count of each distinct prompt of each step, their mean, and a
-    digest of the token ids (each step's prompts sorted, so the order of the questions in a step does not count)."""
-    digest = hashlib.sha256(json.dumps([sorted(step) for step in steps]).encode()).hexdigest()
+    digest of the token ids (each step's prompts sorted by their ids, so the order of the questions in a step does
+    not count)."""
+    steps = [sorted(step) for step in steps]
+    digest = hashlib.sha256(json.dumps(steps).encode()).hexdigest()
     counts = [[len(p) for p in step] for step in steps]
     flat = [n for step in counts for n in step]
     return {"prompt_tokens": counts, "prompt_tokens_mean": sum(flat) / len(flat), "prompt_digest": digest}
@@ -77,7 +83,8 @@ def prompt_record(steps: list[list[list[int]]]) -> dict:
 
 # ---- the two systems, each run in its own process ------------------------------------------------------
 def measure_icrl(spec: dict) -> dict:
-    """icrl-lite's Trainer.step, `warmup + steps` times."""
+    """icrl-lite's Trainer.step, `warmup + steps` times; records the rollouts of each forward/backward of the
+    last step's update."""
     from icrl_lite import trainer as trainer_module
     from icrl_lite.model import ModelConfig
     from icrl_lite.rollout import RolloutConfig
@@ -105,8 +112,16 @@ def measure_icrl(spec: dict) -> dict:
         metrics["reward"] = positional_rewards(group, group)[next(counter) % group]
         return metrics
 
+    real_logprobs = trainer_module.response_logprobs
+    batches: list[list[int]] = []
+
+    def logprobs(model, prompt, responses, *args, **kwargs):  # the update's forward passes (with gradients)
+        if torch.is_grad_enabled():
+            batches[-1].append(len(responses))
+        return real_logprobs(model, prompt, responses, *args, **kwargs)
+
     seconds, sampled, trained, prompts = [], [], [], []
-    trainer_module.score = score
+    trainer_module.score, trainer_module.response_logprobs = score, logprobs
     try:
         trainer = Trainer(cfg)
         trainer.engine.eos_ids = set()  # every rollout samples exactly n tokens, as TRL's min_new_tokens=n
@@ -120,6 +135,7 @@ def measure_icrl(spec: dict) -> dict:
         trainer.engine.generate = recording
         try:
             for _ in range(spec["warmup"] + spec["steps"]):
+                batches.append([])
                 start = time.perf_counter()
                 metrics = trainer.step()
                 seconds.append(time.perf_counter() - start)
@@ -129,9 +145,10 @@ def measure_icrl(spec: dict) -> dict:
         finally:
             trainer.lock.release()
     finally:
-        trainer_module.score = real_score
+        trainer_module.score, trainer_module.response_logprobs = real_score, real_logprobs
     out = summarize(seconds, spec["warmup"], sampled, peak_memory_mb(trainer.model.device))
     out["trained_rollouts_per_step"] = trained
+    out["update_batches"] = batches[-1]
     out["dtype"] = str(trainer.model.dtype).removeprefix("torch.")
     return {**out, **prompt_record(prompts)}
 
@@ -152,13 +169,43 @@ def trl_prompts(spec: dict) -> list[list[dict]]:
     return rows
 
 
+TRL_BATCHING = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
+                "generation_batch_size", "num_iterations")  # how TRL ran a step, recorded with its result
+
+
+def trl_config(spec: dict, use_cpu: bool):
+    """TRL's GRPOConfig for a spec. A step's P x G rows are generated together (generation_batch_size = P x G,
+    so rewards and advantages see whole groups) and trained `trl_micro_batch` rows per forward/backward (default:
+    all of them), accumulated into one optimizer step: steps_per_generation = gradient_accumulation_steps makes
+    TRL generate once per optimizer step, and num_iterations=1 uses each generation once."""
+    from trl import GRPOConfig
+
+    rows, group, n = spec["prompts"] * spec["group"], spec["group"], spec["max_new_tokens"]
+    micro = spec.get("trl_micro_batch") or rows
+    if rows % micro:
+        raise ValueError(f"trl_micro_batch={micro} must divide the step's prompts x group = {rows} rows")
+    passes = rows // micro
+    return GRPOConfig(
+        output_dir=str(Path(spec["workdir"]) / "trl"), seed=spec["seed"], max_steps=spec["warmup"] + spec["steps"],
+        per_device_train_batch_size=micro, gradient_accumulation_steps=passes, steps_per_generation=passes,
+        num_generations=group, num_iterations=1, max_completion_length=n, generation_kwargs={"min_new_tokens": n},
+        temperature=spec["temperature"], top_p=1.0, top_k=0, beta=spec["beta"], epsilon=spec["epsilon"],
+        loss_type="dapo", scale_rewards="group", learning_rate=spec["learning_rate"], lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, gradient_checkpointing=False, bf16=False, fp16=False,
+        use_cpu=use_cpu, shuffle_dataset=False, report_to=[], logging_steps=10**6, save_strategy="no",
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+
+
 def measure_trl(spec: dict) -> dict:
-    """TRL's GRPOTrainer.train for `warmup + steps` steps, timed by a callback from step begin to step end."""
+    """TRL's GRPOTrainer.train for `warmup + steps` optimizer steps, each timed by a callback from its start (its
+    first micro-batch, which generates) to the end of its optimizer step. What ran inside each timed step is
+    counted, and anything but one generation of P x G rows, the micro-batches and one optimizer step raises."""
     import trl
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from icrl_lite.model import load_tokenizer, register_attention, resolve_device, resolve_dtype, resolve_model_path
 
@@ -170,7 +217,7 @@ def measure_trl(spec: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(spec["model"]), **kwargs).to(device)
     tokenizer = load_tokenizer(spec["model"])
     dataset = Dataset.from_list([{"prompt": messages} for messages in trl_prompts(spec)])
-    group, n, steps = spec["group"], spec["max_new_tokens"], spec["warmup"] + spec["steps"]
+    group = spec["group"]
     sampled: list[int] = []
     prompts: list[list[list[int]]] = []
 
@@ -179,41 +226,58 @@ def measure_trl(spec: dict) -> dict:
         return positional_rewards(len(completion_ids), group)
 
     class StepTimer(TrainerCallback):
+        """Step seconds, and per step: the rows of each generation, the rows of each micro-batch trained, and
+        the optimizer steps."""
+
         def __init__(self):
             self.seconds: list[float] = []
+            self.steps: list[dict] = []
 
         def on_step_begin(self, args, state, control, **kwargs):
+            self.steps.append({"generations": [], "micro_batches": [], "optimizer_steps": 0})
             self.start = time.perf_counter()
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            self.steps[-1]["optimizer_steps"] += 1
 
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self.start)
 
-    args = GRPOConfig(
-        output_dir=str(Path(spec["workdir"]) / "trl"), seed=spec["seed"], max_steps=steps,
-        per_device_train_batch_size=spec["prompts"] * group, gradient_accumulation_steps=1, num_generations=group,
-        num_iterations=1, max_completion_length=n, generation_kwargs={"min_new_tokens": n},
-        temperature=spec["temperature"], top_p=1.0, top_k=0, beta=spec["beta"], epsilon=spec["epsilon"],
-        loss_type="dapo", scale_rewards="group", learning_rate=spec["learning_rate"], lr_scheduler_type="constant",
-        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, gradient_checkpointing=False, bf16=False, fp16=False,
-        use_cpu=device.type == "cpu", shuffle_dataset=False, report_to=[], logging_steps=10**6, save_strategy="no",
-        disable_tqdm=True, dataloader_num_workers=0,
-    )
+    args = trl_config(spec, use_cpu=device.type == "cpu")
     lora = LoraConfig(r=spec["lora_rank"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0,
                       target_modules=list(spec["lora_targets"]), task_type="CAUSAL_LM")
     timer = StepTimer()
     trainer = GRPOTrainer(model=model, reward_funcs=positional, args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=lora, callbacks=[timer])
     tokenize = trainer._tokenize_prompts  # the token ids TRL generates from and trains on, untruncated
+    generate_and_score = trainer._generate_and_score_completions
+    prepare = trainer._prepare_inputs
 
     def recording(batch):  # P x G prompts, each repeated G times in a row
         prompt_ids, *rest = tokenize(batch)
         prompts.append([list(p) for p in prompt_ids[::group]])
         return (prompt_ids, *rest)
 
-    trainer._tokenize_prompts = recording
+    def generation(batch):  # samples, rewards and advantages for these rows together
+        timer.steps[-1]["generations"].append(len(batch))
+        return generate_and_score(batch)
+
+    def micro_batch(batch):  # the rows the next forward/backward trains on
+        inputs = prepare(batch)
+        timer.steps[-1]["micro_batches"].append(len(inputs["completion_ids"]))
+        return inputs
+
+    trainer._tokenize_prompts, trainer._generate_and_score_completions, trainer._prepare_inputs = (
+        recording, generation, micro_batch)
     trainer.train()
+    expected = {"generations": [spec["prompts"] * group], "optimizer_steps": 1,
+                "micro_batches": [args.per_device_train_batch_size] * args.gradient_accumulation_steps}
+    if len(timer.steps) != args.max_steps or any(step != expected for step in timer.steps):
+        raise RuntimeError(f"TRL's timed steps ran {timer.steps}; each should be {expected} (check trl_config)")
     out = summarize(timer.seconds, spec["warmup"], sampled, peak_memory_mb(device))
     out["trl_version"] = trl.__version__
+    out["trl_batching"] = {k: getattr(args, k) for k in TRL_BATCHING}
+    out["update_batches"] = expected["micro_batches"]
     out["dtype"] = str(dtype).removeprefix("torch.")
     return {**out, **prompt_record(prompts)}
 
@@ -259,9 +323,10 @@ def write_questions(path: Path, count: int) -> Path:
 
 
 def run_grpo_step(model: str, dtype: str, device: str, sizes: list[dict], workdir: Path, log=print) -> dict:
-    """Each workload in `sizes` ({name, demos, prompts, group, max_new_tokens, warmup, steps, betas}) x each of
-    its betas x each system, one process each. Skipped (with the install command) when TRL is not installed; a
-    process that fails is reported with the end of its log."""
+    """Each workload in `sizes` ({name, demos, prompts, group, max_new_tokens, warmup, steps, betas, and optionally
+    trl_micro_batch: TRL's rows per forward/backward, default all P x G}) x each of its betas x each system, one
+    process each. Skipped (with the install command) when TRL is not installed; a process that fails is reported
+    with the end of its log."""
     if not trl_available():
         return {"skipped": f"TRL is not installed: {INSTALL_TRL}"}
     workdir.mkdir(parents=True, exist_ok=True)
@@ -272,7 +337,7 @@ def run_grpo_step(model: str, dtype: str, device: str, sizes: list[dict], workdi
         base = base_spec(model, dtype, device, questions)
         for beta in workload["betas"]:
             variant = {"workload": workload["name"], "demos": workload["demos"], "beta": beta,
-                       **{k: workload[k] for k in WORKLOAD_KEYS}}
+                       **{k: workload[k] for k in WORKLOAD_KEYS}, "trl_micro_batch": workload.get("trl_micro_batch")}
             for system in SYSTEMS:
                 folder = workdir / slug / f"{system}-beta{beta}"
                 spec = {**base, **variant, "system": system, "workdir": str(folder)}

@@ -125,7 +125,7 @@ def grpo_section(result: dict) -> list[str]:
         for system in grpo_step.SYSTEMS:
             r = v[system]
             if "error" in r:
-                rows.append([name, v["beta"], system, "failed", "", "", "", "", ""])
+                rows.append([name, v["beta"], system, "failed", "", "", "", "", "", ""])
                 continue
             trained = r.get("trained_rollouts_per_step")
             trained = "all (TRL keeps every rollout)" if trained is None else (
@@ -133,13 +133,14 @@ def grpo_section(result: dict) -> list[str]:
             prompt = f"{r['prompt_tokens_mean']:.0f}" if "prompt_tokens_mean" in r else "-"
             rows.append([name, v["beta"], system + (f" {r['trl_version']}" if "trl_version" in r else ""), prompt,
                          f"{r['median_step_s']:.2f}", f"{r['sampled_tokens_per_step']:.0f}",
-                         f"{r['sampled_tokens_per_s']:.1f}", f"{r['peak_memory_mb']:.0f}", trained])
+                         f"{r['sampled_tokens_per_s']:.1f}", f"{r['peak_memory_mb']:.0f}", trained, update_batches(r)])
         if "ratio" in v:
             same = {True: "yes", False: "NO", None: "-"}[v.get("same_prompt_ids")]
             ratios.append([name, v["beta"], f"{v['ratio']['step_time']:.3f}", f"{v['ratio']['time_per_sampled_token']:.3f}",
                            f"{v['ratio']['peak_memory']:.2f}", same])
     lines += table(["workload: P x G x N", "beta", "system", "prompt tokens (mean)", "median s / step",
-                    "sampled tokens / step", "sampled tok/s of step", "peak memory MiB", "trained rollouts per step"], rows)
+                    "sampled tokens / step", "sampled tok/s of step", "peak memory MiB", "trained rollouts per step",
+                    "update: forward/backward passes x rollouts"], rows)
     if ratios:
         lines += ["icrl-lite / TRL (below 1: icrl-lite takes less):", ""]
         lines += table(["workload: P x G x N", "beta", "step time", "time per sampled token", "peak memory",
@@ -150,6 +151,20 @@ def grpo_section(result: dict) -> list[str]:
                 lines += [f"{system}, {v.get('workload', '0 demos')}, beta {v['beta']} failed ({v[system]['error']}):",
                           "", "```", v[system]["log"].rstrip(), "```", ""]
     return lines
+
+
+def update_batches(r: dict) -> str:
+    """How a system batched its update: passes x rollouts per pass, with TRL's options (its P x G rows are
+    generated together once per step, then trained in accumulated micro-batches)."""
+    sizes = r.get("update_batches")
+    if not sizes:
+        return "-"  # results from before it was recorded
+    cell = f"{len(sizes)} x {sizes[0]}" if len(set(sizes)) == 1 else " + ".join(map(str, sizes))
+    if "trl_batching" in r:
+        b = r["trl_batching"]
+        return (f"{cell} (per_device_train_batch_size {b['per_device_train_batch_size']}, gradient_accumulation_steps "
+                f"{b['gradient_accumulation_steps']}, generation_batch_size {b['generation_batch_size']})")
+    return f"{cell} (one prompt's rollouts per pass)"
 
 
 def sweep_section(result: dict) -> list[str]:

@@ -31,8 +31,9 @@ SIZES = {
         "grpo": [
             {"name": "0 demos", "demos": 0, "prompts": 2, "group": 2, "max_new_tokens": 8, "warmup": 1, "steps": 1,
              "betas": [0.0]},
-            {"name": "3 demos", "demos": 3, "prompts": 1, "group": 2, "max_new_tokens": 4, "warmup": 0, "steps": 1,
-             "betas": [0.0]},  # ~1,500-1,900 prompt tokens: TRL's step takes a minute even at this size
+            # ~1,500-1,900 prompt tokens: TRL's step takes a minute even at this size; 2 micro-batches of 2 rows
+            {"name": "3 demos", "demos": 3, "prompts": 2, "group": 2, "max_new_tokens": 4, "warmup": 0, "steps": 1,
+             "betas": [0.0], "trl_micro_batch": 2},
         ],
         "sweep": {"prompts": 1, "groups": [2, 3], "group_axis_tokens": 4, "lengths": [4, 8], "length_axis_group": 2,
                   "warmup": 1, "steps": 1},
@@ -50,9 +51,10 @@ SIZES = {
         "grpo": [
             {"name": "0 demos", "demos": 0, "prompts": 4, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 3,
              "betas": [0.0, 0.04]},
-            # ~1,500-2,000 prompt tokens, which TRL runs for every rollout: one prompt keeps its process within 24 GB
-            {"name": "3 demos", "demos": 3, "prompts": 1, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 2,
-             "betas": [0.0]},
+            # ~1,500-2,000 prompt tokens, which TRL runs for every rollout: 4 rows per forward/backward (4 micro-batches
+            # accumulated into the one update) keep its process within 24 GB on a CPU
+            {"name": "3 demos", "demos": 3, "prompts": 4, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 2,
+             "betas": [0.0], "trl_micro_batch": 4},
         ],
         "sweep": {"prompts": 2, "groups": [2, 4, 8], "group_axis_tokens": 64, "lengths": [32, 64, 128],
                   "length_axis_group": 4, "warmup": 1, "steps": 2},

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from benchmarks.grpo_step import measure_icrl, positional_rewards, run_child
+from benchmarks.grpo_step import measure_icrl, positional_rewards, run_child, trl_config
 from benchmarks.loss_memory import full_logprobs, run_loss_memory
 from benchmarks.machine import decode_bound, policy_size
 from benchmarks.multiturn import Episode, Protocol, compare, reencode_rollouts, run_multiturn
@@ -136,6 +136,7 @@ def test_icrl_lite_step_trains_every_rollout_of_fixed_length(tiny_model_dir, tmp
     assert result["trained_rollouts_per_step"] == [4, 4, 4]  # every group had a spread, every rollout trained
     assert result["sampled_tokens_per_step"] == 2 * 2 * 5  # EOS off: exactly max_new_tokens per rollout
     assert len(result["step_seconds"]) == 2 and result["peak_memory_mb"] > 0
+    assert result["update_batches"] == [2, 2]  # one forward/backward per prompt, for its G rollouts
 
 
 @needs_trl
@@ -144,6 +145,35 @@ def test_trl_step_samples_fixed_length_rollouts_in_its_own_process(tiny_model_di
     assert "error" not in result, result.get("log")
     assert result["sampled_tokens_per_step"] == 2 * 2 * 5 and len(result["step_seconds"]) == 2
     assert result["trl_version"]
+    assert result["update_batches"] == [4]  # no trl_micro_batch: all P x G rows in one forward/backward
+    assert result["trl_batching"]["gradient_accumulation_steps"] == 1
+
+
+@needs_trl
+@pytest.mark.parametrize("micro, passes", [(4, 4), (None, 1)])
+def test_trl_generates_a_steps_rows_together_and_accumulates_its_micro_batches_into_one_update(micro, passes, tmp_path):
+    spec = {"prompts": 4, "group": 4, "max_new_tokens": 8, "warmup": 1, "steps": 2, "seed": 0, "temperature": 0.8,
+            "beta": 0.0, "epsilon": 0.2, "learning_rate": 1e-5, "workdir": str(tmp_path), "trl_micro_batch": micro}
+    args = trl_config(spec, use_cpu=True)
+    assert args.per_device_train_batch_size == 16 // passes and args.gradient_accumulation_steps == passes
+    assert args.generation_batch_size == 16 and args.generation_batch_size % args.num_generations == 0  # whole groups
+    # TRL generates every steps_per_generation x num_iterations micro-batches: once per optimizer step, on-policy
+    assert args.steps_per_generation == passes and args.num_iterations == 1 and args.max_steps == 3
+
+
+@needs_trl
+def test_trl_micro_batch_must_divide_the_steps_rows(tmp_path):
+    spec = {"prompts": 3, "group": 2, "trl_micro_batch": 4, "max_new_tokens": 8, "warmup": 0, "steps": 1, "seed": 0,
+            "workdir": str(tmp_path)}
+    with pytest.raises(ValueError, match="trl_micro_batch=4 must divide the step's prompts x group = 6 rows"):
+        trl_config(spec, use_cpu=True)
+
+
+def test_the_full_3_demo_workload_trains_4_prompts_in_trl_micro_batches_of_4():
+    demo = next(w for w in SIZES["full"]["grpo"] if w["demos"] == 3)
+    assert (demo["prompts"], demo["group"], demo["max_new_tokens"], demo["trl_micro_batch"]) == (4, 4, 128, 4)
+    quick = next(w for w in SIZES["quick"]["grpo"] if w["demos"] == 3)
+    assert quick["prompts"] * quick["group"] > quick["trl_micro_batch"]  # the quick run accumulates micro-batches too
 
 
 def test_a_run_writes_the_machine_section_and_reports_missing_trl_as_skipped(tiny_model_dir, tmp_path, monkeypatch):
@@ -190,10 +220,10 @@ TINY_SWEEP = {"prompts": 1, "groups": [2, 3], "group_axis_tokens": 2, "lengths":
 
 @pytest.fixture(scope="module")
 def demo_and_sweep_run(tiny_model_dir, tmp_path_factory):
-    """`run --only grpo,sweep --quick` on the tiny model, with the quick 3-demo workload alone (one step) and a
-    smaller sweep, so the four processes take seconds each."""
-    demo = [{**next(w for w in SIZES["quick"]["grpo"] if w["demos"] == 3), "prompts": 1, "max_new_tokens": 2,
-             "warmup": 0, "steps": 1}]
+    """`run --only grpo,sweep --quick` on the tiny model, with the quick 3-demo workload alone (2 prompts x 2
+    rollouts, TRL in 2 micro-batches of 2, one step) and a smaller sweep, so the four processes take seconds each."""
+    demo = [{**next(w for w in SIZES["quick"]["grpo"] if w["demos"] == 3), "max_new_tokens": 2, "warmup": 0,
+             "steps": 1}]
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(SIZES["quick"], "grpo", demo)
         patch.setitem(SIZES["quick"], "sweep", TINY_SWEEP)
@@ -213,7 +243,19 @@ def test_the_3_demo_workload_gives_both_systems_the_same_untruncated_prompt_toke
     assert trl["prompt_tokens"] == ours["prompt_tokens"] and variant["same_prompt_ids"]
     assert variant["prompt_tokens_per_prompt"] > 1000  # the 3 demonstrations are in the prompt, whole
     assert set(variant["ratio"]) == {"step_time", "time_per_sampled_token", "peak_memory"}
-    assert trl["sampled_tokens_per_step"] == ours["sampled_tokens_per_step"] == 1 * 2 * 2
+    assert trl["sampled_tokens_per_step"] == ours["sampled_tokens_per_step"] == 2 * 2 * 2
+
+
+@needs_trl
+def test_the_3_demo_workload_runs_trl_in_accumulated_micro_batches_after_one_generation(demo_and_sweep_run):
+    results, _ = demo_and_sweep_run
+    (variant,) = results["benchmarks"]["grpo"]["variants"]
+    trl = variant["trl"]
+    assert "error" not in trl, trl.get("log")  # the child raises unless each step ran one generation and one update
+    assert variant["trl_micro_batch"] == 2 and trl["update_batches"] == [2, 2]
+    assert trl["trl_batching"] == {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
+                                   "steps_per_generation": 2, "generation_batch_size": 4, "num_iterations": 1}
+    assert variant["icrl-lite"]["update_batches"] == [2, 2]
 
 
 @needs_trl
@@ -232,6 +274,7 @@ def test_the_sweep_measures_every_point_of_both_systems_and_draws_them(demo_and_
 def test_results_md_has_a_row_per_workload_and_beta_and_embeds_the_sweep(demo_and_sweep_run):
     _, output = demo_and_sweep_run
     md = (output / "results.md").read_text()
-    assert "| 3 demos: 1 x 2 x 2 | 0.0 | trl 1.16" in md and "| 3 demos: 1 x 2 x 2 | 0.0 | icrl-lite |" in md
-    assert "| 3 demos: 1 x 2 x 2 | 0.0 | " in md.split("icrl-lite / TRL (below 1")[1]  # its ratio row
+    assert "| 3 demos: 2 x 2 x 2 | 0.0 | trl 1.16" in md and "| 3 demos: 2 x 2 x 2 | 0.0 | icrl-lite |" in md
+    assert "| 3 demos: 2 x 2 x 2 | 0.0 | " in md.split("icrl-lite / TRL (below 1")[1]  # its ratio row
+    assert "| 2 x 2 (per_device_train_batch_size 2, gradient_accumulation_steps 2, generation_batch_size 4) |" in md
     assert "## GRPO step time vs group size and response length" in md and "![" in md and "(sweep.png)" in md
