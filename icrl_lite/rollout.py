@@ -30,6 +30,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from .decode import FastDecoder
 from .model import decoder, generation_mode, merged_adapter
 from .prompts import INVALID_ACTION
 from .tools import Tool, find_call
@@ -59,6 +60,9 @@ class RolloutConfig:
     merge_lora: bool = True
     """Decode with the LoRA adapter merged into the base weights (~2x faster; weights restored exactly). Training
     corrects for the tiny merged/unmerged difference: the loss's ratio is taken against the sampler's own log-probs."""
+    fast_decode: bool = True
+    """Run decode steps through `icrl_lite.decode.FastDecoder` (fused, prepacked weights; CPU, Llama-family models,
+    merged or no LoRA) instead of transformers' forward; anything it does not cover falls back by itself."""
     shared_prefix_min: int = 64
     """Prompts of one batch that share at least this many leading tokens (the same demonstrations) run that
     prefix once, in sampling and in the update's loss (one forward/backward of the prefix per update, exact
@@ -130,6 +134,7 @@ class RolloutEngine:
         pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         self.may_stop = {i for i, piece in enumerate(pieces) if any(c in piece for c in last_chars)}
         self.invalid_ids = self._ids(invalid_message)
+        self._fast: FastDecoder | None = None  # set for the length of a `generate` call
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -154,8 +159,10 @@ class RolloutEngine:
         rows = [_Row(Rollout(prompt_ids=list(p))) for p, c in zip(prompts, counts) for _ in range(c)]
         try:
             with generation_mode(self.model), merged_adapter(self.model, self.cfg.merge_lora):
+                self._fast = FastDecoder.build(self.model) if self.cfg.fast_decode else None  # the merged weights
                 self._run(rows, prompts, counts, generator)
         finally:
+            self._fast = None  # its weight copies go with the call
             for row in rows:  # stateful tools' sessions end with their rollout, even after an error
                 for session in row.sessions.values():
                     session.close()
@@ -181,8 +188,8 @@ class RolloutEngine:
         while batch:
             ready = [b for b, r in enumerate(batch) if not rows[r].pending]
             if ready:
-                tokens, logps = sample(logits[ready], self.cfg.temperature, self.cfg.top_p, generator,
-                                       return_logprobs=True)  # (n,), (n,)
+                scores = logits if len(ready) == len(batch) else logits[ready]  # (n, V): no copy when all are ready
+                tokens, logps = sample(scores, self.cfg.temperature, self.cfg.top_p, generator, return_logprobs=True)
                 calls = [self._accept(rows[batch[b]], tok, lp) for b, tok, lp in zip(ready, tokens.tolist(), logps.tolist())]
                 self._run_tools([c for c in calls if c is not None])
             keep = [b for b, r in enumerate(batch) if not rows[r].done]
@@ -203,7 +210,7 @@ class RolloutEngine:
             new_logits, pos = self._forward(step_ids, step_mask, pos, cache, attn)
             attn = torch.cat([attn, step_mask], dim=1)  # (B, L + width)
             fed = step_mask.sum(1) > 0  # (B,)
-            logits = torch.where(fed[:, None], new_logits, logits)
+            logits = new_logits if bool(fed.all()) else torch.where(fed[:, None], new_logits, logits)
             attn = compact(cache, attn)
 
     def _prefill(self, prompts, cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -255,6 +262,8 @@ class RolloutEngine:
         if attn is not None and ids.shape[1] > 1 and not fed.all():
             return self._forward_rows(fed.nonzero().squeeze(1), ids, step_mask, pos, cache, attn)
         full = step_mask if attn is None else torch.cat([attn, step_mask], dim=1)  # (B, L + W)
+        if self._fast is not None and attn is not None and ids.shape[1] == 1:  # a decode step
+            return self._fast(ids[:, 0], full, pos, cache), pos + step_mask.sum(1)
         position_ids = pos[:, None] + (step_mask.cumsum(1) - 1).clamp(min=0)  # (B, W)
         hidden = decoder(self.model)(
             input_ids=ids, attention_mask=full, position_ids=position_ids, past_key_values=cache, use_cache=True
@@ -400,7 +409,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
         tokens = logits.argmax(-1)  # (N,)
         if not return_logprobs:
             return tokens
-        return tokens, torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
+        return tokens, chosen_logprobs(logits, tokens)
     scores = logits / temperature  # (N, V)
     if top_p < 1:
         probs, order = torch.softmax(scores, dim=-1).sort(dim=-1, descending=True)
@@ -410,7 +419,13 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
     tokens = (scores - torch.log(-torch.log(uniform))).argmax(-1)  # (N,)
     if not return_logprobs:
         return tokens
-    return tokens, torch.log_softmax(scores.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, chosen_logprobs(scores, tokens)
+
+
+def chosen_logprobs(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(scores)[token] per row, (N, V), (N,) -> (N,) in fp32, without writing the (N, V) log-softmax."""
+    scores = scores.float()
+    return scores.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1)
 
 
 def compact(cache, attn: torch.Tensor, min_len: int = 256) -> torch.Tensor:
@@ -429,11 +444,17 @@ def compact(cache, attn: torch.Tensor, min_len: int = 256) -> torch.Tensor:
 
 
 class SlabLayer(DynamicLayer):
-    """A KV-cache layer that appends into a preallocated slab (amortised doubling) instead of `torch.cat`.
+    """A KV-cache layer that appends into a preallocated slab instead of `torch.cat`.
 
     `cat` copies the whole cache on every decode step (~1 ms per layer at 16 x 1500 tokens on a CPU);
-    writing one slot into spare capacity is ~100x cheaper. `keys`/`values` are views of the filled part.
+    writing one slot into spare capacity is ~100x cheaper. `keys`/`values` are views of the filled part;
+    `slab_k`/`slab_v` hold the whole capacity, zero past the filled part (finite, so a decode step can attend
+    over the whole contiguous slab with the tail masked: a view of part of it makes a CPU bf16 matmul copy it).
+    The capacity grows by a sixteenth (at least `GROW` slots): the masked tail stays small, and the copy into
+    a larger slab (one pass over the cache) comes once per `GROW` or more appended tokens.
     """
+
+    GROW = 32
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -442,9 +463,9 @@ class SlabLayer(DynamicLayer):
         length = self.keys.shape[-2] if self.keys.numel() else 0
         need = length + key_states.shape[-2]
         if self.slab_k is None or need > self.slab_k.shape[-2]:
-            capacity = max(need, 2 * length, 256)
+            capacity = need + max(self.GROW, need // 16)
             shape = (*key_states.shape[:2], capacity, key_states.shape[-1])
-            slab_k, slab_v = key_states.new_empty(shape), value_states.new_empty(shape)
+            slab_k, slab_v = key_states.new_zeros(shape), value_states.new_zeros(shape)
             if length:
                 slab_k[:, :, :length] = self.keys
                 slab_v[:, :, :length] = self.values
