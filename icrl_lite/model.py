@@ -195,9 +195,11 @@ def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
     copy made attention ~10x slower than the kernel's own grouped path (measured: 29 ms vs 2.2 ms per call at
     16 x 1500 tokens).
     """
-    if short_query_on_cpu(query, attention_mask, module.training):
-        return grouped_attention(query, key, value, attention_mask, scaling), None
     causal = bool(is_causal if is_causal is not None else True) and attention_mask is None and query.shape[2] > 1
+    if short_query_on_cpu(query, attention_mask, module.training) or short_keys_on_cpu(query, key, attention_mask, dropout):
+        if causal:  # no mask given: queries and keys are the same positions
+            attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()[None, None]
+        return grouped_attention(query, key, value, attention_mask, scaling), None
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout if module.training else 0.0,
         scale=scaling, is_causal=causal, enable_gqa=True,
@@ -219,6 +221,17 @@ def short_query_on_cpu(query: torch.Tensor, attention_mask, training: bool) -> b
             and not torch.is_grad_enabled() and query.shape[2] <= SHORT_QUERY
             and (attention_mask is not None or query.shape[2] == 1)
             and (attention_mask is None or attention_mask.dtype == torch.bool))
+
+
+SHORT_KEYS = 512  # up to here the two matmuls win in training too (fwd + bwd, bf16, 4 x 129 queries x 240 keys:
+# 7.2 vs 10.5 ms; 110 x 110: 0.6 vs 1.9 ms; at 2,000 keys the kernel wins, 64 vs 111 ms, and keeps less memory)
+
+
+def short_keys_on_cpu(query: torch.Tensor, key: torch.Tensor, attention_mask, dropout: float) -> bool:
+    """Whether `grouped_attention` beats torch's kernel with gradients: half precision on a CPU, a short context."""
+    return (query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) and not dropout
+            and key.shape[2] <= SHORT_KEYS and (attention_mask.dtype == torch.bool if attention_mask is not None
+                                                else query.shape[2] in (1, key.shape[2])))  # no mask: self-attention
 
 
 def grouped_attention(query, key, value, attention_mask, scaling=None) -> torch.Tensor:
@@ -610,9 +623,16 @@ def token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int
     p = softmax(logits / temperature); temperature 0 (greedy sampling) scores at 1.
 
     Each chunk's fp32 logits are recomputed in the backward pass (activation checkpointing) instead of
-    kept, so the whole batch's B x T x vocab logits never sit in memory at once.
+    kept, so the whole batch's B x T x vocab logits never sit in memory at once. A frozen, bias-free head (the
+    usual case: LoRA leaves it alone) goes through `HeadLogprobs`, which does the same in blocks that stay in
+    the CPU's cache (on a GPU, in `chunk`-position blocks), with the softmax's gradient written in place:
+    2.4x faster for 512 positions on a 2-core EPYC in bf16 (forward + backward, 205 vs 496 ms), the same values.
     """
     scale = 1.0 / temperature if temperature > 0 else 1.0
+    if frozen_linear(head):
+        block = HEAD_BLOCK if hidden.device.type == "cpu" else chunk  # a GPU wants large matmuls, not cache blocks
+        return HeadLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1), scale,
+                                  block).view(targets.shape)
     pieces = []
     for start in range(0, hidden.shape[1], chunk):
         h, t = hidden[:, start:start + chunk], targets[:, start:start + chunk]
@@ -626,3 +646,49 @@ def token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int
 def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     logits = head(hidden).float() * scale  # (B, c, V)
     return logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, c)
+
+
+HEAD_BLOCK = 64  # positions per block of `HeadLogprobs`: 64 x 49,152 fp32 logits = 12.6 MB
+
+
+def frozen_linear(head) -> bool:
+    return type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+
+
+class HeadLogprobs(torch.autograd.Function):
+    """log softmax(hidden W^T * scale)[target] for a frozen LM head W, `block` positions at a time.
+
+    Forward keeps only each position's log-sum-exp; backward recomputes a block's logits, turns them into the
+    softmax in place, subtracts the one-hot target, and multiplies by W: d/dh = scale * grad * (W[t] - p W).
+    One block's logits (block x vocab fp32) is all the memory it needs, and at 64 positions it stays in cache,
+    where the whole chunk's exp / subtract / convert passes went to memory.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, scale: float, block: int):  # (N, H), (V, H), (N,) -> (N,)
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
+        for s in range(0, hidden.shape[0], block):
+            logits = torch.nn.functional.linear(hidden[s:s + block], weight).float()  # (b, V)
+            if scale != 1.0:
+                logits.mul_(scale)
+            lse[s:s + block] = torch.logsumexp(logits, dim=-1)
+            out[s:s + block] = logits.gather(-1, targets[s:s + block, None]).squeeze(-1) - lse[s:s + block]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.scale, ctx.block = scale, block
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # (N,)
+        hidden, weight, targets, lse = ctx.saved_tensors
+        scale, block = ctx.scale, ctx.block
+        grad_hidden = torch.empty_like(hidden)
+        for s in range(0, hidden.shape[0], block):
+            logits = torch.nn.functional.linear(hidden[s:s + block], weight).float()  # (b, V)
+            if scale != 1.0:
+                logits.mul_(scale)
+            g = grad[s:s + block, None] * scale  # (b, 1)
+            probs = logits.sub_(lse[s:s + block, None]).exp_().mul_(-g)  # -g p
+            probs.scatter_add_(-1, targets[s:s + block, None], g)  # + g at the target
+            grad_hidden[s:s + block] = probs.to(weight.dtype) @ weight
+        return grad_hidden, None, None, None, None

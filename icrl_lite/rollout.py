@@ -400,7 +400,9 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
            return_logprobs: bool = False):
-    """(N, V) logits -> (N,) token ids, by the Gumbel-max trick (as exact as multinomial, ~10x faster on a CPU).
+    """(N, V) logits -> (N,) token ids, by inverting each row's CDF at one uniform draw (exact: the CDF is summed
+    in fp64; on a 2-core CPU 1.6x faster than the Gumbel-max trick, which draws V uniforms and two logs per row:
+    2.2 vs 3.5 ms for 16 x 49,152 logits).
 
     With `return_logprobs`, also (N,) log-probs of the chosen tokens under the distribution sampled from
     (softmax(logits / temperature) after top-p; greedy decoding reports softmax(logits)).
@@ -410,16 +412,18 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
         if not return_logprobs:
             return tokens
         return tokens, chosen_logprobs(logits, tokens)
-    scores = logits / temperature  # (N, V)
+    scores = logits.float() / temperature  # (N, V)
     if top_p < 1:
         probs, order = torch.softmax(scores, dim=-1).sort(dim=-1, descending=True)
         outside = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
         scores = scores.scatter(-1, order, scores.gather(-1, order).masked_fill(outside, float("-inf")))
-    uniform = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(min=1e-20)
-    tokens = (scores - torch.log(-torch.log(uniform))).argmax(-1)  # (N,)
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (N, 1)
+    cdf = (scores - lse).exp_().cumsum(-1, dtype=torch.float64)  # (N, V)
+    uniform = torch.rand((len(scores), 1), generator=generator, device=scores.device, dtype=torch.float64)
+    tokens = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=scores.shape[-1] - 1)
     if not return_logprobs:
         return tokens
-    return tokens, chosen_logprobs(scores, tokens)
+    return tokens, (scores.gather(-1, tokens[:, None]) - lse).squeeze(-1)
 
 
 def chosen_logprobs(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

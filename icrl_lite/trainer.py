@@ -150,7 +150,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Checkpoints kept on disk (oldest deleted)."""
     logprob_chunk: int = 1024
-    """Positions per LM-head chunk when computing log-probs (bounds fp32 logit memory)."""
+    """Positions per LM-head chunk when computing log-probs (bounds fp32 logit memory). On a CPU a frozen head
+    (the default: LoRA leaves it alone) runs in cache-sized blocks of 64 positions whatever this says."""
     progress: bool = True
     """Show a progress bar."""
     report_to: str = "none"
