@@ -122,6 +122,25 @@ def attention(query, key, value, mask, scaling: float) -> torch.Tensor:
     return torch.matmul(probs, value).flatten(1)  # (B, KV, g, d) -> (B, KV g d)
 
 
+def cascade_attention(query, shared_key, shared_value, key, value, mask, scaling: float) -> torch.Tensor:
+    """`attention` over [a block shared by every row | each row's own keys], exactly, reading the shared block once.
+
+    query (B, KV, g, d); shared_key/value (1, KV, C, d); key/value (B, KV, R, d) with mask (B, 1, 1, R). The
+    shared block's scores for all rows are one matmul per KV head ((B g) x d times d x C); both parts are
+    normalised by their joint log-sum-exp, so the sum of the two outputs is the softmax over all C + R keys.
+    """
+    batch, kv_heads, group, dim = query.shape
+    rows = query.transpose(0, 1).reshape(kv_heads, batch * group, dim)  # (KV, B g, d)
+    shared = torch.matmul(rows, shared_key[0].transpose(-1, -2)).float().mul_(scaling)  # (KV, B g, C)
+    own = torch.matmul(query, key.transpose(-1, -2)).float().mul_(scaling).add_(mask)  # (B, KV, g, R)
+    lse = torch.logaddexp(torch.logsumexp(shared, -1).view(kv_heads, batch, group).transpose(0, 1),
+                          torch.logsumexp(own, -1))  # (B, KV, g)
+    shared = shared.sub_(lse.transpose(0, 1).reshape(kv_heads, batch * group, 1)).exp_().to(value.dtype)
+    own = own.sub_(lse[..., None]).exp_().to(value.dtype)
+    out = torch.matmul(shared, shared_value[0]).view(kv_heads, batch, group, dim).transpose(0, 1)  # (B, KV, g, d)
+    return (out.float() + torch.matmul(own, value).float()).to(value.dtype).flatten(1)  # (B, KV g d)
+
+
 class FastDecoder:
     """One decode step of the whole model (embeddings -> logits) for B rows feeding one token each."""
 
@@ -151,9 +170,15 @@ class FastDecoder:
         return cls(model, body, layers, head)
 
     @torch.no_grad()
-    def __call__(self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache,
+                 prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """ids (B,) one token per row, attention_mask (B, L + 1) over the cache and the new token (1 = attend),
-        positions (B,); appends each layer's key/value to `cache`; returns the next-token logits (B, V) in fp32."""
+        positions (B,); appends each layer's key/value to `cache`; returns the next-token logits (B, V) in fp32.
+
+        `prefix`, per layer the keys/values (1, KV, C, d) of C leading positions that every row's cache holds
+        (valid) as its own copy, the same for all: the rows attend to it as one shared block (`cascade_attention`),
+        reading it once per step instead of once per row."""
+        skip = 0 if prefix is None else prefix[0][0].shape[2]
         rows = ids.shape[0]
         h = self.body.embed_tokens(ids)  # (B, H)
         cos, sin = self.body.rotary_emb(h, positions[:, None])  # (B, 1, d)
@@ -162,7 +187,7 @@ class FastDecoder:
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         half = dim // 2
         sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)  # rotate_half(x) * sin == x.roll(half) * this
-        for layer, cache_layer in zip(self.layers, cache.layers):
+        for index, (layer, cache_layer) in enumerate(zip(self.layers, cache.layers)):
             x = rms_norm(layer.norms[0], h)
             qkv = layer.qkv(x)  # (B, (H + 2 KV) d)
             qk = qkv[:, : q_size + kv_size].view(rows, heads + kv_heads, dim)
@@ -176,10 +201,15 @@ class FastDecoder:
             if getattr(cache_layer, "slab_k", None) is not None:  # the whole slab: contiguous, zero past the end
                 keys, values = cache_layer.slab_k, cache_layer.slab_v
             if keys.shape[2] not in masks:
-                attend = F.pad(attention_mask.bool(), (0, keys.shape[2] - attention_mask.shape[1]))  # (B, K)
+                attend = F.pad(attention_mask.bool(), (0, keys.shape[2] - attention_mask.shape[1]))[:, skip:]  # (B, K - C)
                 masks[keys.shape[2]] = torch.zeros(attend.shape, dtype=torch.float32).masked_fill_(
                     ~attend, float("-inf"))[:, None, None, :]
-            out = attention(q, keys, values, masks[keys.shape[2]], layer.scaling)  # (B, heads * d)
+            if prefix is None:
+                out = attention(q, keys, values, masks[keys.shape[2]], layer.scaling)  # (B, heads * d)
+            else:
+                shared_k, shared_v = prefix[index]
+                out = cascade_attention(q, shared_k, shared_v, keys[:, :, skip:], values[:, :, skip:],
+                                        masks[keys.shape[2]], layer.scaling)
             h = h + layer.o(out)
             gate, up = layer.gate_up(rms_norm(layer.norms[1], h)).chunk(2, dim=-1)
             h = h + layer.down(F.silu(gate) * up)

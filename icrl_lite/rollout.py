@@ -40,6 +40,9 @@ from .tools import Tool, find_call
 TOOL_POOL = ThreadPoolExecutor(max_workers=8)  # shared by all engines: threads are made once, not per engine
 
 
+CASCADE_MIN = 256  # a shared prompt prefix this long is attended as one block in decode steps (FastDecoder)
+
+
 @dataclass
 class RolloutConfig:
     max_turns: int = 2
@@ -135,6 +138,7 @@ class RolloutEngine:
         self.may_stop = {i for i, piece in enumerate(pieces) if any(c in piece for c in last_chars)}
         self.invalid_ids = self._ids(invalid_message)
         self._fast: FastDecoder | None = None  # set for the length of a `generate` call
+        self._prefix_kv: list | None = None  # per layer (keys, values) of the prompts' shared prefix, during a call
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -162,7 +166,7 @@ class RolloutEngine:
                 self._fast = FastDecoder.build(self.model) if self.cfg.fast_decode else None  # the merged weights
                 self._run(rows, prompts, counts, generator)
         finally:
-            self._fast = None  # its weight copies go with the call
+            self._fast = self._prefix_kv = None  # its weight copies and the prefix's KV go with the call
             for row in rows:  # stateful tools' sessions end with their rollout, even after an error
                 for session in row.sessions.values():
                     session.close()
@@ -211,7 +215,10 @@ class RolloutEngine:
             attn = torch.cat([attn, step_mask], dim=1)  # (B, L + width)
             fed = step_mask.sum(1) > 0  # (B,)
             logits = new_logits if bool(fed.all()) else torch.where(fed[:, None], new_logits, logits)
-            attn = compact(cache, attn)
+            compacted = compact(cache, attn)
+            if compacted is not attn:  # the shared prefix may no longer sit at the same slots in every row
+                self._prefix_kv = None
+            attn = compacted
 
     def _prefill(self, prompts, cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the U distinct prompts into `cache`; return their next-token logits (U, V), mask (U, L), positions (U,).
@@ -231,6 +238,8 @@ class RolloutEngine:
         prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)  # (1, C)
         ones = torch.ones_like(prefix)
         _, pos = self._forward(prefix, ones, zeros[:1], cache, None)
+        if shared >= CASCADE_MIN:  # decode steps read this one copy instead of every row's own
+            self._prefix_kv = [(layer.keys.contiguous(), layer.values.contiguous()) for layer in cache.layers]
         cache.batch_select_indices(zeros)  # the prefix's KV, once per prompt
         ids, step_mask = left_pad([list(p[shared:]) for p in prompts], self.pad_id, device)  # (U, S)
         attn = ones.expand(len(prompts), -1)  # (U, C)
@@ -263,7 +272,7 @@ class RolloutEngine:
             return self._forward_rows(fed.nonzero().squeeze(1), ids, step_mask, pos, cache, attn)
         full = step_mask if attn is None else torch.cat([attn, step_mask], dim=1)  # (B, L + W)
         if self._fast is not None and attn is not None and ids.shape[1] == 1:  # a decode step
-            return self._fast(ids[:, 0], full, pos, cache), pos + step_mask.sum(1)
+            return self._fast(ids[:, 0], full, pos, cache, self._prefix_kv), pos + step_mask.sum(1)
         position_ids = pos[:, None] + (step_mask.cumsum(1) - 1).clamp(min=0)  # (B, W)
         hidden = decoder(self.model)(
             input_ids=ids, attention_mask=full, position_ids=position_ids, past_key_values=cache, use_cache=True

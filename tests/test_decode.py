@@ -7,6 +7,7 @@ import torch
 
 from icrl_lite.decode import FastDecoder, Linear, can_pack
 from icrl_lite.model import ModelConfig, load_policy, merged_adapter
+from icrl_lite import rollout
 from icrl_lite.rollout import RolloutConfig, RolloutEngine, SlabLayer, chosen_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,3 +156,45 @@ def test_the_slab_is_zero_past_the_filled_part():
     assert filled == 8 and layer.slab_k.shape[2] == 5 + SlabLayer.GROW  # grown once, at the first update
     assert layer.slab_k[:, :, filled:].abs().sum() == 0 and layer.slab_v[:, :, filled:].abs().sum() == 0
     assert torch.equal(layer.slab_k[:, :, :5], keys)
+
+
+def test_a_shared_prefix_attended_as_one_block_gives_the_same_logits():
+    model = tiny("llama", vocab=300)
+    fast = FastDecoder.build(model)
+    torch.manual_seed(1)
+    rows, shared = 3, 10
+    ours, mask, pos = prefilled(model, rows, 16, holes=False)
+    for layer in ours.layers:  # every row holds the same first `shared` positions, as after a shared prefill
+        layer.keys[:, :, :shared] = layer.keys[:1, :, :shared]
+        layer.values[:, :, :shared] = layer.values[:1, :, :shared]
+    mask[2, 12:14] = 0  # a hole after the prefix
+    prefix = [(layer.keys[:1, :, :shared].clone(), layer.values[:1, :, :shared].clone()) for layer in ours.layers]
+    theirs = type(ours)()
+    for layer in ours.layers:
+        copy = SlabLayer()
+        copy.update(layer.keys.clone(), layer.values.clone())
+        theirs.layers.append(copy)
+    for step in range(5):
+        ids = torch.randint(0, 300, (rows,))
+        mask = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+        got, expected = fast(ids, mask, pos, ours, prefix), fast(ids, mask, pos, theirs)
+        assert torch.allclose(got, expected, atol=1e-5), (step, (got - expected).abs().max())
+        pos = pos + 1
+
+
+def test_engine_with_a_long_shared_prompt_prefix_samples_what_transformers_samples(tiny_model_dir, monkeypatch):
+    model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32"))
+    head = tok("A long shared instruction, the same for every question. " * 8)["input_ids"]  # past shared_prefix_min
+    prompts = [head + tok(q)["input_ids"] for q in ("Where is the lighthouse?", "A river and its towns?")]
+    monkeypatch.setattr(rollout, "CASCADE_MIN", 16)
+    assert rollout.shared_prefix_length(prompts) >= RolloutConfig.shared_prefix_min
+    calls = []
+    original = FastDecoder.__call__
+    monkeypatch.setattr(FastDecoder, "__call__", lambda self, *a: calls.append(a[-1] is not None) or original(self, *a))
+    cfg = RolloutConfig(temperature=0.0, max_turns=0, max_turn_tokens=40, max_response_tokens=41)
+    fast = RolloutEngine(model, tok, [], cfg, final_stops=[]).generate(prompts, 2)
+    slow = RolloutEngine(model, tok, [], replace(cfg, fast_decode=False), final_stops=[]).generate(prompts, 2)
+    assert calls and all(calls)  # every decode step attended the prefix as one block
+    for a, b in zip(fast, slow):
+        assert a.response_ids == b.response_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
