@@ -51,10 +51,20 @@ WORKLOAD_KEYS = ("prompts", "group", "max_new_tokens", "warmup", "steps")  # wha
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process so far: max allocated on a GPU, peak RSS on a CPU (Linux reports KiB)."""
+    """Peak memory of this process so far: max allocated on a GPU, peak RSS on a CPU.
+
+    On Linux the peak RSS is read from /proc/self/status (VmHWM, this process's own address space): getrusage's
+    ru_maxrss survives exec, so a child started by a large parent reported the parent's peak (on 2026-11-29 the
+    full suite's icrl-lite children all reported 7,064 MiB, the multi-turn benchmark's RSS in the parent, against
+    2,393 MiB when the GRPO benchmark ran alone)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB; macOS bytes
 
 
 def positional_rewards(n: int, group: int) -> list[float]:

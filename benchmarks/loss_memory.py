@@ -3,8 +3,9 @@
 What is measured is the part of the loss whose memory depends on the vocabulary: hidden states (1, T, H) of
 the policy's width through an LM head of the policy's shape (H x V, frozen, in the policy's dtype) to the
 log-probability of T target tokens, forward and backward (gradients flow to the hidden states, as in LoRA
-training). `chunked` is `icrl_lite.model.token_logprobs` (fp32 logits of `chunk` positions at a time, recomputed
-in the backward pass); `full` is what a plain implementation does, log_softmax(head(h).float()) over all T
+training). `chunked` is `icrl_lite.model.token_logprobs` (for this frozen head `HeadLogprobs`: fp32 logits of 64
+positions at a time on a CPU, `chunk` on a GPU, recomputed in the backward pass; before 2026-11-29 13:00 UTC,
+checkpointed chunks of `chunk` positions everywhere); `full` is what a plain implementation does, log_softmax(head(h).float()) over all T
 positions at once. The transformer body is left out: it is the same for both.
 
 Each (method, length) runs in its own process, so its peak is its own: peak RSS (VmHWM, reset just before

@@ -51,10 +51,10 @@ SIZES = {
         "grpo": [
             {"name": "0 demos", "demos": 0, "prompts": 4, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 3,
              "betas": [0.0, 0.04]},
-            # ~1,500-2,000 prompt tokens, which TRL runs for every rollout: 4 rows per forward/backward (4 micro-batches
-            # accumulated into the one update) keep its process within 24 GB on a CPU
+            # ~1,500-2,000 prompt tokens, which TRL runs for every rollout: 2 rows per forward/backward (8 micro-batches
+            # accumulated into the one update) keep its process within 24 GB on a CPU (4 rows: killed at 19 GB RSS)
             {"name": "3 demos", "demos": 3, "prompts": 4, "group": 4, "max_new_tokens": 128, "warmup": 1, "steps": 2,
-             "betas": [0.0], "trl_micro_batch": 4},
+             "betas": [0.0], "trl_micro_batch": 2},
         ],
         "sweep": {"prompts": 2, "groups": [2, 4, 8], "group_axis_tokens": 64, "lengths": [32, 64, 128],
                   "length_axis_group": 4, "warmup": 1, "steps": 2},

@@ -8,10 +8,11 @@ layer, module dispatch), and the matmuls themselves ran slowly because oneDNN re
 - q/k/v and gate/up projections fused into one matmul each (one weight read, one call);
 - weights reordered once into oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`) when oneDNN is
   there: measured on a 2-core AVX-512 EPYC at 32 rows x 30 layers, 12.5 ms vs 17.7 ms per step in bf16 and
-  23 ms vs 65 ms in fp32 (`scripts/bench_decode.py`);
+  23 ms vs 65 ms in fp32 (`python scripts/bench_decode.py`);
 - attention over the cache's whole preallocated slab (`rollout.SlabLayer`) with its unfilled tail masked: a CPU
   bf16 matmul copies a view of part of it, which cost more than the attention itself;
-- the attention mask and rotary embedding built once per step, not once per layer.
+- the attention mask and rotary embedding built once per step, not once per layer;
+- a prompt prefix shared by every row (the step's demonstrations) attended as one block (`cascade_attention`).
 
 It is built per `RolloutEngine.generate` call, after LoRA is merged, so it sees the weights that sample; the
 cost is one copy of the weights (fused and reordered) for the call. Anything it does not know (another
@@ -53,7 +54,6 @@ class Linear:
     """y = x W^T + b with W stored once for many calls: reordered for oneDNN when `pack`, else as is."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool, rows_hint: int = 32):
-        self.out_features = weight.shape[0]
         self.bias = None if bias is None else bias.contiguous()
         self.packed = False
         if pack:
@@ -94,7 +94,6 @@ class Layer:
         self.o = fused([attn.o_proj], pack)
         self.gate_up = fused([mlp.gate_proj, mlp.up_proj], pack)
         self.down = fused([mlp.down_proj], pack)
-        self.q_size = attn.q_proj.out_features if hasattr(attn.q_proj, "out_features") else None
         self.norms = (layer.input_layernorm, layer.post_attention_layernorm)
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         self.scaling = attn.scaling
