@@ -1,4 +1,4 @@
-"""A lean decode step for Llama-family policies on a CPU: one new token per row, no autograd, fused and prepacked weights.
+"""A lean decode step for Llama-family policies on a CPU: one token per row, no autograd, fused prepacked weights.
 
 A decode step of a 135M-parameter model at 32 rows is ~200 small matmuls plus ~600 elementwise ops. Through
 transformers' modules, half of a step on a 2-core CPU was not matmul at all (dtype round trips, masks rebuilt per
@@ -15,7 +15,8 @@ layer, module dispatch), and the matmuls themselves ran slowly because oneDNN re
 - a prompt prefix shared by every row (the step's demonstrations) attended as one block (`cascade_attention`).
 
 It is built per `RolloutEngine.generate` call, after LoRA is merged, so it sees the weights that sample; the
-cost is one copy of the weights (fused and reordered) for the call. Anything it does not know (another
+cost is one copy of the weights (fused and reordered) for the call, made only when it takes at most half of the
+memory still available. Anything it does not know (another
 architecture, an unmerged or quantized LoRA layer, a GPU) gets `None` from `build`, and the engine keeps
 transformers' forward. Numerically it is the same computation up to the summation order of the fused matmuls
 (`tests/test_decode.py` compares logits and greedy tokens with transformers' forward).
@@ -43,6 +44,18 @@ def plain_weight(module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
             or getattr(weight, "quant_state", None) is not None):
         return None
     return weight.detach(), None if module.bias is None else module.bias.detach()
+
+
+def available_memory() -> int | None:
+    """Bytes the OS can still give this process (MemAvailable), or None where that is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
@@ -160,6 +173,11 @@ class FastDecoder:
                 or any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or []))
                 or not hasattr(body, "rotary_emb")):
             return None
+        linears = [m.weight for m in body.modules() if isinstance(m, torch.nn.Linear)]
+        copy = sum(w.numel() * w.element_size() for w in linears + [model.get_output_embeddings().weight])
+        free = available_memory()
+        if free is not None and copy > free // 2:  # the fused, reordered weights are a second copy of them
+            return None
         pack = can_pack(model.dtype, device)
         with torch.no_grad():
             layers = [Layer(layer, pack) for layer in body.layers]
@@ -200,7 +218,8 @@ class FastDecoder:
             if getattr(cache_layer, "slab_k", None) is not None:  # the whole slab: contiguous, zero past the end
                 keys, values = cache_layer.slab_k, cache_layer.slab_v
             if keys.shape[2] not in masks:
-                attend = F.pad(attention_mask.bool(), (0, keys.shape[2] - attention_mask.shape[1]))[:, skip:]  # (B, K - C)
+                attend = F.pad(attention_mask.bool(), (0, keys.shape[2] - attention_mask.shape[1]))  # (B, K)
+                attend = attend[:, skip:]  # (B, K - C): the shared prefix's keys are attended separately
                 masks[keys.shape[2]] = torch.zeros(attend.shape, dtype=torch.float32).masked_fill_(
                     ~attend, float("-inf"))[:, None, None, :]
             if prefix is None:

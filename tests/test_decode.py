@@ -102,6 +102,17 @@ def test_unmerged_lora_and_unknown_architectures_fall_back(tiny_model_dir):
     assert FastDecoder.build(gated) is None
 
 
+def test_no_copy_of_the_weights_when_memory_is_short(monkeypatch):
+    import icrl_lite.decode as decode
+
+    model = tiny("llama", vocab=300)
+    weights = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    monkeypatch.setattr(decode, "available_memory", lambda: weights)  # the copy would take over half of it
+    assert FastDecoder.build(model) is None
+    monkeypatch.setattr(decode, "available_memory", lambda: 100 * weights)
+    assert FastDecoder.build(model) is not None
+
+
 def test_engine_tokens_and_logprobs_do_not_depend_on_the_decode_path(tiny_model_dir, tokenizer):
     model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32"))
     prompts = [tok("Question: where is the lighthouse?")["input_ids"], tok("A river and its towns?")["input_ids"]]
