@@ -173,8 +173,8 @@ class FastDecoder:
                 or any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or []))
                 or not hasattr(body, "rotary_emb")):
             return None
-        linears = [m.weight for m in body.modules() if isinstance(m, torch.nn.Linear)]
-        copy = sum(w.numel() * w.element_size() for w in linears + [model.get_output_embeddings().weight])
+        linears = [m for m in [*body.modules(), model.get_output_embeddings()] if isinstance(m, torch.nn.Linear)]
+        copy = sum(m.weight.numel() * m.weight.element_size() for m in linears)
         free = available_memory()
         if free is not None and copy > free // 2:  # the fused, reordered weights are a second copy of them
             return None
