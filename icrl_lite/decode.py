@@ -24,6 +24,8 @@ transformers' forward. Numerically it is the same computation up to the summatio
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -58,29 +60,30 @@ def available_memory() -> int | None:
     return None
 
 
+@functools.cache
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
-    return (device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    """Whether this torch build reorders weights for oneDNN on this device and dtype and gets F.linear's result
+    back from them: probed once per process on a small matrix."""
+    if not (device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    weight, bias, x = torch.ones((8, 16), dtype=dtype), torch.ones(8, dtype=dtype), torch.ones((2, 16), dtype=dtype)
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 32)
+        out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    except (RuntimeError, NotImplementedError):  # an op missing from this build: plain F.linear instead
+        return False
+    return torch.equal(out, F.linear(x, weight, bias))
 
 
 class Linear:
-    """y = x W^T + b with W stored once for many calls: reordered for oneDNN when `pack`, else as is."""
+    """y = x W^T + b with W stored once for many calls: reordered for oneDNN when `pack` (see `can_pack`)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool, rows_hint: int = 32):
         self.bias = None if bias is None else bias.contiguous()
-        self.packed = False
-        if pack:
-            try:
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows_hint)
-                probe = torch.ones((2, weight.shape[1]), dtype=weight.dtype)
-                ok = torch.allclose(torch.ops.mkldnn._linear_pointwise(probe, packed, self.bias, "none", [], ""),
-                                    F.linear(probe, weight, self.bias), rtol=1e-2, atol=1e-2)
-            except (RuntimeError, NotImplementedError):
-                ok = False
-            if ok:
-                self.weight, self.packed = packed, True
-                return
-        self.weight = weight.contiguous()
+        self.packed = pack
+        self.weight = (torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows_hint) if pack
+                       else weight.contiguous())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:

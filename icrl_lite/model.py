@@ -201,7 +201,7 @@ def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
             attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()[None, None]
         return grouped_attention(query, key, value, attention_mask, scaling), None
     dtype = query.dtype
-    if query.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and query.shape[2] < key.shape[2]:
+    if half_on_cpu(query) and query.shape[2] < key.shape[2]:
         # queries after a cached context: the CPU kernel is faster in fp32 (bf16, 4 x 129 queries x 2,050 keys,
         # forward + backward: 51.6 ms with the casts vs 65.5 ms; at queries == keys bf16 wins, so it stays)
         query, key, value = query.float(), key.float(), value.float()
@@ -210,6 +210,10 @@ def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
         scale=scaling, is_causal=causal, enable_gqa=True,
     )  # (B, heads, q, d)
     return out.transpose(1, 2).contiguous().to(dtype), None
+
+
+def half_on_cpu(query: torch.Tensor) -> bool:
+    return query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
 
 
 SHORT_QUERY = 32  # decode steps and small forced chunks; longer queries (prefill, training) keep the fused kernel
@@ -222,8 +226,7 @@ def short_query_on_cpu(query: torch.Tensor, attention_mask, training: bool) -> b
     a 2-core AVX-512-bf16 EPYC at 16 rows x 9:3 heads x 600 keys, 16 ms per call in bf16 vs 1.1 ms for two bf16
     matmuls and an fp32 softmax (fp32: no difference, so fp32 keeps the kernel).
     """
-    return (query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) and not training
-            and not torch.is_grad_enabled() and query.shape[2] <= SHORT_QUERY
+    return (half_on_cpu(query) and not training and not torch.is_grad_enabled() and query.shape[2] <= SHORT_QUERY
             and (attention_mask is not None or query.shape[2] == 1)
             and (attention_mask is None or attention_mask.dtype == torch.bool))
 
@@ -234,9 +237,9 @@ SHORT_KEYS = 512  # up to here the two matmuls win in training too (fwd + bwd, b
 
 def short_keys_on_cpu(query: torch.Tensor, key: torch.Tensor, attention_mask, dropout: float) -> bool:
     """Whether `grouped_attention` beats torch's kernel with gradients: half precision on a CPU, a short context."""
-    return (query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) and not dropout
-            and key.shape[2] <= SHORT_KEYS and (attention_mask.dtype == torch.bool if attention_mask is not None
-                                                else query.shape[2] in (1, key.shape[2])))  # no mask: self-attention
+    if attention_mask is None:  # no mask: self-attention, or one query
+        return half_on_cpu(query) and not dropout and key.shape[2] <= SHORT_KEYS and query.shape[2] in (1, key.shape[2])
+    return half_on_cpu(query) and not dropout and key.shape[2] <= SHORT_KEYS and attention_mask.dtype == torch.bool
 
 
 def grouped_attention(query, key, value, attention_mask, scaling=None) -> torch.Tensor:
@@ -649,8 +652,14 @@ def token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int
 
 
 def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    logits = head(hidden).float() * scale  # (B, c, V)
-    return logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, c)
+    return chosen_logprobs(head(hidden).float() * scale, targets)  # (B, c)
+
+
+def chosen_logprobs(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(scores)[token] at each position, (..., V), (...) -> (...) in fp32, without writing the whole
+    log-softmax."""
+    scores = scores.float()
+    return scores.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(scores, dim=-1)
 
 
 HEAD_BLOCK = 64  # positions per block of `HeadLogprobs`: 64 x 49,152 fp32 logits = 12.6 MB
@@ -674,9 +683,7 @@ class HeadLogprobs(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
         for s in range(0, hidden.shape[0], block):
-            logits = torch.nn.functional.linear(hidden[s:s + block], weight).float()  # (b, V)
-            if scale != 1.0:
-                logits.mul_(scale)
+            logits = _block_logits(hidden[s:s + block], weight, scale)  # (b, V)
             lse[s:s + block] = torch.logsumexp(logits, dim=-1)
             out[s:s + block] = logits.gather(-1, targets[s:s + block, None]).squeeze(-1) - lse[s:s + block]
         ctx.save_for_backward(hidden, weight, targets, lse)
@@ -689,11 +696,14 @@ class HeadLogprobs(torch.autograd.Function):
         scale, block = ctx.scale, ctx.block
         grad_hidden = torch.empty_like(hidden)
         for s in range(0, hidden.shape[0], block):
-            logits = torch.nn.functional.linear(hidden[s:s + block], weight).float()  # (b, V)
-            if scale != 1.0:
-                logits.mul_(scale)
+            logits = _block_logits(hidden[s:s + block], weight, scale)  # (b, V), recomputed
             g = grad[s:s + block, None] * scale  # (b, 1)
             probs = logits.sub_(lse[s:s + block, None]).exp_().mul_(-g)  # -g p
             probs.scatter_add_(-1, targets[s:s + block, None], g)  # + g at the target
             grad_hidden[s:s + block] = probs.to(weight.dtype) @ weight
         return grad_hidden, None, None, None, None
+
+
+def _block_logits(hidden: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
+    logits = torch.nn.functional.linear(hidden, weight).float()  # (b, V)
+    return logits.mul_(scale) if scale != 1.0 else logits

@@ -31,7 +31,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .decode import FastDecoder
-from .model import decoder, generation_mode, merged_adapter
+from .model import chosen_logprobs, decoder, generation_mode, merged_adapter
 from .prompts import INVALID_ACTION
 from .tools import Tool, find_call
 
@@ -433,12 +433,6 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
     if not return_logprobs:
         return tokens
     return tokens, (scores.gather(-1, tokens[:, None]) - lse).squeeze(-1)
-
-
-def chosen_logprobs(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(scores)[token] per row, (N, V), (N,) -> (N,) in fp32, without writing the (N, V) log-softmax."""
-    scores = scores.float()
-    return scores.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1)
 
 
 def compact(cache, attn: torch.Tensor, min_len: int = 256) -> torch.Tensor:
