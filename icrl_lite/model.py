@@ -196,9 +196,13 @@ def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
     16 x 1500 tokens).
     """
     causal = bool(is_causal if is_causal is not None else True) and attention_mask is None and query.shape[2] > 1
-    if short_query_on_cpu(query, attention_mask, module.training) or short_keys_on_cpu(query, key, attention_mask, dropout):
+    training = half_attention_on_cpu(query, key, attention_mask, dropout if module.training else 0.0)
+    if training or short_query_on_cpu(query, attention_mask, module.training):
         if causal:  # no mask given: queries and keys are the same positions
             attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()[None, None]
+        if training:
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            return HalfAttention.apply(query, key, value, attention_mask, scale).transpose(1, 2).contiguous(), None
         return grouped_attention(query, key, value, attention_mask, scaling), None
     dtype = query.dtype
     if half_on_cpu(query) and query.shape[2] < key.shape[2]:
@@ -231,15 +235,89 @@ def short_query_on_cpu(query: torch.Tensor, attention_mask, training: bool) -> b
             and (attention_mask is None or attention_mask.dtype == torch.bool))
 
 
-SHORT_KEYS = 512  # up to here the two matmuls win in training too (fwd + bwd, bf16, 4 x 129 queries x 240 keys:
-# 7.2 vs 10.5 ms; 110 x 110: 0.6 vs 1.9 ms; at 2,000 keys the kernel wins, 64 vs 111 ms, and keeps less memory)
+SHORT_KEYS = 512  # longer self-attention with gradients keeps torch's kernel, which skips the masked half
+# (bf16, 1,906 causal positions, forward + backward: 90 ms vs 143 ms for `HalfAttention`)
+HALF_ATTENTION_SAVED = 64 << 20  # at most this many bytes of probabilities kept per call; more: the kernel (O + lse)
+HALF_ATTENTION_BLOCK = 16 << 20  # bytes of scores computed at once: larger blocks are mapped afresh by the
+# allocator on every call and their page faults dominated (8 x 129 x 2,054 in one block: 80 ms, in blocks: 36 ms)
 
 
-def short_keys_on_cpu(query: torch.Tensor, key: torch.Tensor, attention_mask, dropout: float) -> bool:
-    """Whether `grouped_attention` beats torch's kernel with gradients: half precision on a CPU, a short context."""
-    if attention_mask is None:  # no mask: self-attention, or one query
-        return half_on_cpu(query) and not dropout and key.shape[2] <= SHORT_KEYS and query.shape[2] in (1, key.shape[2])
-    return half_on_cpu(query) and not dropout and key.shape[2] <= SHORT_KEYS and attention_mask.dtype == torch.bool
+def half_attention_on_cpu(query: torch.Tensor, key: torch.Tensor, attention_mask, dropout: float) -> bool:
+    """Whether `HalfAttention` beats torch's kernel: gradients in half precision on a CPU, a bool mask or none,
+    not a long self-attention, and probabilities small enough to keep for the backward pass."""
+    if not (half_on_cpu(query) and torch.is_grad_enabled() and not dropout):
+        return False
+    queries, keys = query.shape[2], key.shape[2]
+    if attention_mask is None and queries not in (1, keys) or attention_mask is not None and attention_mask.dtype != torch.bool:
+        return False
+    if queries == keys and keys > SHORT_KEYS:
+        return False
+    return query.shape[0] * query.shape[1] * queries * keys * query.element_size() <= HALF_ATTENTION_SAVED
+
+
+class HalfAttention(torch.autograd.Function):
+    """Attention with gradients as plain matmuls in half precision, for the update on a CPU.
+
+    torch's CPU kernel has no fast half-precision backward, so the update ran it in fp32 (4 x 129 queries after a
+    2,054-key context, 9:3 heads, forward + backward: 54.6 ms). Here the scores are one bf16 matmul per KV head
+    (its query heads stacked, no copies of K/V), the softmax runs on them in place of a mask copy (only the
+    columns from the first masked one on are filled), and the probabilities are kept for the backward pass, where
+    the softmax's gradient needs no mask: masked probabilities are 0 (18.1 ms, 3.0x). Rounding is bf16's: the
+    scores are rounded once before the softmax, as in the decode step that sampled the tokens. Rows are handled
+    in blocks of at most `HALF_ATTENTION_BLOCK` bytes of scores.
+
+    query (B, H, q, d), key/value (B, KV, L, d), mask None or bool (B|1, 1, q, L), True = attend.
+    Returns (B, H, q, d).
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, mask, scale: float):
+        batch, heads, length, dim = query.shape
+        kv_heads, keys = key.shape[1], key.shape[2]
+        group = heads // kv_heads
+        grouped = (query * scale).reshape(batch, kv_heads, group * length, dim)  # (B, KV, g*q, d)
+        start = keys
+        if mask is not None:
+            columns = mask.reshape(-1, keys).all(dim=0)  # (L,) True where no query masks the key
+            start = keys if bool(columns.all()) else int(columns.logical_not().to(torch.uint8).argmax())
+        out = torch.empty_like(grouped)
+        probs = []
+        for rows in _row_blocks(batch, heads * length * keys * query.element_size()):
+            scores = torch.matmul(grouped[rows], key[rows].transpose(-1, -2))  # (b, KV, g*q, L)
+            if start < keys:
+                tail = scores[..., start:].view(scores.shape[0], kv_heads, group, length, keys - start)
+                block_mask = mask[rows] if mask.shape[0] > 1 else mask
+                tail.masked_fill_(~block_mask[:, None, :, :, start:], torch.finfo(scores.dtype).min)
+            probs.append(torch.softmax(scores, dim=-1))
+            del scores
+            torch.matmul(probs[-1], value[rows], out=out[rows])
+        ctx.save_for_backward(grouped, key, value, *probs)
+        ctx.scale, ctx.query_shape = scale, query.shape
+        return out.view(batch, heads, length, dim)
+
+    @staticmethod
+    def backward(ctx, grad):  # (B, H, q, d)
+        grouped, key, value, *probs = ctx.saved_tensors
+        grad = grad.reshape(grouped.shape)  # (B, KV, g*q, d)
+        d_query, d_key, d_value = torch.empty_like(grouped), torch.empty_like(key), torch.empty_like(value)
+        begin = 0
+        for block in probs:
+            rows = slice(begin, begin + block.shape[0])
+            begin = rows.stop
+            torch.matmul(block.transpose(-1, -2), grad[rows], out=d_value[rows])
+            d_probs = torch.matmul(grad[rows], value[rows].transpose(-1, -2))  # (b, KV, g*q, L)
+            d_scores = torch._softmax_backward_data(d_probs, block, -1, block.dtype)  # masked: probs 0, so 0
+            del d_probs
+            torch.matmul(d_scores, key[rows], out=d_query[rows])
+            torch.matmul(d_scores.transpose(-1, -2), grouped[rows], out=d_key[rows])
+        d_query.mul_(ctx.scale)
+        return d_query.view(ctx.query_shape), d_key, d_value, None, None
+
+
+def _row_blocks(batch: int, row_bytes: int) -> list[slice]:
+    """Consecutive row ranges of at most `HALF_ATTENTION_BLOCK` bytes of scores each (at least one row)."""
+    step = max(1, HALF_ATTENTION_BLOCK // max(row_bytes, 1))
+    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
 
 
 def grouped_attention(query, key, value, attention_mask, scaling=None) -> torch.Tensor:

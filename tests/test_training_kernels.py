@@ -1,10 +1,11 @@
-"""The update's CPU kernels against plain autograd: HeadLogprobs (the frozen LM head's blocked log-probs) and the
-two-matmul attention used with gradients on short contexts."""
+"""The update's CPU kernels against plain autograd: HeadLogprobs (the frozen LM head's blocked log-probs) and
+HalfAttention (attention with gradients as half-precision matmuls)."""
 
 import pytest
 import torch
 
-from icrl_lite.model import SHORT_KEYS, HeadLogprobs, sdpa_gqa, token_logprobs
+import icrl_lite.model as model_module
+from icrl_lite.model import SHORT_KEYS, HeadLogprobs, half_attention_on_cpu, sdpa_gqa, token_logprobs
 
 
 def reference(weight, hidden, targets, temperature):
@@ -50,22 +51,55 @@ def test_a_trainable_head_still_gets_its_gradient():
     assert torch.allclose(head.weight.grad, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_short_context_attention_with_gradients_matches_the_kernel(masked):
+def attention_case(q_len: int, k_len: int, left_pad: int = 0, batch: int = 2):
+    """Queries after a cached context of k_len - q_len keys (q_len == k_len: causal self-attention, no mask), 4:2
+    heads, row 1 left-padded by `left_pad` keys."""
     torch.manual_seed(0)
-    module = torch.nn.Module().train()
-    q_len, k_len = (20, 30) if masked else (30, 30)  # masked: a cached prompt of 10 positions, then 20 queries
-    query, key, value = (torch.randn(2, heads, n, 16) for heads, n in ((4, q_len), (2, k_len), (2, k_len)))
+    query, key, value = (torch.randn(batch, heads, n, 16) for heads, n in ((4, q_len), (2, k_len), (2, k_len)))
     mask = None
-    if masked:
-        mask = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len)[None, None].repeat(2, 1, 1, 1)
-        mask[1, :, :, :4] = False  # left padding in row 1
-    grads = []
-    for dtype in (torch.bfloat16, torch.float32):  # bf16 takes the two matmuls, fp32 the kernel
-        leaves = [t.to(dtype).requires_grad_(True) for t in (query, key, value)]
-        out, _ = sdpa_gqa(module, *leaves, None if mask is None else mask, is_causal=True)
-        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        grads.append([out.float()] + [t.grad.float() for t in leaves])
-    for ours, theirs in zip(*grads):
-        assert (ours - theirs).abs().max() <= 0.02 * theirs.abs().max()  # bf16 rounding; a missing mask is O(1)
-    assert k_len <= SHORT_KEYS
+    if q_len < k_len or left_pad:
+        mask = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len)[None, None].repeat(batch, 1, 1, 1)
+        mask[1, :, :, :left_pad] = False
+    return query, key, value, mask
+
+
+def attention_and_grads(query, key, value, mask, dtype):
+    """sdpa_gqa's output and input gradients for a fixed weighting of the output, in fp32."""
+    module = torch.nn.Module().train()
+    leaves = [t.to(dtype).requires_grad_(True) for t in (query, key, value)]
+    out, _ = sdpa_gqa(module, *leaves, mask, is_causal=True)
+    (out.double() * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+    return [out.double()] + [t.grad.double() for t in leaves]
+
+
+@pytest.mark.parametrize("q_len, k_len, left_pad", [(30, 30, 0), (20, 30, 4), (24, 700, 0), (24, 700, 5), (1, 40, 0)])
+@pytest.mark.parametrize("block_bytes", [16 << 20, 1])  # 1: one row per block
+def test_half_attention_matches_fp64_attention(monkeypatch, q_len, k_len, left_pad, block_bytes):
+    monkeypatch.setattr(model_module, "HALF_ATTENTION_BLOCK", block_bytes)
+    query, key, value, mask = attention_case(q_len, k_len, left_pad)
+    assert half_attention_on_cpu(query.bfloat16().requires_grad_(), key, mask, 0.0)
+    calls = []
+    real = model_module.HalfAttention.apply
+    monkeypatch.setattr(model_module.HalfAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    ours = attention_and_grads(query, key, value, mask, torch.bfloat16)
+    assert calls  # bf16 with gradients took HalfAttention
+    exact = attention_and_grads(query, key, value, mask, torch.float64)  # fp64: torch's kernel
+    for got, want in zip(ours, exact):
+        assert (got - want).abs().max() <= 0.03 * want.abs().max()  # bf16 rounding; a missing mask is O(1)
+
+
+def test_half_attention_rules():
+    bf16 = torch.zeros(2, 4, 30, 16, dtype=torch.bfloat16)
+    keys = torch.zeros(2, 2, 30, 16, dtype=torch.bfloat16)
+    with torch.enable_grad():
+        assert half_attention_on_cpu(bf16, keys, None, 0.0)
+        assert not half_attention_on_cpu(bf16.float(), keys.float(), None, 0.0)  # fp32: the kernel
+        assert not half_attention_on_cpu(bf16, keys, None, 0.1)  # dropout: the kernel
+        assert not half_attention_on_cpu(bf16, keys, torch.zeros(2, 1, 30, 30), 0.0)  # additive mask: the kernel
+        long = torch.zeros(1, 4, SHORT_KEYS + 1, 16, dtype=torch.bfloat16)
+        assert not half_attention_on_cpu(long, long[:, :2], None, 0.0)  # long self-attention: the kernel
+        many = torch.zeros(64, 9, 129, 16, dtype=torch.bfloat16)  # 64 x 9 x 129 x 4,000 bf16 probabilities: 594 MB
+        assert not half_attention_on_cpu(many, torch.zeros(64, 3, 4000, 16, dtype=torch.bfloat16),
+                                         torch.ones(1, 1, 129, 4000, dtype=torch.bool), 0.0)
+    with torch.no_grad():
+        assert not half_attention_on_cpu(bf16, keys, None, 0.0)  # no gradients: decode's rules
