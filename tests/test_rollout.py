@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from icrl_lite.model import ModelConfig, load_policy
@@ -146,6 +147,23 @@ def test_gumbel_sampling_follows_the_distribution():
     assert torch.allclose(counts, torch.tensor([0.7, 0.2, 0.1]), atol=0.015)
     top = sample(logits, 1.0, 0.6, torch.Generator().manual_seed(0))  # nucleus 0.6 keeps only the first token
     assert (top == 0).all()
+
+
+@pytest.mark.parametrize("vocab", [3, 256, 1000, 49152])
+def test_two_level_cdf_inversion_draws_what_one_full_cdf_draws(vocab):
+    from icrl_lite.rollout import invert_cdf
+
+    generator = torch.Generator().manual_seed(vocab)
+    probs = torch.softmax(torch.randn(64, vocab, generator=generator) * 4, dim=-1)
+    probs[:8, : vocab // 2] = 0  # whole blocks without mass
+    probs[8, :] = 0
+    probs[8, vocab - 1] = 1  # all mass on the last token (in a partial block when 256 does not divide V)
+    uniform = torch.rand(64, 1, dtype=torch.float64, generator=generator)
+    cdf = probs.cumsum(-1, dtype=torch.float64)
+    expected = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(-1)
+    tokens = invert_cdf(probs, uniform)
+    assert torch.equal(tokens, expected)
+    assert (probs.gather(-1, tokens[:, None]) > 0).all()
 
 
 def assert_equal_up_to_summation_order(actual: torch.Tensor, expected: torch.Tensor) -> None:
