@@ -1,4 +1,4 @@
-"""LoRA projections on a CPU in half precision: the frozen base layer and its adapter as one autograd node.
+"""LoRA projections on a CPU in bf16: the frozen base layer and its adapter as one autograd node.
 
 peft computes a LoRA layer as the base projection plus `lora_B(lora_A(x.float())) * scaling`: with its fp32
 adapter weights every call casts the (bf16) input to fp32, runs two small fp32 matmuls, scales, casts back and
@@ -6,7 +6,7 @@ adds, and autograd keeps an fp32 copy of the input for the adapter's gradient. O
 operations were ~20% of the update (SmolLM2-135M, 7 adapted projections per layer, 16 x 129 positions: 0.9 of
 4.7 s). `HalfLoraLinear` runs the adapter in the input's half precision instead (its weights cast once per call,
 ~20 K values), adds it onto the base output inside one matmul (`addmm_`), keeps the bf16 input for the backward,
-and returns the adapter's gradients in the adapters' own fp32. The adapter's contribution is rounded to bf16
+and returns the adapter's gradients (bf16 matmuls, accumulated in fp32 inside) in the adapters' own fp32. The adapter's contribution is rounded to bf16
 once more than in peft (before it is added to the bf16 base output, which peft also rounds).
 """
 
@@ -48,16 +48,19 @@ class HalfLoraLinear(torch.autograd.Function):
 
 
 def plain_adapter(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
-    """The one active plain LoRA adapter of a peft `Linear` that `HalfLoraLinear` computes exactly as peft would
-    (half-precision input on a CPU, frozen nn.Linear base, no dropout in training, no DoRA or other variant, not
+    """The one active plain LoRA adapter of a peft `Linear` that `HalfLoraLinear` computes as peft would (bf16
+    input on a CPU, frozen nn.Linear base, no dropout in training, no DoRA or other variant, no LoRA bias, not
     merged, no per-row adapter names); None = peft's own forward."""
-    if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float16) or args or kwargs:
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or args or kwargs:  # fp16 adapter gradients could
+        # overflow under the loss scale
         return None
     if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None
     name = layer.active_adapters[0]
     base = layer.base_layer
     if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}) or type(base) is not torch.nn.Linear:
+        return None
+    if layer.lora_B[name].bias is not None:  # peft's lora_bias=True
         return None
     if base.weight.requires_grad or base.bias is not None and base.bias.requires_grad:
         return None

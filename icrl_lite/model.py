@@ -198,7 +198,8 @@ def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
     16 x 1500 tokens).
     """
     causal = bool(is_causal if is_causal is not None else True) and attention_mask is None and query.shape[2] > 1
-    if half_attention_on_cpu(query, key, attention_mask, dropout if module.training else 0.0, module.training):
+    plain = attention_mask is not None or causal or query.shape[2] == 1  # no mask and not causal: the kernel
+    if plain and half_attention_on_cpu(query, key, attention_mask, dropout if module.training else 0.0, module.training):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return HalfAttention.apply(query, key, value, attention_mask, scale).transpose(1, 2).contiguous(), None
     if short_query_on_cpu(query, attention_mask, module.training):

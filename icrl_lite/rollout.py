@@ -446,12 +446,15 @@ def invert_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     if blocks * CDF_BLOCK != vocab:
         probs = torch.nn.functional.pad(probs, (0, blocks * CDF_BLOCK - vocab))  # zero mass: never drawn
     grouped = probs.view(rows, blocks, CDF_BLOCK)
-    block_cdf = grouped.sum(-1).double().cumsum(-1)  # (N, blocks)
+    block_cdf = grouped.sum(-1, dtype=torch.float64).cumsum(-1)  # (N, blocks)
     target = uniform * block_cdf[:, -1:]  # (N, 1)
     block = torch.searchsorted(block_cdf, target, right=True).clamp_(max=blocks - 1)  # (N, 1)
     before = torch.where(block > 0, block_cdf.gather(-1, (block - 1).clamp(min=0)), 0.0)  # (N, 1) mass of earlier blocks
     inside = grouped.gather(1, block[..., None].expand(-1, -1, CDF_BLOCK)).squeeze(1).double().cumsum(-1)  # (N, B)
-    offset = torch.searchsorted(inside, target - before, right=True).clamp_(max=CDF_BLOCK - 1)  # (N, 1)
+    # the block's sum and its inner cumsum may round apart: keep the target below the inner total, so that the
+    # token found always has mass (never one cut by top-p, underflowed or padded)
+    local = torch.minimum(target - before, torch.nextafter(inside[:, -1:], torch.zeros_like(before)))
+    offset = torch.searchsorted(inside, local, right=True).clamp_(max=CDF_BLOCK - 1)  # (N, 1)
     return (block * CDF_BLOCK + offset).squeeze(-1).clamp_(max=vocab - 1)
 
 

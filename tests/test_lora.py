@@ -80,6 +80,10 @@ def test_peft_forward_is_kept_where_half_lora_would_differ():
     assert plain_adapter(dropped_layer, x, (), {}) is None  # training with dropout: peft's forward
     dropped.eval()
     assert plain_adapter(dropped_layer, x, (), {}) == "default"
+    assert plain_adapter(layer, x.half(), (), {}) is None  # fp16: peft's forward (fp32 adapter gradients)
+    biased, biased_layer = lora_model()
+    biased_layer.lora_B["default"].bias = torch.nn.Parameter(torch.zeros(40))  # what peft's lora_bias=True adds
+    assert plain_adapter(biased_layer, x, (), {}) is None
     layer.base_layer.weight.requires_grad_(True)
     assert plain_adapter(layer, x, (), {}) is None  # a trained base weight needs its own gradient
 

@@ -166,6 +166,17 @@ def test_two_level_cdf_inversion_draws_what_one_full_cdf_draws(vocab):
     assert (probs.gather(-1, tokens[:, None]) > 0).all()
 
 
+def test_cdf_inversion_never_draws_a_token_without_mass_when_sums_round_apart():
+    from icrl_lite.rollout import invert_cdf
+
+    probs = torch.zeros(1, 300)
+    probs[0, 0], probs[0, 1] = 1.0, 1.5 * 2.0**-24  # the block's sum in fp32 rounds up past its exact sum
+    exact = 1.0 + 1.5 * 2.0**-24
+    for uniform in (1 - 1e-12, (exact - 2.0**-26) / exact, 0.5):
+        token = invert_cdf(probs, torch.tensor([[uniform]], dtype=torch.float64))
+        assert probs[0, token] > 0
+
+
 def assert_equal_up_to_summation_order(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """Equal but for rounding: fp32 sums of thousands of terms, taken in another order (another code path or
     thread count), differ by up to ~n * eps, about 1e-3 of the tensor's largest entry (3e-5 seen)."""

@@ -74,7 +74,7 @@ def attention_and_grads(query, key, value, mask, dtype):
 
 @pytest.mark.parametrize("q_len, k_len, left_pad", [(30, 30, 0), (20, 30, 4), (24, 700, 0), (24, 700, 5), (1, 40, 0),
                                                      (300, 300, 0)])
-@pytest.mark.parametrize("block_bytes, causal_block", [(16 << 20, 256), (1, 7)])  # one row, 7 queries per block
+@pytest.mark.parametrize("block_bytes, causal_block", [(16 << 20, 256), (16 << 20, 7), (1, 256)])  # 1: one row
 def test_half_attention_matches_fp64_attention(monkeypatch, q_len, k_len, left_pad, block_bytes, causal_block):
     monkeypatch.setattr(model_module, "HALF_ATTENTION_BLOCK", block_bytes)
     monkeypatch.setattr(model_module, "CAUSAL_BLOCK", causal_block)
@@ -88,6 +88,16 @@ def test_half_attention_matches_fp64_attention(monkeypatch, q_len, k_len, left_p
     exact = attention_and_grads(query, key, value, mask, torch.float64)  # fp64: torch's kernel
     for got, want in zip(ours, exact):
         assert (got - want).abs().max() <= 0.03 * want.abs().max()  # bf16 rounding; a missing mask is O(1)
+
+
+def test_half_attention_with_one_mask_for_all_rows_and_transposed_inputs():
+    query, key, value, mask = attention_case(20, 300, 0, batch=3)
+    mask = mask[:1]  # (1, 1, q, L): the same mask for every row
+    as_transformers = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (query, key, value)]  # (B, H, q, d) views
+    ours = attention_and_grads(*as_transformers, mask, torch.bfloat16)
+    exact = attention_and_grads(query, key, value, mask, torch.float64)
+    for got, want in zip(ours, exact):
+        assert (got - want).abs().max() <= 0.03 * want.abs().max()
 
 
 def test_half_attention_rules():
