@@ -115,5 +115,4 @@ def test_half_attention_rules():
         assert not half_attention_on_cpu(many, torch.zeros(64, 3, 4000, 16, dtype=torch.bfloat16),
                                          torch.ones(1, 1, 129, 4000, dtype=torch.bool), 0.0)
     with torch.no_grad():
-        assert half_attention_on_cpu(bf16, keys, None, 0.0)  # the update's reference pass (training mode)
-        assert not half_attention_on_cpu(bf16, keys, None, 0.0, training=False)  # rollouts, evaluation: the kernel
+        assert half_attention_on_cpu(bf16, keys, None, 0.0)  # reference pass, prefill: forward only
