@@ -259,7 +259,7 @@ def half_attention_on_cpu(query: torch.Tensor, key: torch.Tensor, attention_mask
 
 
 class HalfAttention(torch.autograd.Function):
-    """Attention with gradients as plain matmuls in half precision, for the update on a CPU.
+    """Attention as plain matmuls in half precision on a CPU, with gradients (the update) and without.
 
     torch's CPU kernel has no fast half-precision backward, so the update ran it in fp32 (4 x 129 queries after a
     2,054-key context, 9:3 heads, forward + backward: 54.6 ms). Here the scores are one bf16 matmul per KV head
@@ -270,7 +270,7 @@ class HalfAttention(torch.autograd.Function):
 
     The work goes in blocks of at most `HALF_ATTENTION_BLOCK` bytes of scores: rows of the batch, and for causal
     self-attention (`mask` None, queries == keys: a prompt or the shared demonstrations) blocks of at most
-    `CAUSAL_BLOCK` queries that skip the keys after their last query (1,906 positions: 38 vs 90 ms for the kernel).
+    `CAUSAL_BLOCK` queries that skip the keys after their last query (1,906 positions: 50 vs 90 ms for the kernel).
 
     query (B, H, q, d), key/value (B, KV, L, d), mask None (causal, q == L, or q == 1) or bool (B|1, 1, q, L),
     True = attend. Returns (B, H, q, d).
@@ -283,13 +283,14 @@ class HalfAttention(torch.autograd.Function):
         group = heads // kv_heads
         scaled = (query * scale).reshape(batch, kv_heads, group, length, dim)
         out = torch.empty_like(scaled)
-        blocks = _attention_blocks(batch, heads, length, keys, causal=mask is None and length > 1)
+        causal = mask is None and length > 1
+        blocks = _attention_blocks(batch, heads, length, keys, causal)
         probs = []
         for rows, first, last, width in blocks:
             scores = torch.matmul(_query_block(scaled, rows, first, last), key[rows, :, :width].transpose(-1, -2))
             _mask_scores(scores.view(scores.shape[0], kv_heads, group, last - first, width),
                          None if mask is None else mask[rows if mask.shape[0] > 1 else slice(None), :, first:last, :width],
-                         causal=mask is None and length > 1)
+                         causal)
             probs.append(torch.softmax(scores, dim=-1))  # (b, KV, g * q', width)
             del scores
             block_out = torch.matmul(probs[-1], value[rows, :, :width])  # (b, KV, g * q', d)
@@ -303,8 +304,8 @@ class HalfAttention(torch.autograd.Function):
         scaled, key, value, *probs = ctx.saved_tensors
         grad = grad.reshape(scaled.shape)  # (B, KV, g, q, d)
         d_query = torch.empty_like(scaled)
-        several = len({(b[0].start, b[0].stop) for b in ctx.blocks}) < len(ctx.blocks)  # query blocks of a row
-        # share its keys: their gradients are summed in fp32 (bf16 partial sums lose ~1% a block)
+        several = len(ctx.blocks) > scaled.shape[0]  # causal query blocks of a row share its keys: their gradients
+        # are summed in fp32 (bf16 partial sums lose ~1% a block)
         d_key, d_value = (torch.zeros_like(t, dtype=torch.float32) if several else torch.empty_like(t) for t in (key, value))
         for (rows, first, last, width), block in zip(ctx.blocks, probs):
             block_grad = _query_block(grad, rows, first, last)  # (b, KV, g * q', d)
