@@ -13,15 +13,16 @@ def reference(weight, hidden, targets, temperature):
     return torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
 
 
+@pytest.mark.parametrize("chunk", [1024, 16])  # the softmax kept for the backward (150 positions x 4 <= 4 x 1024), and not
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
-def test_values_and_input_gradients_equal_autograd(temperature):
+def test_values_and_input_gradients_equal_autograd(temperature, chunk):
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 300, bias=False)
     head.weight.requires_grad_(False)
     hidden = torch.randn(3, 50, 16, dtype=torch.float64).float().requires_grad_(True)
     targets = torch.randint(0, 300, (3, 50))
     weights = torch.randn(3, 50)  # a loss that weighs every position differently
-    ours = token_logprobs(head, hidden, targets, chunk=1024, temperature=temperature)
+    ours = token_logprobs(head, hidden, targets, chunk=chunk, temperature=temperature)
     (ours * weights).sum().backward()
     ours_grad, hidden.grad = hidden.grad, None
     theirs = reference(head.weight, hidden, targets, temperature)
@@ -35,11 +36,26 @@ def test_blocks_do_not_change_the_result():
     weight, hidden, targets = torch.randn(300, 16), torch.randn(70, 16, requires_grad=True), torch.randint(0, 300, (70,))
     outs = []
     for block in (1, 7, 64, 1000):
-        out = HeadLogprobs.apply(hidden, weight, targets, 1.0, block)
-        grad, = torch.autograd.grad(out.sum(), hidden)
-        outs.append((out, grad))
+        for keep in (False, True):
+            out = HeadLogprobs.apply(hidden, weight, targets, 1.0, block, keep)
+            grad, = torch.autograd.grad((out * torch.linspace(-1, 2, 70)).sum(), hidden)
+            outs.append((out, grad))
     for out, grad in outs[1:]:
         assert torch.allclose(out, outs[0][0], atol=1e-5) and torch.allclose(grad, outs[0][1], atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk, kept", [(64, True), (63, False)])
+def test_the_softmax_is_kept_only_within_one_chunks_fp32_logits(chunk, kept):
+    """2 x 64 positions of a bf16 head: their softmax (2 bytes each) is kept when it fits in chunk x 4 bytes per
+    vocabulary entry; otherwise nothing of vocabulary size is saved for the backward."""
+    head = torch.nn.Linear(16, 300, bias=False).to(torch.bfloat16).requires_grad_(False)
+    hidden = torch.randn(2, 64, 16, dtype=torch.bfloat16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = token_logprobs(head, hidden, torch.randint(0, 300, (2, 64)), chunk=chunk)
+    assert (max(saved) == 128 * 300) is kept and max(saved) >= 300 * 16  # the head's weight is always saved
+    out.sum().backward()
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
 
 
 def test_a_trainable_head_still_gets_its_gradient():
