@@ -425,12 +425,14 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
         probs, order = torch.softmax(scores, dim=-1).sort(dim=-1, descending=True)
         outside = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
         scores = scores.scatter(-1, order, scores.gather(-1, order).masked_fill(outside, float("-inf")))
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (N, 1)
     uniform = torch.rand((len(scores), 1), generator=generator, device=scores.device, dtype=torch.float64)
-    tokens = invert_cdf((scores - lse).exp_(), uniform)
+    weights = scores.sub_(scores.amax(-1, keepdim=True)).exp_()  # (N, V) exp(score - max): unnormalised, in place
+    tokens = invert_cdf(weights, uniform)
     if not return_logprobs:
         return tokens
-    return tokens, (scores.gather(-1, tokens[:, None]) - lse).squeeze(-1)
+    # log p = log(weight / total): a drawn token has mass, so its weight is > 0 (and >= 1e-38 in practice)
+    total = weights.sum(-1, dtype=torch.float64)  # (N,)
+    return tokens, (weights.gather(-1, tokens[:, None]).squeeze(-1).double().log() - total.log()).float()
 
 
 CDF_BLOCK = 256  # tokens per block of `invert_cdf`

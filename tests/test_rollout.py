@@ -149,6 +149,25 @@ def test_gumbel_sampling_follows_the_distribution():
     assert (top == 0).all()
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_logprobs_are_the_log_softmax_sampled_from_and_the_logits_stay(temperature, top_p):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 1000, generator=generator) * 5
+    logits[0, 1:] -= 60  # a row whose other tokens are ~e^-60 below the top one
+    before = logits.clone()
+    tokens, logps = sample(logits, temperature, top_p, generator, return_logprobs=True)
+    assert torch.equal(logits, before)  # sampling works on its own copy
+    scores = logits / temperature
+    if top_p < 1:  # the distribution sampled from: the nucleus, renormalised
+        probs, order = torch.softmax(scores, -1).sort(-1, descending=True)
+        outside = probs.cumsum(-1) - probs > top_p
+        scores = scores.scatter(-1, order, scores.gather(-1, order).masked_fill(outside, float("-inf")))
+    expected = torch.log_softmax(scores.double(), -1).gather(-1, tokens[:, None]).squeeze(-1)
+    assert torch.isfinite(logps).all()
+    torch.testing.assert_close(logps.double(), expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("vocab", [3, 256, 1000, 49152])
 def test_two_level_cdf_inversion_draws_what_one_full_cdf_draws(vocab):
     from icrl_lite.rollout import invert_cdf
