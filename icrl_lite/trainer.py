@@ -418,7 +418,8 @@ class Trainer:
         update on. Off-policy items (sampled with demos, scored without) use ratio 1 on positive advantages
         (`positive`) or LUFFY's shaping (`shaped`). Items sharing a prompt are scored on one shared prompt pass
         (`response_logprobs`), `micro_batch_size` at a time, with gradients accumulated over the update. The
-        reference log-probs are computed once. Metrics are those of the first update (grad_norm: the mean).
+        reference log-probs are computed once, all batches under one switch to the reference policy. Metrics are
+        those of the first update (grad_norm: the mean).
         """
         cfg, device = self.cfg, self.model.device
         temperature = cfg.rollout.temperature or 1.0
@@ -431,8 +432,13 @@ class Trainer:
                    for (prompt, offpolicy), members in groups.items()
                    for start in range(0, len(members), cfg.micro_batch_size)]
         shared = self.shared_prefix([prompt for prompt, _, _ in batches])
-        references: dict[int, torch.Tensor] = {}
-        reference_prefix = None
+        references: dict[int, torch.Tensor] = {}  # batch -> (b, R) reference log-probs, once for all updates
+        if cfg.beta > 0:
+            with torch.no_grad(), reference_mode(self.model):  # switched off once (it walks every module)
+                reference_prefix = SharedPrefix.compute(self.model, shared) if shared else None
+                for b, (prompt, _, batch) in enumerate(batches):
+                    references[b] = response_logprobs(self.model, prompt, [it.rollout.response_ids for it in batch],
+                                                      cfg.logprob_chunk, temperature, prefix=reference_prefix)
         first: dict[str, float] = {}
         norms = []
         for epoch in range(cfg.updates_per_step):
@@ -443,12 +449,6 @@ class Trainer:
                 responses = [r.response_ids for r in rollouts]
                 mask = loss_mask(rollouts).to(device)  # (b, R)
                 adv = torch.tensor([it.advantage for it in batch], device=device)  # (b,)
-                if cfg.beta > 0 and b not in references:
-                    with torch.no_grad(), reference_mode(self.model):
-                        if shared and reference_prefix is None:
-                            reference_prefix = SharedPrefix.compute(self.model, shared)
-                        references[b] = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, temperature,
-                                                          prefix=reference_prefix)  # (b, R)
                 logp = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, temperature, prefix=prefix)  # (b, R)
                 shaped = offpolicy and cfg.offpolicy_weight == "shaped"
                 old = logp.detach() if offpolicy and cfg.offpolicy_weight != "ratio" else sampler_logprobs(rollouts).to(device)
