@@ -826,10 +826,15 @@ class HeadLogprobs(torch.autograd.Function):
         targets, weight, *kept = ctx.saved_tensors
         scale, block = ctx.scale, ctx.block
         if len(kept) == 1:  # the forward's softmax, written over in place (it is used once)
+            probs, = kept
             g = (grad[:, None] * scale).to(weight.dtype)  # (N, 1)
-            probs = kept[0].mul_(-g)  # -g p
-            probs.scatter_add_(-1, targets[:, None], g)  # + g at the target
-            return probs @ weight, None, None, None, None, None
+            grad_hidden = probs.new_empty((probs.shape[0], weight.shape[1]))  # (N, H)
+            # in blocks, as the forward: one matmul over all N rows copied the N x V operand twice (oneDNN's layout)
+            for s in range(0, probs.shape[0], block):
+                p = probs[s:s + block].mul_(-g[s:s + block])  # -g p
+                p.scatter_add_(-1, targets[s:s + block, None], g[s:s + block])  # + g at the target
+                grad_hidden[s:s + block] = p @ weight
+            return grad_hidden, None, None, None, None, None
         hidden, lse = kept
         grad_hidden = torch.empty_like(hidden)
         for s in range(0, hidden.shape[0], block):
