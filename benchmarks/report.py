@@ -8,6 +8,8 @@ from pathlib import Path
 
 from benchmarks import grpo_step, loss_memory, multiturn, sweep
 
+BENCHMARKS = ("rollouts", "grpo", "sweep", "loss_memory")  # in the order they run and are reported
+
 
 def write_results(results: dict, output: Path) -> None:
     """Write results.json and results.md into `output` (each replaced atomically)."""
@@ -19,7 +21,9 @@ def write_results(results: dict, output: Path) -> None:
 
 def markdown(results: dict) -> str:
     cmd = results["command"]
-    flags = (" --quick" if cmd["quick"] else "") + f" --output {cmd['output']}"
+    only = cmd.get("only") or []
+    flags = (" --quick" if cmd["quick"] else "") + (
+        f" --only {','.join(only)}" if only and set(only) != set(BENCHMARKS) else "") + f" --output {cmd['output']}"
     lines = [f"# Benchmarks, {results['machine']['date']}", "",
              f"`python -m benchmarks run{flags}` (model {cmd['model']}, {cmd['dtype']}, {cmd['device']}"
              f"{', quick sizes' if cmd['quick'] else ''}). Ratios measured side by side in this run are the figures "

@@ -17,10 +17,9 @@ from benchmarks.grpo_step import run_grpo_step
 from benchmarks.loss_memory import run_loss_memory
 from benchmarks.machine import decode_bound, decode_bounds, describe_machine, dtype_name, machine_limits, policy_size
 from benchmarks.multiturn import run_multiturn
-from benchmarks.report import write_results
+from benchmarks.report import BENCHMARKS, write_results
 from benchmarks.sweep import run_sweep
 
-BENCHMARKS = ("rollouts", "grpo", "sweep", "loss_memory")
 
 SIZES = {
     "quick": {

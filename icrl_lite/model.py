@@ -817,22 +817,26 @@ class HeadLogprobs(torch.autograd.Function):
             out[s:s + block] = logits.gather(-1, targets[s:s + block, None]).squeeze(-1) - lse[s:s + block]
             if keep:
                 probs[s:s + block] = logits.sub_(lse[s:s + block, None]).exp_()
-        ctx.save_for_backward(targets, weight, *((probs,) if keep else (hidden, lse)))
-        ctx.scale, ctx.block = scale, block
+        ctx.save_for_backward(targets, weight, *((probs, out) if keep else (hidden, lse)))
+        ctx.scale, ctx.block, ctx.keep = scale, block, keep
         return out
 
     @staticmethod
     def backward(ctx, grad):  # (N,)
         targets, weight, *kept = ctx.saved_tensors
         scale, block = ctx.scale, ctx.block
-        if len(kept) == 1:  # the forward's softmax, written over in place (it is used once)
-            probs, = kept
-            g = (grad[:, None] * scale).to(weight.dtype)  # (N, 1)
+        if ctx.keep:  # the forward's softmax, written over in place (it is used once)
+            probs, logp = kept
+            g = grad[:, None] * scale  # (N, 1)
+            # the target's entry g (1 - p_t) from the fp32 log-prob: in bf16, 1 - p_t of a confident token
+            # (p_t = 0.999 rounds to 1) would cancel to 0
+            target = (-g * torch.expm1(logp[:, None])).to(weight.dtype)  # (N, 1)
+            g = g.to(weight.dtype)
             grad_hidden = probs.new_empty((probs.shape[0], weight.shape[1]))  # (N, H)
             # in blocks, as the forward: one matmul over all N rows copied the N x V operand twice (oneDNN's layout)
             for s in range(0, probs.shape[0], block):
                 p = probs[s:s + block].mul_(-g[s:s + block])  # -g p
-                p.scatter_add_(-1, targets[s:s + block, None], g[s:s + block])  # + g at the target
+                p.scatter_(-1, targets[s:s + block, None], target[s:s + block])  # g (1 - p) at the target
                 grad_hidden[s:s + block] = p @ weight
             return grad_hidden, None, None, None, None, None
         hidden, lse = kept

@@ -192,6 +192,7 @@ def test_a_run_writes_the_machine_section_and_reports_missing_trl_as_skipped(tin
     md = (output / "results.md").read_text()
     assert "## Machine" in md and machine["cpu"] in md and "torch " in md and "## Machine limits" in md
     assert "Skipped: TRL is not installed" in md
+    assert f"`python -m benchmarks run --quick --only grpo --output {output}`" in md  # the command that reruns it
 
 
 def test_unknown_benchmark_names_are_refused_with_the_choices(tmp_path):
