@@ -15,7 +15,8 @@ def reference(weight, hidden, targets, temperature):
 
 @pytest.mark.parametrize("chunk", [1024, 16])  # the softmax kept for the backward (150 positions x 4 <= 4 x 1024), and not
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
-def test_values_and_input_gradients_equal_autograd(temperature, chunk):
+def test_values_and_input_gradients_equal_autograd(temperature, chunk, monkeypatch):
+    monkeypatch.setattr(model_module, "KEEP_SOFTMAX", True)
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 300, bias=False)
     head.weight.requires_grad_(False)
@@ -44,10 +45,11 @@ def test_blocks_do_not_change_the_result():
         assert torch.allclose(out, outs[0][0], atol=1e-5) and torch.allclose(grad, outs[0][1], atol=1e-5)
 
 
-def test_confident_tokens_keep_their_gradient_in_bf16():
+def test_confident_tokens_keep_their_gradient_in_bf16(monkeypatch):
     """A bf16 head whose targets are mostly likely (p up to 1 - 1e-5): the target's gradient entry g (1 - p) must not
     cancel in bf16 (1 - 0.999 rounds to 0 there). With the softmax kept (chunk 1024) the gradients equal those of
     the recomputing path (chunk 16), and within bf16 rounding of fp64 autograd."""
+    monkeypatch.setattr(model_module, "KEEP_SOFTMAX", True)
     torch.manual_seed(0)
     weight = torch.randn(300, 16)
     targets = torch.randint(0, 300, (4, 64))
@@ -70,10 +72,19 @@ def test_confident_tokens_keep_their_gradient_in_bf16():
     assert error[confident].max() < 0.3, error[confident].max()  # 0.12 measured; 1.9 with g (1 - p) in bf16
 
 
+def test_the_softmax_is_recomputed_by_default():
+    head = torch.nn.Linear(16, 300, bias=False).requires_grad_(False)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        token_logprobs(head, torch.randn(1, 8, 16, requires_grad=True), torch.randint(0, 300, (1, 8)), chunk=1024)
+    assert max(saved) == 300 * 16  # the head's weight, no 8 x 300 softmax
+
+
 @pytest.mark.parametrize("chunk, kept", [(64, True), (63, False)])
-def test_the_softmax_is_kept_only_within_one_chunks_fp32_logits(chunk, kept):
+def test_the_softmax_is_kept_only_within_one_chunks_fp32_logits(chunk, kept, monkeypatch):
     """2 x 64 positions of a bf16 head: their softmax (2 bytes each) is kept when it fits in chunk x 4 bytes per
     vocabulary entry; otherwise nothing of vocabulary size is saved for the backward."""
+    monkeypatch.setattr(model_module, "KEEP_SOFTMAX", True)
     head = torch.nn.Linear(16, 300, bias=False).to(torch.bfloat16).requires_grad_(False)
     hidden = torch.randn(2, 64, 16, dtype=torch.bfloat16, requires_grad=True)
     saved = []
