@@ -756,9 +756,10 @@ def token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int
     usual case: LoRA leaves it alone) goes through `HeadLogprobs`, which does the same in blocks that stay in
     the CPU's cache (on a GPU, in `chunk`-position blocks), with the softmax's gradient written in place:
     2.4x faster for 512 positions on a 2-core EPYC in bf16 (forward + backward, 205 vs 496 ms), the same values.
-    When the B x T positions' softmax in the head's dtype fits in one chunk's fp32 logits (chunk x vocab x 4
-    bytes), it keeps that softmax for the backward instead of recomputing the logits: 186-190 vs 246-253 ms for
-    512 positions (same machine, same gradients within bf16 rounding). Memory stays bounded by the chunk.
+    With `KEEP_SOFTMAX` (off by default), when the B x T positions' softmax in the head's dtype fits in one
+    chunk's fp32 logits (chunk x vocab x 4 bytes), it keeps that softmax for the backward instead of recomputing
+    the logits: 182 vs 201 ms for 512 positions (same gradients within bf16 rounding); memory stays bounded by
+    the chunk.
     """
     scale = 1.0 / temperature if temperature > 0 else 1.0
     if frozen_linear(head):
