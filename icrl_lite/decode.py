@@ -29,6 +29,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .kernels import decode_kernels
 from .model import decoder
 
 SUPPORTED = ("llama", "qwen2", "qwen3")  # RMSNorm, rotary, SiLU-gated MLP, full attention; qwen3 adds q/k norms
@@ -111,6 +112,7 @@ class Layer:
         self.gate_up = fused([mlp.gate_proj, mlp.up_proj], pack)
         self.down = fused([mlp.down_proj], pack)
         self.norms = (layer.input_layernorm, layer.post_attention_layernorm)
+        self.eps = tuple(norm_eps(norm) for norm in self.norms)
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         self.scaling = attn.scaling
 
@@ -119,10 +121,13 @@ class Layer:
         return None not in (self.qkv, self.o, self.gate_up, self.down)
 
 
+def norm_eps(norm) -> float:
+    return getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+
+
 def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
     """transformers' Llama RMSNorm: normalise in fp32, scale in the input dtype."""
-    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm_eps(norm)).to(x.dtype)
 
 
 def attention(query, key, value, mask, scaling: float) -> torch.Tensor:
@@ -164,6 +169,10 @@ class FastDecoder:
         cfg = model.config
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        # the C++ kernels (bf16, no q/k norms, head_dim a multiple of 16), or None: torch ops
+        fits = (model.dtype == torch.bfloat16 and self.head_dim % 16 == 0 and self.heads % self.kv_heads == 0
+                and all(layer.q_norm is None for layer in layers))
+        self.kernels = decode_kernels() if fits else None
 
     @classmethod
     def build(cls, model) -> "FastDecoder | None":
@@ -198,6 +207,9 @@ class FastDecoder:
         `prefix`, per layer the keys/values (1, KV, C, d) of C leading positions that every row's cache holds
         (valid) as its own copy, the same for all: the rows attend to it as one shared block (`cascade_attention`),
         reading it once per step instead of once per row."""
+        if (self.kernels is not None and prefix is None and hasattr(cache.layers[0], "reserve")
+                and attention_mask.shape[1] == cache.layers[0].keys.shape[-2] + 1):
+            return self.kernel_step(ids, attention_mask, positions, cache)
         skip = 0 if prefix is None else prefix[0][0].shape[2]
         rows = ids.shape[0]
         h = self.body.embed_tokens(ids)  # (B, H)
@@ -235,3 +247,27 @@ class FastDecoder:
             gate, up = layer.gate_up(rms_norm(layer.norms[1], h)).chunk(2, dim=-1)
             h = h + layer.down(F.silu(gate) * up)
         return self.head(rms_norm(self.body.norm, h)).float()  # (B, V)
+
+    def kernel_step(self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                    cache) -> torch.Tensor:
+        """`__call__` through the C++ kernels (`icrl_lite.kernels`): per layer, the four fused linears and three
+        kernel calls (RMSNorm with the residual add before it, attention with rotary and the cache write, SiLU x up).
+        The cache's layers are `rollout.SlabLayer`s: each step's keys/values are written into the slab's spare
+        room, which `reserve` makes."""
+        kernels = self.kernels
+        h = self.body.embed_tokens(ids).contiguous()  # (B, H), the residual stream, updated in place
+        cos, sin = self.body.rotary_emb(h, positions[:, None])  # (B, 1, d)
+        half = self.head_dim // 2
+        cos = cos[:, 0].contiguous()  # (B, d)
+        sin = torch.cat([-sin[:, 0, :half], sin[:, 0, half:]], dim=-1)  # rotate_half(x) * sin == x.roll(half) * this
+        mask = torch.zeros(attention_mask.shape, dtype=torch.float32).masked_fill_(~attention_mask.bool(), float("-inf"))
+        delta = None  # what the previous layer adds to h
+        for layer, cache_layer in zip(self.layers, cache.layers):
+            length = cache_layer.reserve(1)
+            x = kernels.add_rms_norm(h, delta, layer.norms[0].weight, layer.eps[0])
+            out = kernels.attention(layer.qkv(x), cos, sin, cache_layer.slab_k, cache_layer.slab_v, length, mask,
+                                    self.heads, self.kv_heads, layer.scaling)  # (B, heads * d)
+            cache_layer.advance(1)
+            x = kernels.add_rms_norm(h, layer.o(out), layer.norms[1].weight, layer.eps[1])
+            delta = layer.down(kernels.silu_mul(layer.gate_up(x)))
+        return self.head(kernels.add_rms_norm(h, delta, self.body.norm.weight, norm_eps(self.body.norm))).float()  # (B, V)

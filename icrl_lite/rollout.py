@@ -492,18 +492,31 @@ class SlabLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
             self.slab_k = self.slab_v = None
-        length = self.keys.shape[-2] if self.keys.numel() else 0
+        length = self.reserve(key_states.shape[-2], key_states)
         need = length + key_states.shape[-2]
+        self.slab_k[:, :, length:need] = key_states
+        self.slab_v[:, :, length:need] = value_states
+        return self.advance(key_states.shape[-2])
+
+    def reserve(self, count: int, like: torch.Tensor | None = None) -> int:
+        """Room in the slab for `count` more positions (written by the caller, then `advance`); returns the filled
+        length. `like` gives the (B, KV, *, d) shape and dtype while the layer is still empty."""
+        length = self.keys.shape[-2] if self.keys.numel() else 0
+        need = length + count
         if self.slab_k is None or need > self.slab_k.shape[-2]:
+            like = self.keys if length else like
             capacity = need + max(self.GROW, need // 16)
-            shape = (*key_states.shape[:2], capacity, key_states.shape[-1])
-            slab_k, slab_v = key_states.new_zeros(shape), value_states.new_zeros(shape)
+            slab_k = like.new_zeros((*like.shape[:2], capacity, like.shape[-1]))
+            slab_v = slab_k.new_zeros(slab_k.shape)
             if length:
                 slab_k[:, :, :length] = self.keys
                 slab_v[:, :, :length] = self.values
             self.slab_k, self.slab_v = slab_k, slab_v
-        self.slab_k[:, :, length:need] = key_states
-        self.slab_v[:, :, length:need] = value_states
+        return length
+
+    def advance(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take `count` positions written past the filled part into the cache; returns the new keys/values views."""
+        need = (self.keys.shape[-2] if self.keys.numel() else 0) + count
         self.keys, self.values = self.slab_k[:, :, :need], self.slab_v[:, :, :need]
         return self.keys, self.values
 

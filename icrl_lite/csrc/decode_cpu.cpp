@@ -1,0 +1,369 @@
+// Fused CPU kernels for one bf16 decode step of a Llama-family model (icrl_lite.decode.FastDecoder).
+//
+// A decode step at 16-32 rows is ~120 matmuls (left to oneDNN) and, through torch, ~1,100 small ops: RMSNorm,
+// rotary, the cache write, attention as two batched matmuls with a softmax between, residual adds, SiLU. Each small
+// op costs a few microseconds of dispatch for a few microseconds of work, and the attention matmuls run far below
+// the memory rate on (3 x 64) x (64 x K) blocks. These kernels do that work in three calls per layer:
+//
+//   add_rms_norm   h += delta (bf16, in place); x = weight * rms_norm(h)           (transformers' LlamaRMSNorm)
+//   attention      rotary on q and k, k and v written into the cache slab, softmax(q k^T * scale + mask) v
+//   silu_mul       silu(gate) * up
+//
+// bf16 in and out, fp32 inside. Rounding to bf16 follows torch's op-by-op rounding where the torch path rounds
+// (the residual add, the normalised and scaled RMSNorm output, rotary's two products and their sum, SiLU's output
+// and the product), so the keys written to the cache are those transformers' forward writes; the attention scores
+// and probabilities stay fp32 (the torch path rounds scores to bf16 after the matmul: this is the more exact one).
+// Rows are split over torch's intra-op threads (at::parallel_for).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#define ICRL_AVX512_BF16 1
+#else
+#define ICRL_AVX512_BF16 0
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+inline float bf2f(uint16_t v) {
+  uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline uint16_t f2bf(float f) {  // round to nearest even, as c10::BFloat16
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float round_bf(float f) { return bf2f(f2bf(f)); }
+
+// exp for x <= 0 (softmax after subtracting the max) and SiLU's exp(-x): Cephes' expf polynomial, ~1 ulp,
+// branch-free so the loops that call it vectorize.
+inline float exp_approx(float x) {
+  x = std::fmin(std::fmax(x, -87.0f), 88.0f);
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  float n = (x * 1.44269504088896341f + magic) - magic;
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &e, sizeof scale);
+  return p * scale;
+}
+
+#if ICRL_AVX512_BF16
+inline __m512 exp512(__m512 x) {  // exp_approx on 16 lanes
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+inline __m512 load16(const uint16_t* p) {  // 16 bf16 -> fp32
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+inline __m512 round16(__m512 x) {  // to bf16 and back, round to nearest even
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)), 16));
+}
+#endif
+
+const uint16_t* bf(const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
+uint16_t* bf_mut(torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+void check_bf16(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kBFloat16 && t.is_contiguous(), name,
+              " must be a contiguous bf16 CPU tensor");
+}
+
+// bf16(bf16(x cos) + bf16(roll(x, dim / 2) sin')) for one head: transformers' q cos + rotate_half(q) sin, op by op.
+void rotary(const uint16_t* x, const uint16_t* cos, const uint16_t* sin, int64_t dim, uint16_t* out) {
+  const int64_t half = dim / 2;
+  for (int64_t i = 0; i < half; ++i)
+    out[i] = f2bf(round_bf(bf2f(x[i]) * bf2f(cos[i])) + round_bf(bf2f(x[i + half]) * bf2f(sin[i])));
+  for (int64_t i = half; i < dim; ++i)
+    out[i] = f2bf(round_bf(bf2f(x[i]) * bf2f(cos[i])) + round_bf(bf2f(x[i - half]) * bf2f(sin[i])));
+}
+
+// softmax(q k^T * scale + mask) v for one row and KV head: q (group, dim) bf16 (rotated), keys/values (keys, dim)
+// bf16, mask (keys,) additive fp32; writes out (group, dim) fp32. scores: scratch of group * keys floats.
+void attend(const uint16_t* q, const uint16_t* kslab, const uint16_t* vslab, const float* mask, int64_t keys,
+            int64_t group, int64_t dim, float scale, float* scores, float* out) {
+  const float minus_inf = -std::numeric_limits<float>::infinity();
+#if ICRL_AVX512_BF16
+  if (dim % 32 == 0 && dim <= 256 && group <= 8) {
+    __m512bh qv[8][8];
+    for (int64_t g = 0; g < group; ++g)
+      for (int64_t c = 0; c < dim / 32; ++c) qv[g][c] = (__m512bh)_mm512_loadu_si512(q + g * dim + c * 32);
+    for (int64_t t = 0; t < keys; ++t) {
+      if (mask[t] == minus_inf) {
+        for (int64_t g = 0; g < group; ++g) scores[g * keys + t] = minus_inf;
+        continue;
+      }
+      const uint16_t* k = kslab + t * dim;
+      for (int64_t g = 0; g < group; ++g) {
+        __m512 a = _mm512_setzero_ps();
+        for (int64_t c = 0; c < dim / 32; ++c) a = _mm512_dpbf16_ps(a, qv[g][c], (__m512bh)_mm512_loadu_si512(k + c * 32));
+        scores[g * keys + t] = _mm512_reduce_add_ps(a) * scale + mask[t];
+      }
+    }
+  } else
+#endif
+  {
+    std::vector<float> qf(group * dim), kf(dim);
+    for (int64_t i = 0; i < group * dim; ++i) qf[i] = bf2f(q[i]);
+    for (int64_t t = 0; t < keys; ++t) {
+      if (mask[t] == minus_inf) {
+        for (int64_t g = 0; g < group; ++g) scores[g * keys + t] = minus_inf;
+        continue;
+      }
+      for (int64_t i = 0; i < dim; ++i) kf[i] = bf2f(kslab[t * dim + i]);
+      for (int64_t g = 0; g < group; ++g) {
+        float dot = 0.0f;
+        for (int64_t i = 0; i < dim; ++i) dot += qf[g * dim + i] * kf[i];
+        scores[g * keys + t] = dot * scale + mask[t];
+      }
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) {  // softmax, unnormalised: exp(s - max); the sum divides the output
+    float* sc = scores + g * keys;
+    int64_t t = 0;
+    float top = minus_inf;
+#if ICRL_AVX512_BF16
+    __m512 best = _mm512_set1_ps(minus_inf);
+    for (; t + 16 <= keys; t += 16) best = _mm512_max_ps(best, _mm512_loadu_ps(sc + t));
+    top = _mm512_reduce_max_ps(best);
+#endif
+    for (; t < keys; ++t) top = std::fmax(top, sc[t]);
+    if (top == minus_inf) top = 0.0f;  // every key masked: the output is 0
+    t = 0;
+#if ICRL_AVX512_BF16
+    const __m512 shift = _mm512_set1_ps(top), floor = _mm512_set1_ps(minus_inf);
+    for (; t + 16 <= keys; t += 16) {
+      const __m512 x = _mm512_loadu_ps(sc + t);
+      const __mmask16 live = _mm512_cmp_ps_mask(x, floor, _CMP_NEQ_OQ);
+      _mm512_storeu_ps(sc + t, _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(x, shift))));
+    }
+#endif
+    for (; t < keys; ++t) sc[t] = sc[t] == minus_inf ? 0.0f : exp_approx(sc[t] - top);
+  }
+  std::fill(out, out + group * dim, 0.0f);
+#if ICRL_AVX512_BF16
+  if (dim % 16 == 0 && dim <= 128 && group <= 4) {
+    __m512 acc[4][8];
+    for (int64_t g = 0; g < group; ++g)
+      for (int64_t c = 0; c < dim / 16; ++c) acc[g][c] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < keys; ++t) {
+      if (mask[t] == minus_inf) continue;
+      const uint16_t* v = vslab + t * dim;
+      for (int64_t c = 0; c < dim / 16; ++c) {
+        __m512 vf = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + c * 16))), 16));
+        for (int64_t g = 0; g < group; ++g)
+          acc[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * keys + t]), vf, acc[g][c]);
+      }
+    }
+    for (int64_t g = 0; g < group; ++g)
+      for (int64_t c = 0; c < dim / 16; ++c) _mm512_storeu_ps(out + g * dim + c * 16, acc[g][c]);
+  } else
+#endif
+  {
+    for (int64_t t = 0; t < keys; ++t) {
+      if (mask[t] == minus_inf) continue;
+      for (int64_t g = 0; g < group; ++g) {
+        const float p = scores[g * keys + t];
+        for (int64_t i = 0; i < dim; ++i) out[g * dim + i] += p * bf2f(vslab[t * dim + i]);
+      }
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    float total = 0.0f;
+    for (int64_t t = 0; t < keys; ++t) total += scores[g * keys + t];
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    for (int64_t i = 0; i < dim; ++i) out[g * dim + i] *= inv;
+  }
+}
+
+}  // namespace
+
+// h (B, H) bf16, updated in place to h + delta when delta is given; returns weight * rms_norm(h) (B, H) bf16.
+torch::Tensor add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Tensor weight, double eps) {
+  check_bf16(h, "h");
+  check_bf16(weight, "weight");
+  const int64_t rows = h.size(0), width = h.size(1);
+  TORCH_CHECK(h.dim() == 2 && weight.numel() == width, "add_rms_norm: h (B, H) and weight (H,)");
+  const uint16_t* d = nullptr;
+  if (delta.has_value()) {
+    check_bf16(*delta, "delta");
+    TORCH_CHECK(delta->sizes() == h.sizes(), "add_rms_norm: delta must have h's shape");
+    d = bf(*delta);
+  }
+  auto out = torch::empty_like(h);
+  uint16_t* hp = bf_mut(h);
+  uint16_t* op = bf_mut(out);
+  const uint16_t* w = bf(weight);
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> x(width);
+    for (int64_t b = begin; b < end; ++b) {
+      uint16_t* row = hp + b * width;
+      const uint16_t* add = d ? d + b * width : nullptr;
+      float sum = 0.0f;
+      int64_t i = 0;
+#if ICRL_AVX512_BF16
+      __m512 squares = _mm512_setzero_ps();
+      for (; i + 16 <= width; i += 16) {
+        __m512 v = load16(row + i);
+        if (add) {
+          const __m256bh sum16 = _mm512_cvtneps_pbh(_mm512_add_ps(v, load16(add + i)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + i), (__m256i)sum16);
+          v = load16(row + i);
+        }
+        _mm512_storeu_ps(x.data() + i, v);
+        squares = _mm512_fmadd_ps(v, v, squares);
+      }
+      sum = _mm512_reduce_add_ps(squares);
+#endif
+      for (; i < width; ++i) {
+        float v = bf2f(row[i]);
+        if (add) {
+          v = round_bf(v + bf2f(add[i]));
+          row[i] = f2bf(v);
+        }
+        x[i] = v;
+        sum += v * v;
+      }
+      const float inv = 1.0f / std::sqrt(sum / static_cast<float>(width) + static_cast<float>(eps));
+      uint16_t* o = op + b * width;
+      i = 0;
+#if ICRL_AVX512_BF16
+      for (; i + 16 <= width; i += 16) {
+        const __m512 normed = round16(_mm512_mul_ps(_mm512_loadu_ps(x.data() + i), _mm512_set1_ps(inv)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + i), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(load16(w + i), normed)));
+      }
+#endif
+      for (; i < width; ++i) o[i] = f2bf(bf2f(w[i]) * round_bf(x[i] * inv));
+    }
+  });
+  return out;
+}
+
+// gate_up (B, 2 I) bf16 = [gate | up] -> silu(gate) * up (B, I) bf16.
+torch::Tensor silu_mul(torch::Tensor gate_up) {
+  check_bf16(gate_up, "gate_up");
+  const int64_t rows = gate_up.size(0), inner = gate_up.size(1) / 2;
+  auto out = torch::empty({rows, inner}, gate_up.options());
+  const uint16_t* in = bf(gate_up);
+  uint16_t* op = bf_mut(out);
+  at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const uint16_t* g = in + b * 2 * inner;
+      const uint16_t* u = g + inner;
+      int64_t i = 0;
+#if ICRL_AVX512_BF16
+      for (; i + 16 <= inner; i += 16) {
+        const __m512 x = load16(g + i);
+        const __m512 silu = round16(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + b * inner + i),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(silu, load16(u + i))));
+      }
+#endif
+      for (; i < inner; ++i) {
+        const float x = bf2f(g[i]);
+        const float s = round_bf(x / (1.0f + exp_approx(-x)));
+        op[b * inner + i] = f2bf(s * bf2f(u[i]));
+      }
+    }
+  });
+  return out;
+}
+
+// One decode position per row. qkv (B, (Hq + 2 KV) d) bf16, the projections [q | k | v]; cos, sin (B, d) bf16 with
+// sin's first half negated (rotate_half(x) * sin == roll(x, d/2) * sin'); slab_k, slab_v (B, KV, C, d) bf16, where
+// positions [0, length) hold the cache and this step's k and v are written at `length`; mask (B, length + 1) fp32
+// additive (0 attend, -inf not). Returns the attention output (B, Hq d) bf16, query heads grouped by KV head.
+torch::Tensor attention(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor slab_k,
+                        torch::Tensor slab_v, int64_t length, torch::Tensor mask, int64_t heads, int64_t kv_heads,
+                        double scaling) {
+  for (auto* t : {&qkv, &cos, &sin, &slab_k, &slab_v}) check_bf16(*t, "attention's bf16 inputs");
+  TORCH_CHECK(mask.scalar_type() == at::kFloat && mask.is_contiguous(), "mask must be contiguous fp32");
+  const int64_t rows = qkv.size(0), dim = slab_k.size(3), capacity = slab_k.size(2), keys = length + 1;
+  const int64_t group = heads / kv_heads;
+  TORCH_CHECK(heads % kv_heads == 0 && dim % 16 == 0, "attention: heads % kv_heads == 0 and head_dim % 16 == 0");
+  TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * dim && slab_k.size(0) == rows && slab_k.size(1) == kv_heads,
+              "attention: qkv (B, (Hq + 2 KV) d) and slab (B, KV, C, d) disagree");
+  TORCH_CHECK(length < capacity && mask.size(0) == rows && mask.size(1) == keys && cos.size(1) == dim,
+              "attention: the slab has no room at `length`, or mask / cos are not (B, length + 1) / (B, d)");
+  auto out = torch::empty({rows, heads * dim}, qkv.options());
+  const uint16_t* in = bf(qkv);
+  const uint16_t* cp = bf(cos);
+  const uint16_t* sp = bf(sin);
+  uint16_t* kp = bf_mut(slab_k);
+  uint16_t* vp = bf_mut(slab_v);
+  uint16_t* op = bf_mut(out);
+  const float* mp = mask.data_ptr<float>();
+  const float scale = static_cast<float>(scaling);
+
+  at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint16_t> q(group * dim);
+    std::vector<float> outf(group * dim), scores(group * keys);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kv_heads, j = task % kv_heads;
+      const uint16_t* row = in + b * qkv.size(1);
+      const uint16_t* c = cp + b * dim;
+      const uint16_t* s = sp + b * dim;
+      uint16_t* kslab = kp + (b * kv_heads + j) * capacity * dim;
+      uint16_t* vslab = vp + (b * kv_heads + j) * capacity * dim;
+      rotary(row + (heads + j) * dim, c, s, dim, kslab + length * dim);
+      std::memcpy(vslab + length * dim, row + (heads + kv_heads + j) * dim, dim * sizeof(uint16_t));
+      for (int64_t g = 0; g < group; ++g) rotary(row + (j * group + g) * dim, c, s, dim, q.data() + g * dim);
+      const float* m = mp + b * keys;
+      float* acc = outf.data();
+      attend(q.data(), kslab, vslab, m, keys, group, dim, scale, scores.data(), acc);
+      for (int64_t g = 0; g < group; ++g) {
+        uint16_t* o = op + b * heads * dim + (j * group + g) * dim;
+        for (int64_t i = 0; i < dim; ++i) o[i] = f2bf(acc[g * dim + i]);
+      }
+    }
+  });
+  return out;
+}
+
+// Whether the attention's inner loops were built with AVX-512 BF16 (its portable loops are slower than torch's).
+bool vectorized() { return ICRL_AVX512_BF16; }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("vectorized", &vectorized, "whether the attention was built with AVX-512 BF16");
+  m.def("add_rms_norm", &add_rms_norm, "h += delta (in place); weight * rms_norm(h)");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up");
+  m.def("attention", &attention, "one decode position: rotary, cache write, softmax attention");
+}

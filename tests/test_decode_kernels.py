@@ -1,0 +1,209 @@
+"""The C++ decode kernels (icrl_lite/csrc/decode_cpu.cpp): each kernel against the torch ops it replaces, a whole
+decode step against transformers' forward, the engine through them, and the fallbacks."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from icrl_lite import kernels
+from icrl_lite.decode import FastDecoder
+from icrl_lite.rollout import RolloutConfig, RolloutEngine
+
+from test_decode import prefilled, reference_step, tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+BF16 = torch.bfloat16
+
+
+def has_avx512_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def ext():
+    """The built kernels. Where a compiler and ninja are here they must build (CI has both): a broken build
+    fails this, not skips it."""
+    if shutil.which("c++") is None or shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or ninja: the kernels cannot be built here (decode uses torch ops)")
+    module = kernels.build()
+    assert module.vectorized() == has_avx512_bf16()
+    return module
+
+
+def ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance in bf16 steps between two bf16 tensors of the same signs."""
+    return (a.view(torch.int16).int() - b.view(torch.int16).int()).abs()
+
+
+def test_add_rms_norm_adds_in_place_and_normalises_as_transformers(ext):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(200, eps=1e-5).to(BF16)
+    norm.weight.data = (1 + 0.3 * torch.randn(200)).to(BF16)
+    h, delta = torch.randn(7, 200).to(BF16), torch.randn(7, 200).to(BF16)
+    expected_h = h + delta  # bf16 add: fp32 sum rounded once
+    with torch.no_grad():
+        expected = norm(expected_h)
+    got = ext.add_rms_norm(h, delta, norm.weight.data, 1e-5)
+    assert torch.equal(h, expected_h)  # updated in place, bit for bit
+    assert ulps(got, expected).max() <= 1  # summation order of the mean square only
+    assert (got == expected).float().mean() > 0.95
+    again = ext.add_rms_norm(h, None, norm.weight.data, 1e-5)  # no residual: h untouched
+    assert torch.equal(h, expected_h) and torch.equal(again, got)
+
+
+def test_silu_mul_is_silu_of_gate_times_up(ext):
+    torch.manual_seed(0)
+    gate_up = (3 * torch.randn(5, 2 * 100)).to(BF16)  # 100: a 16-lane body and a tail
+    gate, up = gate_up.chunk(2, dim=-1)
+    got = ext.silu_mul(gate_up)
+    assert got.shape == (5, 100)
+    assert ulps(got, F.silu(gate) * up).max() <= 1
+    assert (got == F.silu(gate) * up).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("dim", [64, 48])  # 64: the AVX-512 loops; 48: the portable ones
+def test_attention_writes_rotated_keys_and_attends_like_float64(ext, dim):
+    torch.manual_seed(0)
+    rows, heads, kv_heads, length, capacity = 3, 6, 2, 37, 50
+    group = heads // kv_heads
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim).to(BF16)
+    angle = torch.randn(rows, dim // 2).repeat(1, 2)
+    cos, sin = angle.cos().to(BF16), angle.sin().to(BF16)
+    sin_signed = torch.cat([-sin[:, : dim // 2], sin[:, dim // 2:]], dim=-1)
+    slab_k = torch.randn(rows, kv_heads, capacity, dim).to(BF16)
+    slab_v = torch.randn(rows, kv_heads, capacity, dim).to(BF16)
+    before_k, before_v = slab_k.clone(), slab_v.clone()
+    mask = torch.zeros(rows, length + 1)
+    mask[0, :5] = float("-inf")  # left padding
+    mask[1, 10:20] = float("-inf")  # a hole
+    mask[2, length] = float("-inf")  # this step's own token not attended
+    scale = dim ** -0.5
+    out = ext.attention(qkv, cos, sin_signed, slab_k, slab_v, length, mask, heads, kv_heads, scale)
+
+    def rotary(x):  # transformers' apply_rotary_pos_emb in bf16, op by op
+        rotated = torch.cat([-x[..., dim // 2:], x[..., : dim // 2]], dim=-1)
+        return x * cos[:, None] + rotated * sin[:, None]
+
+    q = rotary(qkv[:, : heads * dim].view(rows, heads, dim))
+    k = rotary(qkv[:, heads * dim:(heads + kv_heads) * dim].view(rows, kv_heads, dim))
+    v = qkv[:, (heads + kv_heads) * dim:].view(rows, kv_heads, dim)
+    assert torch.equal(slab_k[:, :, length], k) and torch.equal(slab_v[:, :, length], v)
+    assert torch.equal(slab_k[:, :, :length], before_k[:, :, :length])  # nothing else written
+    assert torch.equal(slab_k[:, :, length + 1:], before_k[:, :, length + 1:])
+    assert torch.equal(slab_v[:, :, length + 1:], before_v[:, :, length + 1:])
+    keys = slab_k[:, :, : length + 1].double().repeat_interleave(group, dim=1)  # (B, H, K, d)
+    values = slab_v[:, :, : length + 1].double().repeat_interleave(group, dim=1)
+    scores = torch.einsum("bhd,bhkd->bhk", q.double(), keys) * scale + mask.double()[:, None]
+    expected = torch.einsum("bhk,bhkd->bhd", scores.softmax(-1), values).reshape(rows, heads * dim)
+    assert out.dtype == BF16 and out.shape == (rows, heads * dim)
+    assert (out.double() - expected).abs().max() <= 0.01 * expected.abs().max()  # bf16 output: ~3 digits
+
+
+def test_a_fully_masked_row_attends_to_nothing(ext):
+    dim, rows, heads, kv_heads, length = 64, 2, 2, 1, 8
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim).to(BF16)
+    ones = torch.ones(rows, dim).to(BF16)
+    slab = [torch.randn(rows, kv_heads, 16, dim).to(BF16) for _ in range(2)]
+    mask = torch.zeros(rows, length + 1)
+    mask[1] = float("-inf")
+    out = ext.attention(qkv, ones, torch.zeros_like(ones), *slab, length, mask, heads, kv_heads, 0.125)
+    assert torch.isfinite(out.float()).all() and torch.equal(out[1], torch.zeros_like(out[1]))
+
+
+def test_attention_refuses_a_slab_without_room(ext):
+    dim = 64
+    qkv = torch.randn(1, 3 * dim).to(BF16)
+    cos = torch.ones(1, dim).to(BF16)
+    slab = [torch.zeros(1, 1, 8, dim).to(BF16) for _ in range(2)]
+    with pytest.raises(RuntimeError, match="no room"):
+        ext.attention(qkv, cos, cos, *slab, 8, torch.zeros(1, 9), 1, 1, 0.125)
+
+
+@pytest.mark.skipif(not has_avx512_bf16(), reason="the kernels are used only where AVX-512 BF16 is")
+def test_a_kernel_decode_step_stays_within_bf16_rounding_of_transformers(ext):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)  # head_dim 64 and 3 query heads per KV head, as SmolLM2
+    config = AutoConfig.for_model("llama", vocab_size=300, hidden_size=384, intermediate_size=256, num_hidden_layers=2,
+                                  num_attention_heads=6, num_key_value_heads=2, head_dim=64,
+                                  max_position_embeddings=512, tie_word_embeddings=True)
+    model = AutoModelForCausalLM.from_config(config).to(BF16).eval()
+    fast = FastDecoder.build(model)
+    assert fast.kernels is not None
+    calls = []
+    step = fast.kernel_step
+    fast.kernel_step = lambda *a: calls.append(1) or step(*a)
+    torch.manual_seed(1)
+    ours, mask, pos = prefilled(model, 4, 20, holes=True)
+    torch.manual_seed(1)
+    theirs, _, _ = prefilled(model, 4, 20, holes=True)
+    for _ in range(40):  # past a slab growth
+        ids = torch.randint(0, 300, (4,))
+        mask = torch.cat([mask, torch.ones(4, 1, dtype=torch.long)], dim=1)
+        with torch.no_grad():
+            expected, got = reference_step(model, ids, mask, pos, theirs), fast(ids, mask, pos, ours)
+        assert (got - expected).abs().max() <= 0.05 * expected.abs().max()
+        pos = pos + 1
+    assert len(calls) == 40
+    for a, b in zip(ours.layers, theirs.layers):  # the same cache, up to bf16 rounding of what fed it
+        assert a.keys.shape == b.keys.shape
+        assert (a.keys.float() - b.keys.float()).abs().max() <= 0.05 * b.keys.float().abs().max()
+
+
+@pytest.mark.skipif(not has_avx512_bf16(), reason="the kernels are used only where AVX-512 BF16 is")
+def test_the_engine_samples_through_the_kernels_and_scores_what_it_samples(ext, tiny_model_dir):
+    from icrl_lite.model import ModelConfig, load_policy, response_logprobs
+
+    model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="bf16"))
+    prompts = [tok("Question: where is the lighthouse?")["input_ids"], tok("A river and its towns?")["input_ids"]]
+    cfg = RolloutConfig(temperature=1.0, max_turns=0, max_turn_tokens=60, max_response_tokens=61)
+    calls = []
+    original = FastDecoder.kernel_step
+
+    def counted(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    FastDecoder.kernel_step = counted
+    try:
+        rollouts = RolloutEngine(model, tok, [], cfg, final_stops=[]).generate(prompts, 2, torch.Generator().manual_seed(0))
+    finally:
+        FastDecoder.kernel_step = original
+    assert len(calls) > 50
+    for r in rollouts:
+        with torch.no_grad():
+            scored = response_logprobs(model, r.prompt_ids, [r.response_ids])[0, : len(r.logprobs)]
+        assert (scored - torch.tensor(r.logprobs)).abs().mean() < 0.05  # sampler vs loss log-probs: bf16 noise
+
+
+def test_kernels_off_by_environment(monkeypatch):
+    monkeypatch.setenv("ICRL_LITE_KERNELS", "0")
+    kernels.decode_kernels.cache_clear()
+    try:
+        assert kernels.decode_kernels() is None
+        model = tiny("llama", vocab=100, dtype=BF16)
+        assert FastDecoder.build(model).kernels is None  # the torch ops
+    finally:
+        kernels.decode_kernels.cache_clear()
+
+
+def test_a_failed_build_falls_back_to_torch_ops_and_says_why(monkeypatch, capsys):
+    def broken(flags=kernels.FLAGS):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(kernels, "build", broken)
+    kernels.decode_kernels.cache_clear()
+    try:
+        assert kernels.decode_kernels() is None
+        err = capsys.readouterr().err
+        assert "Ninja is required" in err and "ICRL_LITE_KERNELS=0" in err
+    finally:
+        kernels.decode_kernels.cache_clear()
