@@ -29,7 +29,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .kernels import decode_kernels
+from .kernels import cpu_kernels
 from .model import decoder
 
 SUPPORTED = ("llama", "qwen2", "qwen3")  # RMSNorm, rotary, SiLU-gated MLP, full attention; qwen3 adds q/k norms
@@ -172,7 +172,7 @@ class FastDecoder:
         # the C++ kernels (bf16, no q/k norms, head_dim a multiple of 16), or None: torch ops
         fits = (model.dtype == torch.bfloat16 and self.head_dim % 16 == 0 and self.heads % self.kv_heads == 0
                 and all(layer.q_norm is None for layer in layers))
-        self.kernels = decode_kernels() if fits else None
+        self.kernels = cpu_kernels() if fits else None
 
     @classmethod
     def build(cls, model) -> "FastDecoder | None":

@@ -1,8 +1,9 @@
-"""Optional C++ kernels for CPU decode steps (`csrc/decode_cpu.cpp`), built on first use by torch's cpp_extension.
+"""Optional C++ kernels for bf16 on a CPU (`csrc/cpu_kernels.cpp`): decode steps (`decode.FastDecoder`) and the LM head's
+log-probs in training (`model.HeadLogprobs`), built on first use by torch's cpp_extension.
 
 They need a C++ compiler and ninja (`pip install ninja` if the system has none); the build (~20 s) happens once per
 machine and torch version and is cached under torch's extension directory (TORCH_EXTENSIONS_DIR). Where the build
-fails, `decode_kernels()` says why once and returns None, and decode steps keep the torch ops: same results, slower.
+fails, `cpu_kernels()` says why once and returns None, and both keep the torch ops: same results, slower.
 Set ICRL_LITE_KERNELS=0 to turn them off.
 """
 
@@ -15,7 +16,7 @@ import platform
 import sys
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("csrc") / "decode_cpu.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp"]
 
 
@@ -35,7 +36,7 @@ def build_name(flags: list[str]) -> str:
     except OSError:
         pass
     key = "\0".join([SOURCE.read_text(), torch.__version__, platform.machine(), cpu, *flags])
-    return "icrl_lite_decode_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return "icrl_lite_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def build(flags: list[str] = FLAGS):
@@ -48,14 +49,14 @@ def build(flags: list[str] = FLAGS):
     except Exception:  # a private helper of torch's: only the message depends on it
         built = True
     if not built:
-        print("[icrl-lite] building the C++ decode kernels (once per machine and torch version, ~20 s)", file=sys.stderr)
+        print("[icrl-lite] building the C++ CPU kernels (once per machine and torch version, ~20 s)", file=sys.stderr)
     return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                               verbose=False)
 
 
 @functools.cache
-def decode_kernels():
-    """The compiled module (`add_rms_norm`, `silu_mul`, `attention`), or None where it is off, cannot be built, or
+def cpu_kernels():
+    """The compiled module (`add_rms_norm`, `silu_mul`, `attention`, `head_lse`, `head_grad`), or None where it is off, cannot be built, or
     was built without AVX-512 BF16 (its portable loops are slower than torch's ops; bf16 decoding is picked only on
     machines that have it)."""
     if not enabled():
@@ -64,8 +65,8 @@ def decode_kernels():
         module = build()
     except Exception as err:  # no compiler, no ninja, a failed build: the torch ops do the same work
         reason = str(err).strip().splitlines()
-        print(f"[icrl-lite] note: the C++ decode kernels could not be built ({reason[-1] if reason else type(err).__name__}); "
-              "decode steps use torch ops (same results, ~1.3x slower). Install a C++ compiler and ninja "
+        print(f"[icrl-lite] note: the C++ CPU kernels could not be built ({reason[-1] if reason else type(err).__name__}); "
+              "decode steps and the LM head's log-probs use torch ops (same results, slower). Install a C++ compiler and ninja "
               "(pip install ninja) to build them, or set ICRL_LITE_KERNELS=0 to skip this.", file=sys.stderr)
         return None
     return module if module.vectorized() else None

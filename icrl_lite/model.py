@@ -815,7 +815,13 @@ class HeadLogprobs(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
         probs = weight.new_empty((hidden.shape[0], weight.shape[0])) if keep else None  # (N, V)
+        kernels = head_kernels(hidden, weight) if not keep else None
         for s in range(0, hidden.shape[0], block):
+            if kernels is not None:  # one pass over the bf16 logits (icrl_lite/csrc/cpu_kernels.cpp)
+                stats = kernels.head_lse(torch.nn.functional.linear(hidden[s:s + block], weight), targets[s:s + block], scale)
+                lse[s:s + block] = stats[:, 0]
+                out[s:s + block] = stats[:, 1] - stats[:, 0]
+                continue
             logits = _block_logits(hidden[s:s + block], weight, scale)  # (b, V)
             lse[s:s + block] = torch.logsumexp(logits, dim=-1)
             out[s:s + block] = logits.gather(-1, targets[s:s + block, None]).squeeze(-1) - lse[s:s + block]
@@ -845,13 +851,28 @@ class HeadLogprobs(torch.autograd.Function):
             return grad_hidden, None, None, None, None, None
         hidden, lse = kept
         grad_hidden = torch.empty_like(hidden)
+        kernels = head_kernels(hidden, weight)
         for s in range(0, hidden.shape[0], block):
+            if kernels is not None:  # the logits' gradient in one pass, written over the recomputed bf16 logits
+                probs = kernels.head_grad(torch.nn.functional.linear(hidden[s:s + block], weight), lse[s:s + block],
+                                          targets[s:s + block], (grad[s:s + block] * scale).float().contiguous(), scale)
+                grad_hidden[s:s + block] = probs @ weight
+                continue
             logits = _block_logits(hidden[s:s + block], weight, scale)  # (b, V), recomputed
             g = grad[s:s + block, None] * scale  # (b, 1)
             probs = logits.sub_(lse[s:s + block, None]).exp_().mul_(-g)  # -g p
             probs.scatter_add_(-1, targets[s:s + block, None], g)  # + g at the target
             grad_hidden[s:s + block] = probs.to(weight.dtype) @ weight
         return grad_hidden, None, None, None, None, None
+
+
+def head_kernels(hidden: torch.Tensor, weight: torch.Tensor):
+    """The C++ kernels for `HeadLogprobs`' softmax passes (bf16 on a CPU; `icrl_lite.kernels`), or None: torch ops."""
+    if hidden.device.type != "cpu" or hidden.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
+        return None
+    from .kernels import cpu_kernels
+
+    return cpu_kernels()
 
 
 def _block_logits(hidden: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:

@@ -1,4 +1,5 @@
-// Fused CPU kernels for one bf16 decode step of a Llama-family model (icrl_lite.decode.FastDecoder).
+// Fused CPU kernels for bf16 on AVX-512 BF16: one decode step of a Llama-family model (icrl_lite.decode.FastDecoder)
+// and the LM head's softmax passes in training (icrl_lite.model.HeadLogprobs).
 //
 // A decode step at 16-32 rows is ~120 matmuls (left to oneDNN) and, through torch, ~1,100 small ops: RMSNorm,
 // rotary, the cache write, attention as two batched matmuls with a softmax between, residual adds, SiLU. Each small
@@ -358,6 +359,96 @@ torch::Tensor attention(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
   return out;
 }
 
+
+// ---- the LM head's log-probs in training (icrl_lite.model.HeadLogprobs) ---------------------------------------
+//
+// For a block of positions the head's bf16 logits (b, V) (as F.linear returns them) go through one pass each way
+// instead of torch's ~4 forward and ~6 backward passes over fp32 copies: forward, the log-sum-exp of scale * logits
+// and the target's logit; backward, the logits' gradient -g p (+ g at the target) in bf16, ready for the matmul
+// with W. The target's entry is formed as -g expm1(log p_t) in fp32: g (1 - p_t) would cancel for p_t near 1.
+
+void check_targets(const int64_t* targets, int64_t rows, int64_t vocab) {
+  for (int64_t r = 0; r < rows; ++r)
+    TORCH_CHECK(targets[r] >= 0 && targets[r] < vocab, "a target id (", targets[r], ") outside the vocabulary (", vocab, ")");
+}
+
+// logits (b, V) bf16, targets (b,) int64 -> (b, 2) fp32: [log-sum-exp, target logit], both of scale * logits.
+torch::Tensor head_lse(torch::Tensor logits, torch::Tensor targets, double scaling) {
+  check_bf16(logits, "logits");
+  TORCH_CHECK(targets.scalar_type() == at::kLong && targets.is_contiguous() && targets.numel() == logits.size(0),
+              "targets: (b,) int64");
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  auto out = torch::empty({rows, 2}, logits.options().dtype(at::kFloat));
+  const uint16_t* lp = bf(logits);
+  const int64_t* tp = targets.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  const float scale = static_cast<float>(scaling);
+  check_targets(tp, rows, vocab);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const uint16_t* row = lp + r * vocab;
+      float top = -std::numeric_limits<float>::infinity();
+      int64_t i = 0;
+#if ICRL_AVX512_BF16
+      __m512 best = _mm512_set1_ps(top);
+      for (; i + 16 <= vocab; i += 16) best = _mm512_max_ps(best, load16(row + i));
+      top = _mm512_reduce_max_ps(best);
+#endif
+      for (; i < vocab; ++i) top = std::fmax(top, bf2f(row[i]));
+      top *= scale;  // scale > 0
+      float sum = 0.0f;
+      i = 0;
+#if ICRL_AVX512_BF16
+      __m512 total = _mm512_setzero_ps();
+      const __m512 factor = _mm512_set1_ps(scale), shift = _mm512_set1_ps(top);
+      for (; i + 16 <= vocab; i += 16)
+        total = _mm512_add_ps(total, exp512(_mm512_fmsub_ps(load16(row + i), factor, shift)));
+      sum = _mm512_reduce_add_ps(total);
+#endif
+      for (; i < vocab; ++i) sum += exp_approx(bf2f(row[i]) * scale - top);
+      op[2 * r] = top + std::log(sum);
+      op[2 * r + 1] = bf2f(row[tp[r]]) * scale;
+    }
+  });
+  return out;
+}
+
+// logits (b, V) bf16, lse (b,) fp32 from head_lse, targets (b,), grad (b,) fp32 (dLoss/dlogp, times scale) ->
+// (b, V) bf16: grad * (onehot(target) - softmax), in place of the logits (they are used once).
+torch::Tensor head_grad(torch::Tensor logits, torch::Tensor lse, torch::Tensor targets, torch::Tensor grad,
+                        double scaling) {
+  check_bf16(logits, "logits");
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && grad.scalar_type() == at::kFloat && lse.is_contiguous() &&
+              grad.is_contiguous() && targets.scalar_type() == at::kLong && targets.is_contiguous(),
+              "head_grad: lse, grad fp32 and targets int64, contiguous");
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  uint16_t* lp = bf_mut(logits);
+  const float* sp = lse.data_ptr<float>();
+  const float* gp = grad.data_ptr<float>();
+  const int64_t* tp = targets.data_ptr<int64_t>();
+  const float scale = static_cast<float>(scaling);
+  TORCH_CHECK(lse.numel() == rows && grad.numel() == rows && targets.numel() == rows, "head_grad: (b,) lse, grad, targets");
+  check_targets(tp, rows, vocab);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      uint16_t* row = lp + r * vocab;
+      const float g = gp[r], top = sp[r];
+      const float target = -g * std::expm1(bf2f(row[tp[r]]) * scale - top);  // g (1 - p_t), without cancelling
+      int64_t i = 0;
+#if ICRL_AVX512_BF16
+      const __m512 factor = _mm512_set1_ps(scale), shift = _mm512_set1_ps(top), minus_g = _mm512_set1_ps(-g);
+      for (; i + 16 <= vocab; i += 16) {
+        const __m512 p = exp512(_mm512_fmsub_ps(load16(row + i), factor, shift));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + i), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(p, minus_g)));
+      }
+#endif
+      for (; i < vocab; ++i) row[i] = f2bf(-g * exp_approx(bf2f(row[i]) * scale - top));
+      row[tp[r]] = f2bf(target);
+    }
+  });
+  return logits;
+}
+
 // Whether the attention's inner loops were built with AVX-512 BF16 (its portable loops are slower than torch's).
 bool vectorized() { return ICRL_AVX512_BF16; }
 
@@ -366,4 +457,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm", &add_rms_norm, "h += delta (in place); weight * rms_norm(h)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up");
   m.def("attention", &attention, "one decode position: rotary, cache write, softmax attention");
+  m.def("head_lse", &head_lse, "log-sum-exp and target logit of a block of the LM head's logits");
+  m.def("head_grad", &head_grad, "the LM head's logit gradient for a block, in place");
 }

@@ -1,5 +1,5 @@
-"""The C++ decode kernels (icrl_lite/csrc/decode_cpu.cpp): each kernel against the torch ops it replaces, a whole
-decode step against transformers' forward, the engine through them, and the fallbacks."""
+"""The C++ CPU kernels (icrl_lite/csrc/cpu_kernels.cpp): each kernel against the torch ops it replaces, a whole
+decode step against transformers' forward, the engine and the LM head's log-probs through them, and the fallbacks."""
 
 import shutil
 
@@ -186,13 +186,13 @@ def test_the_engine_samples_through_the_kernels_and_scores_what_it_samples(ext, 
 
 def test_kernels_off_by_environment(monkeypatch):
     monkeypatch.setenv("ICRL_LITE_KERNELS", "0")
-    kernels.decode_kernels.cache_clear()
+    kernels.cpu_kernels.cache_clear()
     try:
-        assert kernels.decode_kernels() is None
+        assert kernels.cpu_kernels() is None
         model = tiny("llama", vocab=100, dtype=BF16)
         assert FastDecoder.build(model).kernels is None  # the torch ops
     finally:
-        kernels.decode_kernels.cache_clear()
+        kernels.cpu_kernels.cache_clear()
 
 
 def test_a_failed_build_falls_back_to_torch_ops_and_says_why(monkeypatch, capsys):
@@ -200,10 +200,67 @@ def test_a_failed_build_falls_back_to_torch_ops_and_says_why(monkeypatch, capsys
         raise RuntimeError("Ninja is required to load C++ extensions")
 
     monkeypatch.setattr(kernels, "build", broken)
-    kernels.decode_kernels.cache_clear()
+    kernels.cpu_kernels.cache_clear()
     try:
-        assert kernels.decode_kernels() is None
+        assert kernels.cpu_kernels() is None
         err = capsys.readouterr().err
         assert "Ninja is required" in err and "ICRL_LITE_KERNELS=0" in err
     finally:
-        kernels.decode_kernels.cache_clear()
+        kernels.cpu_kernels.cache_clear()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_head_lse_is_logsumexp_and_target_logit_of_the_scaled_logits(ext, temperature):
+    torch.manual_seed(0)
+    logits = (4 * torch.randn(6, 1000)).to(BF16)  # 1000: a 16-lane body and a tail
+    targets = torch.randint(0, 1000, (6,))
+    stats = ext.head_lse(logits, targets, 1 / temperature)
+    scaled = logits.double() / temperature
+    assert torch.allclose(stats[:, 0].double(), torch.logsumexp(scaled, -1), atol=1e-4)
+    assert torch.allclose(stats[:, 1].double(), scaled.gather(-1, targets[:, None])[:, 0], atol=1e-5)
+
+
+def test_head_grad_is_g_times_onehot_minus_softmax_even_for_confident_targets(ext):
+    torch.manual_seed(0)
+    logits = torch.randn(5, 700)
+    targets = torch.tensor([3, 10, 200, 699, 0])
+    logits[torch.arange(5), targets] = torch.tensor([2.0, 9.0, 12.0, 14.0, 16.0])  # p_t from ~0.2 to ~0.99999
+    logits = logits.to(BF16)
+    grad = torch.randn(5)
+    lse = torch.logsumexp(logits.double(), -1)
+    out = ext.head_grad(logits.clone(), lse.float(), targets, grad, 1.0)
+    p = torch.softmax(logits.double(), -1)
+    expected = -grad.double()[:, None] * p
+    expected[torch.arange(5), targets] += grad.double()
+    assert (out.double() - expected).abs().max() <= 0.01 * expected.abs().max()
+    # the target's entry g (1 - p_t) to bf16 precision, where forming 1 - p_t in bf16 would give 0
+    target = out[torch.arange(5), targets].double()
+    want = expected[torch.arange(5), targets]
+    assert ((target - want).abs() <= 0.01 * want.abs()).all(), (target, want)
+    with pytest.raises(RuntimeError, match="outside the vocabulary"):
+        ext.head_lse(logits, torch.tensor([0, 1, 2, 3, 700]), 1.0)
+
+
+@pytest.mark.skipif(not has_avx512_bf16(), reason="the kernels are used only where AVX-512 BF16 is")
+def test_head_logprobs_through_the_kernels_equal_the_torch_path(ext, monkeypatch):
+    from icrl_lite import model as model_module
+
+    torch.manual_seed(0)
+    weight = (0.05 * torch.randn(3000, 96)).to(BF16)
+    hidden = torch.randn(150, 96).to(BF16)  # 150: blocks of 64 and a remainder
+    targets = torch.randint(0, 3000, (150,))
+    grad = torch.randn(150)
+    used = []
+    real = model_module.head_kernels
+    results = {}
+    for mode in ("kernels", "torch"):
+        monkeypatch.setattr(model_module, "head_kernels",
+                            (lambda h, w: used.append(1) or real(h, w)) if mode == "kernels" else (lambda h, w: None))
+        h = hidden.clone().requires_grad_()
+        logp = model_module.HeadLogprobs.apply(h, weight, targets, 1 / 0.8, 64, False)
+        logp.backward(grad)
+        results[mode] = (logp.detach(), h.grad.float())
+    assert len(used) == 2  # forward and backward
+    (logp, dh), (ref_logp, ref_dh) = results["kernels"], results["torch"]
+    assert torch.allclose(logp, ref_logp, atol=1e-4)
+    assert (dh - ref_dh).abs().max() <= 0.01 * ref_dh.abs().max()
