@@ -27,6 +27,7 @@ from typing import Iterator
 import torch
 import torch.utils.checkpoint
 
+from .fused import use_fused_ops
 from .lora import use_half_lora
 
 EMBEDDED = {
@@ -448,6 +449,7 @@ def load_policy(cfg: ModelConfig, adapter: str | Path | None = None, max_seq_len
         model = get_peft_model(base, lora)
     if device.type == "cpu":
         use_half_lora(model)  # half-precision layers: the adapter computed in their dtype (lora.py)
+        use_fused_ops(model)  # bf16 RMSNorm and SiLU x up in one pass each way (fused.py)
     model.config.use_cache = True
     return model, load_tokenizer(cfg.name)
 

@@ -264,3 +264,75 @@ def test_head_logprobs_through_the_kernels_equal_the_torch_path(ext, monkeypatch
     (logp, dh), (ref_logp, ref_dh) = results["kernels"], results["torch"]
     assert torch.allclose(logp, ref_logp, atol=1e-4)
     assert (dh - ref_dh).abs().max() <= 0.01 * ref_dh.abs().max()
+
+
+def test_rms_norm_function_matches_transformers_forward_and_float64_gradients(ext):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from icrl_lite.fused import RMSNormFunction
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(100, eps=1e-5).to(BF16)
+    norm.weight.data = (1 + 0.3 * torch.randn(100)).to(BF16)
+    x = torch.randn(3, 7, 100).to(BF16).requires_grad_()
+    grad = torch.randn(3, 7, 100).to(BF16)
+    y = RMSNormFunction.apply(x, norm.weight, 1e-5, ext)
+    with torch.no_grad():
+        expected = norm(x)
+    assert ulps(y.detach(), expected).max() <= 1 and (y.detach() == expected).float().mean() > 0.95
+    y.backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    (norm.weight.double() * x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5)).backward(grad.double())
+    assert (x.grad.double() - x64.grad).abs().max() <= 0.01 * x64.grad.abs().max()
+
+
+def test_silu_mul_function_matches_float64_forward_and_gradients(ext):
+    from icrl_lite.fused import SiluMulFunction
+
+    torch.manual_seed(0)
+    gate = (3 * torch.randn(4, 5, 70)).to(BF16).requires_grad_()
+    up = torch.randn(4, 5, 70).to(BF16).requires_grad_()
+    grad = torch.randn(4, 5, 70).to(BF16)
+    out = SiluMulFunction.apply(gate, up, ext)
+    assert ulps(out.detach(), F.silu(gate.detach()) * up.detach()).max() <= 1
+    out.backward(grad)
+    g64, u64 = gate.detach().double().requires_grad_(), up.detach().double().requires_grad_()
+    (F.silu(g64) * u64).backward(grad.double())
+    for got, want in ((gate.grad, g64.grad), (up.grad, u64.grad)):
+        assert (got.double() - want).abs().max() <= 0.01 * want.abs().max()
+
+
+def test_a_model_through_the_fused_ops_trains_like_transformers_own(ext, monkeypatch):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from icrl_lite import fused as fused_module
+    from icrl_lite.fused import use_fused_ops
+
+    used = []
+    for function in (fused_module.RMSNormFunction, fused_module.SiluMulFunction):
+        real = function.apply
+        monkeypatch.setattr(function, "apply", staticmethod(lambda *a, real=real: used.append(1) or real(*a)))
+
+    def model():
+        torch.manual_seed(0)
+        config = AutoConfig.for_model("llama", vocab_size=200, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
+        m = AutoModelForCausalLM.from_config(config).to(BF16)
+        for p in m.parameters():
+            p.data.add_(0.1 * torch.randn_like(p))
+        for name, p in m.named_parameters():
+            p.requires_grad_("norm" not in name)  # norms frozen, as under LoRA
+        return m
+
+    ids = torch.randint(0, 200, (2, 12))
+    plain, fused = model(), model()
+    assert use_fused_ops(fused) == 2 * 2 + 1 + 2  # two norms per layer, the final norm, one MLP per layer
+    for m in (plain, fused):
+        m(input_ids=ids).logits.float().pow(2).mean().backward()
+    assert len(used) == 2 * 2 + 1 + 2  # the fused model's norms and MLPs ran through the kernels
+    (a, b) = [torch.cat([p.grad.float().flatten() for p in m.parameters() if p.grad is not None]) for m in (plain, fused)]
+    assert (a - b).norm() <= 0.05 * a.norm()  # bf16 rounding in different places, nothing more
+    fp32 = model().float()
+    use_fused_ops(fp32)
+    before = fp32(input_ids=ids).logits
+    assert torch.equal(before, model().float()(input_ids=ids).logits)  # fp32: transformers' own forward

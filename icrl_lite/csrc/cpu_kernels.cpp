@@ -449,6 +449,128 @@ torch::Tensor head_grad(torch::Tensor logits, torch::Tensor lse, torch::Tensor t
   return logits;
 }
 
+
+// ---- RMSNorm and SiLU x up with gradients, for the update (icrl_lite.fused) ---------------------------------
+//
+// torch runs each as ~8 ops forward and ~12 backward over fp32 copies; here one pass each way, fp32 inside and one
+// rounding to bf16 per output (torch rounds after each op: the results agree to bf16 rounding).
+
+// x (N, H) bf16, weight (H,) bf16 -> [weight * bf16(x * inv) (N, H) bf16, inv (N,) fp32], inv = 1 / rms(x).
+std::vector<torch::Tensor> rms_norm_forward(torch::Tensor x, torch::Tensor weight, double eps) {
+  check_bf16(x, "x");
+  check_bf16(weight, "weight");
+  const int64_t rows = x.size(0), width = x.size(1);
+  TORCH_CHECK(x.dim() == 2 && weight.numel() == width, "rms_norm_forward: x (N, H), weight (H,)");
+  auto y = torch::empty_like(x);
+  auto inv = torch::empty({rows}, x.options().dtype(at::kFloat));
+  const uint16_t* xp = bf(x);
+  const uint16_t* w = bf(weight);
+  uint16_t* yp = bf_mut(y);
+  float* ip = inv.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const uint16_t* row = xp + r * width;
+      float sum = 0.0f;
+      for (int64_t i = 0; i < width; ++i) sum += bf2f(row[i]) * bf2f(row[i]);
+      const float scale = 1.0f / std::sqrt(sum / static_cast<float>(width) + static_cast<float>(eps));
+      ip[r] = scale;
+      for (int64_t i = 0; i < width; ++i) yp[r * width + i] = f2bf(bf2f(w[i]) * round_bf(bf2f(row[i]) * scale));
+    }
+  });
+  return {y, inv};
+}
+
+// d/dx of weight * x * inv(x): inv * (w dy - xhat mean(w dy xhat)), xhat = x * inv. -> (N, H) bf16.
+torch::Tensor rms_norm_backward(torch::Tensor grad, torch::Tensor x, torch::Tensor weight, torch::Tensor inv) {
+  check_bf16(grad, "grad");
+  check_bf16(x, "x");
+  check_bf16(weight, "weight");
+  const int64_t rows = x.size(0), width = x.size(1);
+  TORCH_CHECK(grad.sizes() == x.sizes() && inv.scalar_type() == at::kFloat && inv.numel() == rows,
+              "rms_norm_backward: grad and x (N, H), inv (N,) fp32");
+  auto dx = torch::empty_like(x);
+  const uint16_t* gp = bf(grad);
+  const uint16_t* xp = bf(x);
+  const uint16_t* w = bf(weight);
+  const float* ip = inv.data_ptr<float>();
+  uint16_t* dp = bf_mut(dx);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const uint16_t* g = gp + r * width;
+      const uint16_t* row = xp + r * width;
+      const float scale = ip[r];
+      float dot = 0.0f;
+      for (int64_t i = 0; i < width; ++i) dot += bf2f(w[i]) * bf2f(g[i]) * bf2f(row[i]);
+      const float mean = dot * scale / static_cast<float>(width);  // mean(w dy xhat)
+      for (int64_t i = 0; i < width; ++i)
+        dp[r * width + i] = f2bf(scale * (bf2f(w[i]) * bf2f(g[i]) - bf2f(row[i]) * scale * mean));
+    }
+  });
+  return dx;
+}
+
+// gate, up (N, I) bf16 -> bf16(silu(gate)) * up (N, I) bf16.
+torch::Tensor silu_mul_forward(torch::Tensor gate, torch::Tensor up) {
+  check_bf16(gate, "gate");
+  check_bf16(up, "up");
+  TORCH_CHECK(gate.sizes() == up.sizes(), "silu_mul_forward: gate and up of one shape");
+  auto out = torch::empty_like(gate);
+  const uint16_t* gp = bf(gate);
+  const uint16_t* upp = bf(up);
+  uint16_t* op = bf_mut(out);
+  at::parallel_for(0, gate.numel(), 4096, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+#if ICRL_AVX512_BF16
+    for (; i + 16 <= end; i += 16) {
+      const __m512 x = load16(gp + i);
+      const __m512 silu = round16(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + i), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(silu, load16(upp + i))));
+    }
+#endif
+    for (; i < end; ++i) {
+      const float x = bf2f(gp[i]);
+      op[i] = f2bf(round_bf(x / (1.0f + exp_approx(-x))) * bf2f(upp[i]));
+    }
+  });
+  return out;
+}
+
+// The gradients of silu_mul_forward: [d gate, d up] (N, I) bf16, with silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
+std::vector<torch::Tensor> silu_mul_backward(torch::Tensor grad, torch::Tensor gate, torch::Tensor up) {
+  check_bf16(grad, "grad");
+  check_bf16(gate, "gate");
+  check_bf16(up, "up");
+  TORCH_CHECK(grad.sizes() == gate.sizes() && gate.sizes() == up.sizes(), "silu_mul_backward: one shape");
+  auto d_gate = torch::empty_like(gate), d_up = torch::empty_like(up);
+  const uint16_t* dy = bf(grad);
+  const uint16_t* gp = bf(gate);
+  const uint16_t* upp = bf(up);
+  uint16_t* dg = bf_mut(d_gate);
+  uint16_t* du = bf_mut(d_up);
+  at::parallel_for(0, gate.numel(), 4096, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+#if ICRL_AVX512_BF16
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= end; i += 16) {
+      const __m512 x = load16(gp + i), g = load16(dy + i);
+      const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+      const __m512 silu = round16(_mm512_mul_ps(x, sig));
+      const __m512 slope = _mm512_mul_ps(sig, _mm512_fmadd_ps(x, _mm512_sub_ps(one, sig), one));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(du + i), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(g, silu)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dg + i),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_mul_ps(g, load16(upp + i)), slope)));
+    }
+#endif
+    for (; i < end; ++i) {
+      const float x = bf2f(gp[i]), g = bf2f(dy[i]);
+      const float sig = 1.0f / (1.0f + exp_approx(-x));
+      du[i] = f2bf(g * round_bf(x * sig));
+      dg[i] = f2bf(g * bf2f(upp[i]) * sig * (1.0f + x * (1.0f - sig)));
+    }
+  });
+  return {d_gate, d_up};
+}
+
 // Whether the attention's inner loops were built with AVX-512 BF16 (its portable loops are slower than torch's).
 bool vectorized() { return ICRL_AVX512_BF16; }
 
@@ -459,4 +581,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention", &attention, "one decode position: rotary, cache write, softmax attention");
   m.def("head_lse", &head_lse, "log-sum-exp and target logit of a block of the LM head's logits");
   m.def("head_grad", &head_grad, "the LM head's logit gradient for a block, in place");
+  m.def("rms_norm_forward", &rms_norm_forward, "weight * rms_norm(x) and 1 / rms(x)");
+  m.def("rms_norm_backward", &rms_norm_backward, "the gradient of rms_norm_forward for x");
+  m.def("silu_mul_forward", &silu_mul_forward, "silu(gate) * up");
+  m.def("silu_mul_backward", &silu_mul_backward, "the gradients of silu_mul_forward");
 }
