@@ -3,11 +3,12 @@
 What is measured is the part of the loss whose memory depends on the vocabulary: hidden states (1, T, H) of
 the policy's width through an LM head of the policy's shape (H x V, frozen, in the policy's dtype) to the
 log-probability of T target tokens, forward and backward (gradients flow to the hidden states, as in LoRA
-training). `chunked` is `icrl_lite.model.token_logprobs` (for this frozen head `HeadLogprobs`: fp32 logits of 64
-positions at a time on a CPU, `chunk` on a GPU; the T positions' softmax, in the head's dtype, is kept for the
-backward pass while it fits in one chunk's fp32 logits (T x 2 bytes <= chunk x 4 in bf16), else the logits are
-recomputed there (since 2026-11-29 18:50 UTC; before, always recomputed; before 13:00 UTC, checkpointed chunks of
-`chunk` positions everywhere); `full` is what a plain implementation does, log_softmax(head(h).float()) over all T
+training). `chunked` is `icrl_lite.model.token_logprobs` (for this frozen head `HeadLogprobs`: the logits of 64
+positions at a time on a CPU, `chunk` on a GPU, recomputed in the backward pass; in bf16 on a CPU with the C++ kernels
+(since 2026-11-29 21:00 UTC) one pass over each block's bf16 logits each way, elsewhere fp32 copies of them; with
+`KEEP_SOFTMAX` (off by default since 20:07 UTC; on 18:50-20:07) the T positions' softmax, in the head's dtype, is kept
+for the backward while it fits in one chunk's fp32 logits; before 13:00 UTC, checkpointed chunks of `chunk` positions
+everywhere); `full` is what a plain implementation does, log_softmax(head(h).float()) over all T
 positions at once. The transformer body is left out: it is the same for both.
 
 Each (method, length) runs in its own process, so its peak is its own: peak RSS (VmHWM, reset just before

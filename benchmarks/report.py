@@ -206,7 +206,8 @@ def loss_memory_section(result: dict) -> list[str]:
     lines = about(loss_memory) + [
         f"LM head {result['hidden']} x {result['vocab']} in {result['dtype']}, chunk {result['chunk']} positions (one "
         f"chunk's fp32 logits: {result['chunk_fp32_logits_mb']:.0f} MiB, also the most the softmax kept for the "
-        f"backward may take; a frozen head on a CPU runs in blocks of 64 positions instead, `HeadLogprobs`).", ""]
+        f"backward may take with `KEEP_SOFTMAX`; a frozen head on a CPU runs in blocks of 64 positions instead, "
+        f"`HeadLogprobs`).", ""]
     lines += table(["positions T", "fp32 T x V logits MiB", "chunked (icrl-lite) peak MiB", "full log_softmax peak MiB"], rows)
     for r in result["rows"]:
         for method in loss_memory.METHODS:
