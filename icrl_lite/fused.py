@@ -14,7 +14,7 @@ from types import MethodType
 
 import torch
 
-from .kernels import cpu_kernels
+from .kernels import kernels_for
 
 NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm")  # weight * x / rms(x), nothing else
 MLPS = ("LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP")  # down(act(gate(x)) * up(x))
@@ -57,10 +57,6 @@ class SiluMulFunction(torch.autograd.Function):
 
 def is_silu(act) -> bool:
     return isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation"  # transformers' ACT2FN["silu"]
-
-
-def kernels_for(x: torch.Tensor):
-    return cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.bfloat16 else None
 
 
 def fused_norm_forward(norm, x: torch.Tensor) -> torch.Tensor:

@@ -70,3 +70,10 @@ def cpu_kernels():
               "(pip install ninja) to build them, or set ICRL_LITE_KERNELS=0 to skip this.", file=sys.stderr)
         return None
     return module if module.vectorized() else None
+
+
+def kernels_for(x):
+    """`cpu_kernels()` for a bf16 tensor on a CPU (what every kernel takes), else None."""
+    import torch
+
+    return cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.bfloat16 else None

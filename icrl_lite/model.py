@@ -28,6 +28,7 @@ import torch
 import torch.utils.checkpoint
 
 from .fused import use_fused_ops
+from .kernels import kernels_for
 from .lora import use_half_lora
 
 EMBEDDED = {
@@ -870,11 +871,7 @@ class HeadLogprobs(torch.autograd.Function):
 
 def head_kernels(hidden: torch.Tensor, weight: torch.Tensor):
     """The C++ kernels for `HeadLogprobs`' softmax passes (bf16 on a CPU; `icrl_lite.kernels`), or None: torch ops."""
-    if hidden.device.type != "cpu" or hidden.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
-        return None
-    from .kernels import cpu_kernels
-
-    return cpu_kernels()
+    return kernels_for(hidden) if weight.dtype == torch.bfloat16 else None
 
 
 def _block_logits(hidden: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:

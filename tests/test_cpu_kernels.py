@@ -11,7 +11,7 @@ from icrl_lite import kernels
 from icrl_lite.decode import FastDecoder
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 
-from test_decode import prefilled, reference_step, tiny
+from test_decode import count_calls, prefilled, reference_step, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BF16 = torch.bfloat16
@@ -159,24 +159,14 @@ def test_a_kernel_decode_step_stays_within_bf16_rounding_of_transformers(ext):
 
 
 @pytest.mark.skipif(not has_avx512_bf16(), reason="the kernels are used only where AVX-512 BF16 is")
-def test_the_engine_samples_through_the_kernels_and_scores_what_it_samples(ext, tiny_model_dir):
+def test_the_engine_samples_through_the_kernels_and_scores_what_it_samples(ext, tiny_model_dir, monkeypatch):
     from icrl_lite.model import ModelConfig, load_policy, response_logprobs
 
     model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="bf16"))
     prompts = [tok("Question: where is the lighthouse?")["input_ids"], tok("A river and its towns?")["input_ids"]]
     cfg = RolloutConfig(temperature=1.0, max_turns=0, max_turn_tokens=60, max_response_tokens=61)
-    calls = []
-    original = FastDecoder.kernel_step
-
-    def counted(self, *args):
-        calls.append(1)
-        return original(self, *args)
-
-    FastDecoder.kernel_step = counted
-    try:
-        rollouts = RolloutEngine(model, tok, [], cfg, final_stops=[]).generate(prompts, 2, torch.Generator().manual_seed(0))
-    finally:
-        FastDecoder.kernel_step = original
+    calls = count_calls(monkeypatch, FastDecoder, "kernel_step")
+    rollouts = RolloutEngine(model, tok, [], cfg, final_stops=[]).generate(prompts, 2, torch.Generator().manual_seed(0))
     assert len(calls) > 50
     for r in rollouts:
         with torch.no_grad():

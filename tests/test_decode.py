@@ -28,6 +28,18 @@ def tiny(kind: str, vocab: int, dtype=torch.float32):
     return model
 
 
+def count_calls(monkeypatch, cls, name: str) -> list:
+    """Patch method `name` of `cls` to record each call (and still run it); returns the record."""
+    calls, original = [], getattr(cls, name)
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
 def reference_step(model, ids, attention_mask, positions, cache):
     return model(input_ids=ids[:, None], attention_mask=attention_mask, position_ids=positions[:, None],
                  past_key_values=cache, use_cache=True).logits[:, -1].float()
@@ -113,22 +125,13 @@ def test_no_copy_of_the_weights_when_memory_is_short(monkeypatch):
     assert FastDecoder.build(model) is not None
 
 
-def test_engine_tokens_and_logprobs_do_not_depend_on_the_decode_path(tiny_model_dir, tokenizer):
+def test_engine_tokens_and_logprobs_do_not_depend_on_the_decode_path(tiny_model_dir, tokenizer, monkeypatch):
     model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32"))
     prompts = [tok("Question: where is the lighthouse?")["input_ids"], tok("A river and its towns?")["input_ids"]]
     cfg = RolloutConfig(temperature=0.0, max_turns=0, max_turn_tokens=300, max_response_tokens=301)
-    calls = []
-    original = FastDecoder.__call__
-
-    def counted(self, *args):
-        calls.append(1)
-        return original(self, *args)
-
-    FastDecoder.__call__ = counted
-    try:
-        fast = RolloutEngine(model, tok, [], cfg, final_stops=[]).generate(prompts, 2)
-    finally:
-        FastDecoder.__call__ = original
+    calls = count_calls(monkeypatch, FastDecoder, "__call__")
+    fast = RolloutEngine(model, tok, [], cfg, final_stops=[]).generate(prompts, 2)
+    monkeypatch.undo()
     slow = RolloutEngine(model, tok, [], replace(cfg, fast_decode=False), final_stops=[]).generate(prompts, 2)
     assert len(calls) > 100  # the decode steps went through the lean path
     for a, b in zip(fast, slow):

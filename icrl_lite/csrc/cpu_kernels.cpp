@@ -215,6 +215,50 @@ void attend(const uint16_t* q, const uint16_t* kslab, const uint16_t* vslab, con
   }
 }
 
+// out = bf16(bf16(silu(gate)) * up) over n values.
+void silu_mul_span(const uint16_t* gate, const uint16_t* up, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+#if ICRL_AVX512_BF16
+  for (; i + 16 <= n; i += 16) {
+    const __m512 x = load16(gate + i);
+    const __m512 silu = round16(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(silu, load16(up + i))));
+  }
+#endif
+  for (; i < n; ++i) {
+    const float x = bf2f(gate[i]);
+    out[i] = f2bf(round_bf(x / (1.0f + exp_approx(-x))) * bf2f(up[i]));
+  }
+}
+
+// 1 / rms(row) for a bf16 row of `width` values.
+float inverse_rms(const uint16_t* row, int64_t width, double eps) {
+  float sum = 0.0f;
+  int64_t i = 0;
+#if ICRL_AVX512_BF16
+  __m512 squares = _mm512_setzero_ps();
+  for (; i + 16 <= width; i += 16) {
+    const __m512 v = load16(row + i);
+    squares = _mm512_fmadd_ps(v, v, squares);
+  }
+  sum = _mm512_reduce_add_ps(squares);
+#endif
+  for (; i < width; ++i) sum += bf2f(row[i]) * bf2f(row[i]);
+  return 1.0f / std::sqrt(sum / static_cast<float>(width) + static_cast<float>(eps));
+}
+
+// out = bf16(weight * bf16(row * inv)): transformers' LlamaRMSNorm after the scale is known.
+void normalise_row(const uint16_t* row, const uint16_t* weight, float inv, uint16_t* out, int64_t width) {
+  int64_t i = 0;
+#if ICRL_AVX512_BF16
+  for (; i + 16 <= width; i += 16) {
+    const __m512 normed = round16(_mm512_mul_ps(load16(row + i), _mm512_set1_ps(inv)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(load16(weight + i), normed)));
+  }
+#endif
+  for (; i < width; ++i) out[i] = f2bf(bf2f(weight[i]) * round_bf(bf2f(row[i]) * inv));
+}
+
 }  // namespace
 
 // h (B, H) bf16, updated in place to h + delta when delta is given; returns weight * rms_norm(h) (B, H) bf16.
@@ -234,45 +278,19 @@ torch::Tensor add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, 
   uint16_t* op = bf_mut(out);
   const uint16_t* w = bf(weight);
   at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
-    std::vector<float> x(width);
     for (int64_t b = begin; b < end; ++b) {
       uint16_t* row = hp + b * width;
-      const uint16_t* add = d ? d + b * width : nullptr;
-      float sum = 0.0f;
-      int64_t i = 0;
+      if (d) {  // h += delta, rounded to bf16 as torch's add
+        const uint16_t* add = d + b * width;
+        int64_t i = 0;
 #if ICRL_AVX512_BF16
-      __m512 squares = _mm512_setzero_ps();
-      for (; i + 16 <= width; i += 16) {
-        __m512 v = load16(row + i);
-        if (add) {
-          const __m256bh sum16 = _mm512_cvtneps_pbh(_mm512_add_ps(v, load16(add + i)));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + i), (__m256i)sum16);
-          v = load16(row + i);
-        }
-        _mm512_storeu_ps(x.data() + i, v);
-        squares = _mm512_fmadd_ps(v, v, squares);
-      }
-      sum = _mm512_reduce_add_ps(squares);
+        for (; i + 16 <= width; i += 16)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + i),
+                              (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(load16(row + i), load16(add + i))));
 #endif
-      for (; i < width; ++i) {
-        float v = bf2f(row[i]);
-        if (add) {
-          v = round_bf(v + bf2f(add[i]));
-          row[i] = f2bf(v);
-        }
-        x[i] = v;
-        sum += v * v;
+        for (; i < width; ++i) row[i] = f2bf(bf2f(row[i]) + bf2f(add[i]));
       }
-      const float inv = 1.0f / std::sqrt(sum / static_cast<float>(width) + static_cast<float>(eps));
-      uint16_t* o = op + b * width;
-      i = 0;
-#if ICRL_AVX512_BF16
-      for (; i + 16 <= width; i += 16) {
-        const __m512 normed = round16(_mm512_mul_ps(_mm512_loadu_ps(x.data() + i), _mm512_set1_ps(inv)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + i), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(load16(w + i), normed)));
-      }
-#endif
-      for (; i < width; ++i) o[i] = f2bf(bf2f(w[i]) * round_bf(x[i] * inv));
+      normalise_row(row, w, inverse_rms(row, width, eps), op + b * width, width);
     }
   });
   return out;
@@ -286,24 +304,7 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
   const uint16_t* in = bf(gate_up);
   uint16_t* op = bf_mut(out);
   at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const uint16_t* g = in + b * 2 * inner;
-      const uint16_t* u = g + inner;
-      int64_t i = 0;
-#if ICRL_AVX512_BF16
-      for (; i + 16 <= inner; i += 16) {
-        const __m512 x = load16(g + i);
-        const __m512 silu = round16(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + b * inner + i),
-                            (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(silu, load16(u + i))));
-      }
-#endif
-      for (; i < inner; ++i) {
-        const float x = bf2f(g[i]);
-        const float s = round_bf(x / (1.0f + exp_approx(-x)));
-        op[b * inner + i] = f2bf(s * bf2f(u[i]));
-      }
-    }
+    for (int64_t b = begin; b < end; ++b) silu_mul_span(in + b * 2 * inner, in + b * 2 * inner + inner, op + b * inner, inner);
   });
   return out;
 }
@@ -469,12 +470,8 @@ std::vector<torch::Tensor> rms_norm_forward(torch::Tensor x, torch::Tensor weigh
   float* ip = inv.data_ptr<float>();
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const uint16_t* row = xp + r * width;
-      float sum = 0.0f;
-      for (int64_t i = 0; i < width; ++i) sum += bf2f(row[i]) * bf2f(row[i]);
-      const float scale = 1.0f / std::sqrt(sum / static_cast<float>(width) + static_cast<float>(eps));
-      ip[r] = scale;
-      for (int64_t i = 0; i < width; ++i) yp[r * width + i] = f2bf(bf2f(w[i]) * round_bf(bf2f(row[i]) * scale));
+      ip[r] = inverse_rms(xp + r * width, width, eps);
+      normalise_row(xp + r * width, w, ip[r], yp + r * width, width);
     }
   });
   return {y, inv};
@@ -519,18 +516,7 @@ torch::Tensor silu_mul_forward(torch::Tensor gate, torch::Tensor up) {
   const uint16_t* upp = bf(up);
   uint16_t* op = bf_mut(out);
   at::parallel_for(0, gate.numel(), 4096, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-#if ICRL_AVX512_BF16
-    for (; i + 16 <= end; i += 16) {
-      const __m512 x = load16(gp + i);
-      const __m512 silu = round16(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + i), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(silu, load16(upp + i))));
-    }
-#endif
-    for (; i < end; ++i) {
-      const float x = bf2f(gp[i]);
-      op[i] = f2bf(round_bf(x / (1.0f + exp_approx(-x))) * bf2f(upp[i]));
-    }
+    silu_mul_span(gp + begin, upp + begin, op + begin, end - begin);
   });
   return out;
 }
