@@ -4,7 +4,17 @@ log-probs in training (`model.HeadLogprobs`), built on first use by torch's cpp_
 They need a C++ compiler and ninja (`pip install ninja` if the system has none); the build (~20 s) happens once per
 machine and torch version and is cached under torch's extension directory (TORCH_EXTENSIONS_DIR). Where the build
 fails, `cpu_kernels()` says why once and returns None, and both keep the torch ops: same results, slower.
-Set ICRL_LITE_KERNELS=0 to turn them off.
+
+The source has two bodies: AVX-512 BF16 loops, compiled where the CPU has that extension (AMD Zen 4 and newer, Intel
+Sapphire Rapids and newer), and portable scalar loops for every other CPU (AVX2-only x86, ARM), which are slower than
+torch's own ops. So by default the kernels are used only where the vectorised body was built; elsewhere bf16 runs the
+torch ops, and on such machines `model.dtype=auto` picks fp32 anyway (bf16 is emulated there).
+
+ICRL_LITE_KERNELS picks the branch, so each can be exercised on any machine (the tests do):
+  unset, 1, auto   use the kernels where the build is vectorised (the default);
+  0, off           never (the torch ops);
+  always           use the native build even where it is not vectorised (the portable loops on an AVX2 CPU);
+  portable         build without AVX-512 BF16 even where the CPU has it, and use that build.
 """
 
 from __future__ import annotations
@@ -17,11 +27,37 @@ import sys
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
+
+
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp"]
+MODES = {"1": "auto", "auto": "auto", "true": "auto", "yes": "auto", "on": "auto", "0": "off", "false": "off",
+         "no": "off", "off": "off", "always": "always", "portable": "portable"}
+
+
+def mode() -> str:
+    """ICRL_LITE_KERNELS as one of auto / off / always / portable; an unknown value is an error that lists them."""
+    value = os.environ.get("ICRL_LITE_KERNELS", "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"ICRL_LITE_KERNELS={value!r} is not one of 1/auto (default), 0/off, always, portable: "
+                         "see icrl_lite/kernels.py")
+    return MODES[value]
 
 
 def enabled() -> bool:
-    return os.environ.get("ICRL_LITE_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+    return mode() != "off"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
+
+
+def portable_flags() -> list[str]:
+    """FLAGS without the AVX-512 BF16 body: the same as FLAGS on a CPU that lacks it (so one build serves both)."""
+    return FLAGS + ["-mno-avx512bf16"] if "avx512_bf16" in cpu_flags() else FLAGS
 
 
 def build_name(flags: list[str]) -> str:
@@ -29,20 +65,16 @@ def build_name(flags: list[str]) -> str:
     here."""
     import torch
 
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        pass
+    cpu = " ".join(sorted(cpu_flags()))
     key = "\0".join([SOURCE.read_text(), torch.__version__, platform.machine(), cpu, *flags])
     return "icrl_lite_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def build(flags: list[str] = FLAGS):
+def build(flags: list[str] | None = None):
     """Compile (or load the cached build of) the kernels with these compiler flags; raises when that fails."""
     from torch.utils import cpp_extension
 
+    flags = FLAGS if flags is None else flags
     name = build_name(flags)
     try:
         built = any(Path(cpp_extension._get_build_directory(name, verbose=False)).glob("*.so"))
@@ -56,20 +88,21 @@ def build(flags: list[str] = FLAGS):
 
 @functools.cache
 def cpu_kernels():
-    """The compiled module (`add_rms_norm`, `silu_mul`, `attention`, `head_lse`, `head_grad`), or None where it is off, cannot be built, or
-    was built without AVX-512 BF16 (its portable loops are slower than torch's ops; bf16 decoding is picked only on
-    machines that have it)."""
-    if not enabled():
+    """The compiled module (`add_rms_norm`, `silu_mul`, `attention`, `head_lse`, `head_grad`, the fused ops' forward and
+    backward), or None where it is off, cannot be built, or (mode auto) was built without AVX-512 BF16: its portable
+    loops are slower than torch's ops. Cached per process: call `cpu_kernels.cache_clear()` after changing the mode."""
+    chosen = mode()
+    if chosen == "off":
         return None
     try:
-        module = build()
+        module = build(portable_flags() if chosen == "portable" else FLAGS)
     except Exception as err:  # no compiler, no ninja, a failed build: the torch ops do the same work
         reason = str(err).strip().splitlines()
         print(f"[icrl-lite] note: the C++ CPU kernels could not be built ({reason[-1] if reason else type(err).__name__}); "
               "decode steps and the LM head's log-probs use torch ops (same results, slower). Install a C++ compiler and ninja "
               "(pip install ninja) to build them, or set ICRL_LITE_KERNELS=0 to skip this.", file=sys.stderr)
         return None
-    return module if module.vectorized() else None
+    return module if module.vectorized() or chosen in ("always", "portable") else None
 
 
 def kernels_for(x):

@@ -1,5 +1,9 @@
 """The C++ CPU kernels (icrl_lite/csrc/cpu_kernels.cpp): each kernel against the torch ops it replaces, a whole
-decode step against transformers' forward, the engine and the LM head's log-probs through them, and the fallbacks."""
+decode step against transformers' forward, the engine and the LM head's log-probs through them, and the fallbacks.
+
+Every branch runs on every kind of CPU: the kernel tests take both builds (`native`: -march=native, vectorised where
+the CPU has AVX-512 BF16; `portable`: built without it), and the tests through a model force the kernels on with
+ICRL_LITE_KERNELS=always (the vectorised body where the CPU has it, the portable loops elsewhere)."""
 
 import shutil
 
@@ -18,22 +22,37 @@ BF16 = torch.bfloat16
 
 
 def has_avx512_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx512_bf16" in line for line in f)
-    except OSError:
-        return False
+    return "avx512_bf16" in kernels.cpu_flags()
 
 
-@pytest.fixture(scope="module")
-def ext():
-    """The built kernels. Where a compiler and ninja are here they must build (CI has both): a broken build
-    fails this, not skips it."""
+def needs_compiler():
+    """Where a compiler and ninja are here the kernels must build (CI has both): a broken build fails, not skips."""
     if shutil.which("c++") is None or shutil.which("ninja") is None:
         pytest.skip("no C++ compiler or ninja: the kernels cannot be built here (decode uses torch ops)")
-    module = kernels.build()
-    assert module.vectorized() == has_avx512_bf16()
+
+
+@pytest.fixture(scope="module", params=["native", "portable"])
+def ext(request):
+    """Each build of the kernels: native (vectorised exactly where the CPU has AVX-512 BF16) and portable."""
+    needs_compiler()
+    if request.param == "native":
+        module = kernels.build()
+        assert module.vectorized() == has_avx512_bf16()
+    else:
+        module = kernels.build(kernels.portable_flags())
+        assert not module.vectorized()
     return module
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """The kernels on whatever this CPU is (ICRL_LITE_KERNELS=always): the code paths that use them run here too."""
+    needs_compiler()
+    monkeypatch.setenv("ICRL_LITE_KERNELS", "always")
+    kernels.cpu_kernels.cache_clear()
+    assert kernels.cpu_kernels() is not None
+    yield kernels.cpu_kernels()
+    kernels.cpu_kernels.cache_clear()
 
 
 def ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -127,8 +146,7 @@ def test_attention_refuses_a_slab_without_room(ext):
         ext.attention(qkv, cos, cos, *slab, 8, torch.zeros(1, 9), 1, 1, 0.125)
 
 
-@pytest.mark.skipif(not has_avx512_bf16(), reason="the kernels are used only where AVX-512 BF16 is")
-def test_a_kernel_decode_step_stays_within_bf16_rounding_of_transformers(ext):
+def test_a_kernel_decode_step_stays_within_bf16_rounding_of_transformers(forced):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)  # head_dim 64 and 3 query heads per KV head, as SmolLM2
@@ -158,8 +176,7 @@ def test_a_kernel_decode_step_stays_within_bf16_rounding_of_transformers(ext):
         assert (a.keys.float() - b.keys.float()).abs().max() <= 0.05 * b.keys.float().abs().max()
 
 
-@pytest.mark.skipif(not has_avx512_bf16(), reason="the kernels are used only where AVX-512 BF16 is")
-def test_the_engine_samples_through_the_kernels_and_scores_what_it_samples(ext, tiny_model_dir, monkeypatch):
+def test_the_engine_samples_through_the_kernels_and_scores_what_it_samples(forced, tiny_model_dir, monkeypatch):
     from icrl_lite.model import ModelConfig, load_policy, response_logprobs
 
     model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="bf16"))
@@ -186,7 +203,7 @@ def test_kernels_off_by_environment(monkeypatch):
 
 
 def test_a_failed_build_falls_back_to_torch_ops_and_says_why(monkeypatch, capsys):
-    def broken(flags=kernels.FLAGS):
+    def broken(flags=None):
         raise RuntimeError("Ninja is required to load C++ extensions")
 
     monkeypatch.setattr(kernels, "build", broken)
@@ -231,8 +248,7 @@ def test_head_grad_is_g_times_onehot_minus_softmax_even_for_confident_targets(ex
         ext.head_lse(logits, torch.tensor([0, 1, 2, 3, 700]), 1.0)
 
 
-@pytest.mark.skipif(not has_avx512_bf16(), reason="the kernels are used only where AVX-512 BF16 is")
-def test_head_logprobs_through_the_kernels_equal_the_torch_path(ext, monkeypatch):
+def test_head_logprobs_through_the_kernels_equal_the_torch_path(forced, monkeypatch):
     from icrl_lite import model as model_module
 
     torch.manual_seed(0)
@@ -292,7 +308,7 @@ def test_silu_mul_function_matches_float64_forward_and_gradients(ext):
         assert (got.double() - want).abs().max() <= 0.01 * want.abs().max()
 
 
-def test_a_model_through_the_fused_ops_trains_like_transformers_own(ext, monkeypatch):
+def test_a_model_through_the_fused_ops_trains_like_transformers_own(forced, monkeypatch):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from icrl_lite import fused as fused_module
@@ -326,3 +342,50 @@ def test_a_model_through_the_fused_ops_trains_like_transformers_own(ext, monkeyp
     use_fused_ops(fp32)
     before = fp32(input_ids=ids).logits
     assert torch.equal(before, model().float()(input_ids=ids).logits)  # fp32: transformers' own forward
+
+
+class FakeBuild:
+    def __init__(self, vectorized: bool):
+        self.is_vectorized = vectorized
+
+    def vectorized(self) -> bool:
+        return self.is_vectorized
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+@pytest.mark.parametrize("setting, used", [("auto", "if vectorized"), ("1", "if vectorized"), ("always", "yes"),
+                                           ("portable", "yes"), ("off", "no")])
+def test_the_mode_decides_which_build_is_used(monkeypatch, vectorized, setting, used):
+    builds = []
+    monkeypatch.setattr(kernels, "build", lambda flags=None: builds.append(flags) or FakeBuild(vectorized))
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setenv("ICRL_LITE_KERNELS", setting)
+    kernels.cpu_kernels.cache_clear()
+    try:
+        module = kernels.cpu_kernels()
+    finally:
+        kernels.cpu_kernels.cache_clear()
+    expected = {"yes": True, "no": False, "if vectorized": vectorized}[used]
+    assert (module is not None) == expected
+    if setting == "off":
+        assert builds == []
+    else:  # portable compiles the scalar body even on a CPU with AVX-512 BF16
+        assert ("-mno-avx512bf16" in builds[0]) == (setting == "portable")
+
+
+def test_portable_flags_are_the_native_ones_where_the_cpu_lacks_avx512_bf16(monkeypatch):
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: {"avx2", "fma"})
+    assert kernels.portable_flags() == kernels.FLAGS  # one build serves both modes there
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert "-mno-avx512bf16" in kernels.portable_flags()
+    assert kernels.build_name(kernels.portable_flags()) != kernels.build_name(kernels.FLAGS)
+
+
+def test_an_unknown_mode_is_refused_with_the_choices(monkeypatch):
+    monkeypatch.setenv("ICRL_LITE_KERNELS", "fast")
+    kernels.cpu_kernels.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="always, portable"):
+            kernels.cpu_kernels()
+    finally:
+        kernels.cpu_kernels.cache_clear()
