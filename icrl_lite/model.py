@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -626,6 +627,18 @@ def decoder(model):
     return base.get_decoder()
 
 
+@functools.cache
+def cache_keyword(body_type: type) -> str:
+    """The keyword a decoder body's forward takes its KV cache by: `cache` in transformers 5.x (where
+    `past_key_values` is deprecated, and removed in 5.40), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(body_type.forward).parameters else "past_key_values"
+
+
+def run_decoder(body, cache, **inputs):
+    """`body(**inputs)` extending `cache` (use_cache=True), whatever this transformers version calls the cache."""
+    return body(**inputs, **{cache_keyword(type(body)): cache}, use_cache=True)
+
+
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 1024,
                       temperature: float = 1.0) -> torch.Tensor:
     """Log-probability of each token given its prefix: (B, T) -> (B, T-1), for tokens 1..T-1, under
@@ -665,8 +678,7 @@ def response_logprobs(model, prompt: list[int], responses: list[list[int]], chun
         start = prefix.load(cache, prompt)
     if len(prompt) - 1 > start:
         rest = torch.tensor([prompt[start:-1]], device=device)  # (1, P-1-start)
-        body(input_ids=rest, position_ids=torch.arange(start, len(prompt) - 1, device=device)[None],
-             past_key_values=cache, use_cache=True)
+        run_decoder(body, cache, input_ids=rest, position_ids=torch.arange(start, len(prompt) - 1, device=device)[None])
     if len(prompt) > 1:
         cache.batch_repeat_interleave(len(responses))  # differentiable copy of the prompt's keys/values
     width = max(len(r) for r in responses)
@@ -678,8 +690,8 @@ def response_logprobs(model, prompt: list[int], responses: list[list[int]], chun
         fed[g, 1:1 + len(response)] = 1
     attention_mask = torch.cat([torch.ones((len(responses), len(prompt) - 1), dtype=torch.long, device=device), fed], dim=1)
     position_ids = torch.arange(len(prompt) - 1, len(prompt) + width, device=device).expand(len(responses), -1)
-    hidden = body(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
-                  past_key_values=cache, use_cache=True).last_hidden_state[:, :-1]  # (G, R, H)
+    hidden = run_decoder(body, cache, input_ids=ids, attention_mask=attention_mask,
+                         position_ids=position_ids).last_hidden_state[:, :-1]  # (G, R, H)
     return token_logprobs(model.get_output_embeddings(), hidden, ids[:, 1:], chunk, temperature)
 
 
@@ -703,7 +715,7 @@ class SharedPrefix:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        decoder(model)(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True)
+        run_decoder(decoder(model), cache, input_ids=torch.tensor([ids], device=model.device))
         keys = [layer.keys for layer in cache.layers]  # per layer (1, heads, C, head_dim)
         values = [layer.values for layer in cache.layers]
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in keys + values):

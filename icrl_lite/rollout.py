@@ -31,7 +31,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .decode import FastDecoder
-from .model import chosen_logprobs, decoder, generation_mode, merged_adapter
+from .model import chosen_logprobs, decoder, generation_mode, merged_adapter, run_decoder
 from .prompts import INVALID_ACTION
 from .tools import Tool, find_call
 
@@ -274,9 +274,8 @@ class RolloutEngine:
         if self._fast is not None and attn is not None and ids.shape[1] == 1:  # a decode step
             return self._fast(ids[:, 0], full, pos, cache, self._prefix_kv), pos + step_mask.sum(1)
         position_ids = pos[:, None] + (step_mask.cumsum(1) - 1).clamp(min=0)  # (B, W)
-        hidden = decoder(self.model)(
-            input_ids=ids, attention_mask=full, position_ids=position_ids, past_key_values=cache, use_cache=True
-        ).last_hidden_state  # (B, W, H)
+        hidden = run_decoder(decoder(self.model), cache, input_ids=ids, attention_mask=full,
+                             position_ids=position_ids).last_hidden_state  # (B, W, H)
         last = ids.shape[1] - 1 - step_mask.flip(1).argmax(1)  # (B,) last fed slot, left or right padded
         h = hidden[torch.arange(len(ids), device=ids.device), last]  # (B, H)
         logits = self.model.get_output_embeddings()(h).float()  # (B, V)

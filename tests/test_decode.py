@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from icrl_lite.decode import FastDecoder, Linear, can_pack
-from icrl_lite.model import ModelConfig, load_policy, merged_adapter
+from icrl_lite.model import ModelConfig, load_policy, merged_adapter, run_decoder
 from icrl_lite import rollout
 from icrl_lite.rollout import RolloutConfig, RolloutEngine, SlabLayer, chosen_logprobs
 
@@ -41,8 +41,8 @@ def count_calls(monkeypatch, cls, name: str) -> list:
 
 
 def reference_step(model, ids, attention_mask, positions, cache):
-    return model(input_ids=ids[:, None], attention_mask=attention_mask, position_ids=positions[:, None],
-                 past_key_values=cache, use_cache=True).logits[:, -1].float()
+    return run_decoder(model, cache, input_ids=ids[:, None], attention_mask=attention_mask,
+                       position_ids=positions[:, None]).logits[:, -1].float()
 
 
 def prefilled(model, rows: int, length: int, holes: bool):
@@ -58,7 +58,7 @@ def prefilled(model, rows: int, length: int, holes: bool):
         mask[1, 5:9] = 0  # a hole in the middle
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        run_decoder(model, cache, input_ids=ids, attention_mask=mask, position_ids=positions)
     return cache, mask, positions[:, -1] + 1
 
 

@@ -12,7 +12,7 @@ import torch
 from icrl_lite import model as model_module
 from icrl_lite.model import (
     UNSLOTH_MODELS, LossScaler, ModelConfig, cpu_has_fast_bf16, decoder, generation_mode, load_policy, lora_targets,
-    prepare_base, resolve_dtype, response_logprobs, use_unsloth,
+    prepare_base, resolve_dtype, response_logprobs, run_decoder, use_unsloth,
 )
 
 CUDA = torch.device("cuda", 0)
@@ -248,7 +248,7 @@ def rollout_cache_dtypes(model) -> tuple[torch.dtype, torch.dtype]:
 
     cache = DynamicCache()
     with torch.no_grad():
-        hidden = decoder(model)(input_ids=torch.tensor([[1, 2, 3, 4]]), past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = run_decoder(decoder(model), cache, input_ids=torch.tensor([[1, 2, 3, 4]])).last_hidden_state
     return cache.layers[0].keys.dtype, hidden.dtype
 
 

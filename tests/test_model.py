@@ -171,3 +171,40 @@ def test_only_short_half_precision_queries_without_grad_leave_the_fused_kernel()
         assert not short_query_on_cpu(q, mask, training=True)
         assert not short_query_on_cpu(q, mask.float(), training=False)  # an additive mask: the kernel's
     assert not short_query_on_cpu(q, mask, training=False)  # gradients: the kernel's backward
+
+
+class OldBody:
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+        return {"past_key_values": past_key_values, "use_cache": use_cache}
+
+    __call__ = forward
+
+
+class NewBody:
+    def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs):
+        assert "past_key_values" not in kwargs  # deprecated in transformers 5.x, gone in 5.40
+        return {"cache": cache, "use_cache": use_cache}
+
+    __call__ = forward
+
+
+@pytest.mark.parametrize("body, keyword", [(OldBody(), "past_key_values"), (NewBody(), "cache")])
+def test_the_cache_goes_by_the_keyword_the_installed_transformers_takes(body, keyword):
+    from icrl_lite.model import run_decoder
+
+    cache = object()
+    assert run_decoder(body, cache, input_ids=[1]) == {keyword: cache, "use_cache": True}
+
+
+def test_the_installed_decoder_runs_without_the_deprecated_cache_keyword(policy):
+    import warnings
+
+    from transformers import DynamicCache
+
+    from icrl_lite.model import decoder, run_decoder
+
+    cache = DynamicCache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a FutureWarning about past_key_values would fail here
+        run_decoder(decoder(policy[0]), cache, input_ids=torch.tensor([[1, 2, 3]]))
+    assert cache.get_seq_length() == 3
