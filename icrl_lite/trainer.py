@@ -1,17 +1,25 @@
-"""ICRL training: GRPO on a LoRA policy whose rollout prompts carry a shrinking number of demonstrations.
+"""ICRL training: a LoRA policy trained on tool-use rollouts whose prompts carry a shrinking number of demonstrations.
 
 Reads top-down: the config, setup (`Trainer.__init__`), the loop (`Trainer.train`), one step (`Trainer.step`),
 then checkpointing. One step: sample questions -> rollouts with k demos (k from the curriculum) -> rewards ->
 group advantages -> `updates_per_step` AdamW updates over micro-batches. Groups whose rewards are all equal
-carry no signal: they are logged and left out of the update. The PPO ratio is taken against the sampler's own
-log-probs (same temperature), so it is ~1 on the first update and the clip bounds the later ones.
+carry no signal: they are logged and left out of the update.
+
+What the default run is (stages 3 demos x 5 steps, then 0 demos x 1 step, demo_loss_prompt=zero_shot,
+offpolicy_weight=positive): for 5 of its 6 steps it is advantage-filtered fine-tuning, not RL. Rollouts are sampled
+with 3 demos in the prompt; those whose reward is above their group's mean are scored under the prompt *without*
+the demos and their tokens' log-likelihood is raised with weight A (ratio fixed at 1, so the PPO clip never acts and
+nothing bounds the `updates_per_step` updates on them; no KL term on them, see `beta`). Rewards mix answer and
+format, so most of those rollouts rank above the mean on format alone: the demo steps mostly teach the zero-shot
+policy the demos' protocol (search, then answer in tags). Only the last step is on-policy GRPO (PPO ratio against
+the sampler's log-probs at the same temperature, clip 0.2, k3 KL to the adapter-free model).
 
 Where this departs from ICRL (each a config option; the paper's behaviour is the option's first value):
 - `stages[].zero_shot`: mixed groups, some rollouts of a group sampled without demos (the paper: none).
 - `demo_loss_prompt=zero_shot`: rollouts sampled with demos are scored, in the loss, under the prompt without
-  them, so the demo-free policy is trained on the in-context policy's successes (off-policy: `offpolicy_weight`
+  them, so the demo-free policy is trained on the in-context policy's samples (off-policy: `offpolicy_weight`
   = positive advantages with ratio 1, the PPO-clipped ratio, or LUFFY's shaping). The paper scores every
-  rollout under the prompt it was sampled with.
+  rollout under the prompt it was sampled with (`demo_loss_prompt=own`: GRPO throughout).
 - `updates_per_step` > 1 and `scale_rewards` other than group (the paper: one update, group std).
 docs/results.md shows the study that set the defaults."""
 
@@ -103,7 +111,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Gradient-norm clipping."""
     beta: float = 0.001
-    """KL coefficient (k3 estimator) to the adapter-free reference; 0 skips the reference pass."""
+    """KL coefficient (k3 estimator) to the adapter-free reference, on on-policy rollouts only (k3 needs tokens the
+    scored policy sampled: off-policy ones, demo_loss_prompt=zero_shot, get no KL term); 0 skips the reference pass."""
     epsilon: float = 0.2
     """PPO clip range."""
     alpha: float = 0.8
@@ -416,7 +425,8 @@ class Trainer:
         offpolicy_weight=ratio, off-policy ones) take the PPO ratio against the sampler's own log-probs, which
         also corrects the merged-adapter / unmerged-adapter difference and makes the clip act from the second
         update on. Off-policy items (sampled with demos, scored without) use ratio 1 on positive advantages
-        (`positive`) or LUFFY's shaping (`shaped`). Items sharing a prompt are scored on one shared prompt pass
+        (`positive`: weighted fine-tuning, unclipped in every update) or LUFFY's shaping (`shaped`), and no KL
+        term (the reference log-probs are computed for on-policy batches only). Items sharing a prompt are scored on one shared prompt pass
         (`response_logprobs`), `micro_batch_size` at a time, with gradients accumulated over the update. The
         reference log-probs are computed once, all batches under one switch to the reference policy. Metrics are
         those of the first update (grad_norm: the mean).
@@ -433,10 +443,12 @@ class Trainer:
                    for start in range(0, len(members), cfg.micro_batch_size)]
         shared = self.shared_prefix([prompt for prompt, _, _ in batches])
         references: dict[int, torch.Tensor] = {}  # batch -> (b, R) reference log-probs, once for all updates
-        if cfg.beta > 0:
+        if cfg.beta > 0 and not all(offpolicy for _, offpolicy, _ in batches):
             with torch.no_grad(), reference_mode(self.model):  # switched off once (it walks every module)
                 reference_prefix = SharedPrefix.compute(self.model, shared) if shared else None
-                for b, (prompt, _, batch) in enumerate(batches):
+                for b, (prompt, offpolicy, batch) in enumerate(batches):
+                    if offpolicy:  # tokens the scored policy did not sample: k3 would be biased, so no KL there
+                        continue
                     references[b] = response_logprobs(self.model, prompt, [it.rollout.response_ids for it in batch],
                                                       cfg.logprob_chunk, temperature, prefix=reference_prefix)
         first: dict[str, float] = {}

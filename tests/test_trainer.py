@@ -243,3 +243,21 @@ def test_resume_does_not_log_replayed_steps_twice(make_config, monkeypatch):
     monkeypatch.setattr(Trainer, "step", real_step)
     Trainer(cfg, resume=True).train()
     assert [r["step"] for r in read_metrics(cfg.output_dir)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("offpolicy", [True, False])
+def test_kl_is_taken_on_on_policy_rollouts_only(make_config, monkeypatch, offpolicy):
+    # k3 estimates KL(policy || reference) only on tokens the scored policy sampled: demo-sampled tokens scored
+    # without the demos (off-policy) must not get the term, nor pay for a reference pass
+    trainer = Trainer(make_config(beta=0.5, updates_per_step=1))
+    prompt = trainer.tokenizer("Question: where?")["input_ids"]
+    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
+    switches = []
+    real = trainer_module.reference_mode
+    monkeypatch.setattr(trainer_module, "reference_mode", lambda model: switches.append(1) or real(model))
+    with torch.no_grad():  # a non-zero adapter, so the policy and the reference differ
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    metrics = trainer.update([LossItem(r, prompt, 1.0, offpolicy) for r in rollouts])
+    assert (len(switches), metrics["kl"] > 0) == ((0, False) if offpolicy else (1, True))
