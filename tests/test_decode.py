@@ -7,7 +7,7 @@ import torch
 
 from icrl_lite.decode import FastDecoder, Linear, can_pack
 from icrl_lite.model import ModelConfig, load_policy, merged_adapter, run_decoder
-from icrl_lite import rollout
+from icrl_lite import decode, rollout
 from icrl_lite.rollout import RolloutConfig, RolloutEngine, SlabLayer, chosen_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,11 +62,17 @@ def prefilled(model, rows: int, length: int, holes: bool):
     return cache, mask, positions[:, -1] + 1
 
 
+@pytest.mark.parametrize("packed", [True, False])  # oneDNN's prepacked weights, or F.linear where a build lacks them
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
-def test_decode_steps_equal_transformers_forward(kind):
+def test_decode_steps_equal_transformers_forward(kind, packed, monkeypatch):
+    if packed and not can_pack(torch.float32, torch.device("cpu")):
+        pytest.skip("no oneDNN in this torch build")
+    if not packed:
+        monkeypatch.setattr(decode, "can_pack", lambda dtype, device: False)
     model = tiny(kind, vocab=300)
     fast = FastDecoder.build(model)
     assert fast is not None
+    assert all(layer.qkv.packed == packed for layer in fast.layers)
     rows = 3
     torch.manual_seed(1)
     ours, mask, pos = prefilled(model, rows, 12, holes=True)
