@@ -119,23 +119,34 @@ def bootstrap_ci(values: Sequence[float], resamples: int = 2000, confidence: flo
 
 
 def side_by_side(results: dict, task: Task, tools: Sequence[Tool]) -> str:
-    """The untrained and trained summaries of `Trainer.final_evaluation` as a table with 95% intervals."""
+    """The summaries of `Trainer.final_evaluation` (untrained, untrained with demos when run, trained) as a table
+    with 95% intervals, then the EM and tool calls by hop count where the questions say how many hops they need."""
     keys = [("em", "EM" if "f1" in results["trained"] else "accuracy"), ("f1", "F1"), ("format_valid", "format-valid")]
     keys += [(m, m.replace("_", " ")) for m in task.metrics]
     keys += [(task.tool_metric(t.name), f"{t.name} calls / question") for t in tools]
     keys += [("response_tokens", "response tokens"), ("truncated", "truncated")]
+    hops = sorted(int(k.split("@")[1].removesuffix("hop")) for k in results["trained"] if k.startswith("questions@"))
+    for h in hops:
+        keys += [(f"em@{h}hop", f"EM, {h}-hop ({results['trained'][f'questions@{h}hop']:.0f})")]
+        keys += [(f"{task.tool_metric(t.name)}@{h}hop", f"{t.name} calls, {h}-hop") for t in tools]
+    columns = [("untrained", "untrained")]
+    if "untrained_demos" in results:
+        columns.append(("untrained_demos", f"untrained, {results['untrained_demos']['demos']} demos"))
+    columns.append(("trained", f"trained (step {results['trained']['step']})"))
     n = int(results["trained"]["questions"])
-    lines = [f"zero-shot, greedy, {n} questions of {results['eval']['source']}:",
-             f"  {'':24}{'untrained':>26}{'trained (step ' + str(results['trained']['step']) + ')':>30}"]
+    lines = [f"greedy, {n} questions of {results['eval']['source']}; the trained model and the first column zero-shot:",
+             f"  {'':24}" + "".join(f"{title:>28}" for _, title in columns)]
     for key, label in keys:
         if key not in results["trained"]:
             continue
         cells = []
-        for name in ("untrained", "trained"):
-            value, (low, high) = results[name][key], results[name]["intervals"][key]
+        for name, _ in columns:
+            value = results[name].get(key)
+            low, high = results[name].get("intervals", {}).get(key, (None, None))
             digits = 1 if key == "response_tokens" else 3
-            cells.append(f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]")
-        lines.append(f"  {label:24}{cells[0]:>26}{cells[1]:>30}")
+            cells.append("-" if value is None else f"{value:.{digits}f}" + (
+                f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else ""))
+        lines.append(f"  {label:24}" + "".join(f"{c:>28}" for c in cells))
     return "\n".join(lines)
 
 
@@ -165,6 +176,7 @@ def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Too
             sampled += rollout.sampled_tokens
             records.append({
                 "id": ex["id"], "question": ex["question"], task.gold_field: ex[task.gold_field],
+                **({"hops": ex["hops"]} if "hops" in ex else {}),
                 "prediction": extract_answer(rollout.policy_text), **metrics,
                 "tool_calls": rollout.tool_calls, "trajectory": rollout.text,
             })
@@ -174,9 +186,36 @@ def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Too
     keys = ("em", "f1", "format_valid", *task.metrics, *(task.tool_metric(t.name) for t in tools), "invalid_turns",
             "response_tokens", "truncated")
     summary = mean_metrics([{k: r[k] for k in keys if k in r} for r in records])
+    summary.update(by_hops(records, ("em", *(task.tool_metric(t.name) for t in tools))))
     summary["questions"] = float(len(records))
     summary["tokens_per_s"] = sampled / max(time.time() - started, 1e-9)
     return summary, records
+
+
+def intervals(summary: dict, records: list[dict], resamples: int = 2000) -> dict[str, list[float]]:
+    """95% bootstrap intervals over questions of every per-question metric of `summary`, the `key@Nhop` ones over
+    that hop count's questions."""
+    out = {}
+    for key in summary:
+        name, _, hop = key.partition("@")
+        rows = [r for r in records if not hop or r.get("hops") == int(hop.removesuffix("hop"))]
+        if rows and name in rows[0] and name != "hops":
+            out[key] = list(bootstrap_ci([r[name] for r in rows], resamples))
+    return out
+
+
+def by_hops(records: list[dict], keys: Sequence[str]) -> dict[str, float]:
+    """`key@Nhop`: the mean of each key over the records of questions needing N hops (where the data says, in a
+    `hops` field, and has more than one hop count), and `questions@Nhop`."""
+    hops = sorted({r["hops"] for r in records if "hops" in r})
+    out: dict[str, float] = {}
+    if len(hops) < 2:
+        return out
+    for h in hops:
+        rows = [r for r in records if r.get("hops") == h]
+        out.update({f"{k}@{h}hop": sum(r[k] for r in rows) / len(rows) for k in keys if k in rows[0]})
+        out[f"questions@{h}hop"] = float(len(rows))
+    return out
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, float]:

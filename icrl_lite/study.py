@@ -69,8 +69,9 @@ class BudgetConfig:
 
 @dataclass
 class StudyEvalConfig:
-    split: str = "test"
-    """Held-out split of the task's bundled data (train | dev | test), or the split of `dataset`."""
+    split: str = "dev"
+    """Held-out split of the task's bundled data (train | dev | test), or the split of `dataset`. Studies choose
+    methods and settings, so they evaluate on dev; test is for reporting the chosen method once."""
     dataset: str = ""
     """Question file or HF dataset name to evaluate on instead of the bundled split (empty = bundled)."""
     limit: int = 0
@@ -472,7 +473,8 @@ def summarize(study: StudyConfig, done: list, command: str) -> dict:
                 mean, std = mean_std(means)
                 pooled = np.mean([s[m] for s in per_seed], axis=0)  # (questions,) averaged over seeds
                 metrics[m] = {"mean": mean, "std": std, "ci": list(bootstrap_ci(pooled, study.eval.resamples, seed=0)), "per_seed": means}
-            entry[key] = {"demos": entry["runs"][0][key]["demos"], "questions": len(ids), "metrics": metrics}
+            entry[key] = {"demos": entry["runs"][0][key]["demos"], "questions": len(ids), "metrics": metrics,
+                          "by_hops": hop_metrics([run[key]["summary"] for run in entry["runs"]])}
         if entry["train"]:
             for k in ("rollouts", "train_seconds"):
                 entry[k] = float(np.mean([r[k] for r in entry["runs"]]))
@@ -480,6 +482,12 @@ def summarize(study: StudyConfig, done: list, command: str) -> dict:
         "study": study.name, "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(), "config": to_dict(study), "arms": list(arms.values()),
     }
+
+
+def hop_metrics(summaries: list[dict]) -> dict[str, dict]:
+    """`metric@Nhop` of an arm's runs (evaluate's per-hop means): mean and std over seeds."""
+    keys = [k for k in summaries[0] if "@" in k and all(k in s for s in summaries)]
+    return {k: dict(zip(("mean", "std"), mean_std([float(s[k]) for s in summaries]))) for k in keys}
 
 
 def machine() -> str:
@@ -558,6 +566,18 @@ def markdown(results: dict) -> str:
                 spent = (f"{run['rollouts']} | {run['train_seconds']:.0f} | {run['wall_seconds']:.0f} | {run['stopped'] or '–'}"
                          if a["train"] else "– | – | – | –")
                 lines.append(f"| {a['name']} | {run['seed']} | {key} | {run[key]['demos']} | {vals} | {spent} | {run[key]['records']} |")
+    hop_keys = sorted({k for a in arms for key in ("main", "extra") if key in a for k in a[key].get("by_hops", {})
+                       if not k.startswith("questions@")}, key=lambda k: (k.split("@")[1], k))
+    if hop_keys:
+        lines += ["", "## By hop count (mean over seeds ± std over seeds)", "",
+                  "| arm | eval | demos | " + " | ".join(hop_keys) + " |", "|" + "---|" * (3 + len(hop_keys))]
+        for a in arms:
+            for key in ("main", "extra"):
+                hops = a.get(key, {}).get("by_hops")
+                if hops:
+                    lines.append(f"| {a['name']} | {key} | {a[key]['demos']} | " + " | ".join(
+                        f"{hops[k]['mean']:.3f}" + (f" ± {hops[k]['std']:.3f}" if len(a["seeds"]) > 1 else "")
+                        if k in hops else "–" for k in hop_keys) + " |")
     plot = results.get("plot", "")
     lines += ["", "## Training curves", "",
               f"![training curves]({Path(plot).name})" if plot.endswith(".png") else plot, ""]

@@ -43,7 +43,7 @@ from .checkpoints import (RunLock, last_logged_step, latest_checkpoint, load_tra
                           save_checkpoint)
 from .config import changed_keys, save_config, to_dict
 from .curriculum import DEMO_CHOICES, Curriculum, choose_demos
-from .evaluate import EvalConfig, bootstrap_ci, mean_metrics, run_eval, score
+from .evaluate import EvalConfig, intervals, mean_metrics, run_eval, score
 from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
 from .memory import memory_report
 from .model import (LossScaler, ModelConfig, SharedPrefix, checkpoints_layers, load_policy, load_tokenizer, reference_mode,
@@ -154,6 +154,10 @@ class TrainConfig:
     (final_eval.json in the run dir); empty = skip."""
     final_eval_size: int = 0
     """Questions of final_eval (0 = all)."""
+    final_eval_demos: int = 3
+    """final_eval also evaluates the untrained model with this many demos in its prompt (greedy, the same
+    questions; at most the pool's size): the in-context skill the zero-shot trained model is measured against;
+    0 = skip."""
     save_every: int = 4
     """Checkpoint every N steps (and at the end)."""
     keep_checkpoints: int = 2
@@ -181,6 +185,8 @@ class TrainConfig:
         for name in ("prompts_per_step", "micro_batch_size", "eval_size", "keep_checkpoints", "logprob_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.final_eval_demos < 0:
+            raise ValueError(f"final_eval_demos={self.final_eval_demos} must be >= 0 (0 = skip the evaluation with demos)")
         if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("learning_rate must be > 0 and warmup_ratio in [0, 1)")
         if self.beta < 0 or self.epsilon < 0 or not 0 <= self.alpha <= 1:
@@ -505,27 +511,33 @@ class Trainer:
         return summary
 
     def final_evaluation(self) -> dict:
-        """Zero-shot, greedy evaluation of the untrained model (adapter disabled) and the trained one on the
-        same `final_eval` questions. Records go to final-eval-{untrained,trained}.jsonl, the summaries with
-        95% bootstrap intervals to final_eval.json; the untrained result is reused when the run is resumed."""
+        """Greedy evaluation on the same `final_eval` questions of the untrained model (adapter disabled) zero-shot
+        and with `final_eval_demos` demos, and of the trained one zero-shot. Records go to
+        final-eval-{untrained,untrained_demos,trained}.jsonl, the summaries with 95% bootstrap intervals to
+        final_eval.json; the untrained results are reused when the run is resumed."""
         cfg, task = self.cfg, self.task
         source = cfg.final_eval if Path(cfg.final_eval).suffix in (".jsonl", ".json") else task.bundled(cfg.final_eval)
         examples = task.load(source)[: cfg.final_eval_size or None]
         ecfg = EvalConfig(task=cfg.task, seed=cfg.seed, rollout=replace(cfg.rollout, temperature=0.0))
         path = self.out / "final_eval.json"
         saved = json.loads(path.read_text()) if path.exists() else {}
-        key = {"source": str(source), "questions": len(examples)}
+        with_demos = min(cfg.final_eval_demos, len(self.demo_pool))
+        key = {"source": str(source), "questions": len(examples), "demos": with_demos}
         results = {"eval": key}
-        for name in ("untrained", "trained"):
-            if name == "untrained" and saved.get("eval") == key and "untrained" in saved:
+        names = ["untrained", "untrained_demos", "trained"] if with_demos else ["untrained", "trained"]
+        for name in names:
+            if name != "trained" and saved.get("eval") == key and name in saved:
                 results[name] = saved[name]
                 continue
-            with reference_mode(self.model) if name == "untrained" else contextlib.nullcontext():
+            demos = with_demos if name == "untrained_demos" else 0
+            with reference_mode(self.model) if name != "trained" else contextlib.nullcontext():
                 summary, records = run_eval(self.model, self.tokenizer, examples, task, self.tools, self.instruction,
-                                            ecfg, progress=cfg.progress)
+                                            replace(ecfg, demos=demos, demo_layout=cfg.demo_layout), self.demo_pool,
+                                            progress=cfg.progress)
             with (self.out / f"final-eval-{name}.jsonl").open("w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
-            summary["intervals"] = {k: list(bootstrap_ci([r[k] for r in records])) for k in summary if k in records[0]}
+            summary["intervals"] = intervals(summary, records)
+            summary["demos"] = demos
             results[name] = summary
         results["trained"]["step"] = self.step_index
         tmp = path.with_suffix(".tmp")

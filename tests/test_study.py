@@ -301,3 +301,15 @@ def test_every_packaged_study_plans_valid_runs(name):
     assert runs and len({cfg.output_dir for _, _, cfg in runs}) == len(runs)  # one directory per arm x seed
     for _, _, cfg in runs:
         cfg.validate()
+
+
+def test_hop_metrics_are_seed_means_and_stds_of_the_per_hop_summaries():
+    summaries = [{"em": 0.5, "em@1hop": 0.6, "em@2hop": 0.2, "questions@2hop": 5.0},
+                 {"em": 0.3, "em@1hop": 0.4, "em@2hop": 0.0, "questions@2hop": 5.0}]
+    hops = study_module.hop_metrics(summaries)
+    assert set(hops) == {"em@1hop", "em@2hop", "questions@2hop"}  # overall metrics are not per hop
+    assert hops["em@1hop"]["mean"] == pytest.approx(0.5) and hops["em@2hop"]["std"] == pytest.approx(0.1414, abs=1e-4)
+
+
+def test_studies_select_on_dev_by_default():
+    assert study_module.StudyEvalConfig().split == "dev"

@@ -152,12 +152,21 @@ def test_final_evaluation_compares_the_untrained_and_trained_model_on_the_same_q
     from icrl_lite.evaluate import side_by_side
 
     questions = tmp_path / "held_out.jsonl"
-    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Where is town {i}?", "answers": ["x"]}) + "\n"
-                                 for i in range(3)))
+    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Where is town {i}?", "answers": ["x"],
+                                             "hops": 1 + i // 2}) + "\n" for i in range(3)))
     trainer = Trainer(make_config(final_eval=str(questions)))
     randomise_adapter(trainer.model, scale=1.0)  # the trained policy differs clearly from the untrained one
     results = trainer.final_evaluation()
     assert results["untrained"]["questions"] == results["trained"]["questions"] == 3
+    # the untrained model with demos (as many as asked, at most the pool's), on the same questions
+    assert results["untrained_demos"]["demos"] == min(3, len(DEMOS)) > 0 and results["untrained"]["demos"] == 0
+    with_demos = [json.loads(line) for line in (trainer.out / "final-eval-untrained_demos.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in with_demos] == ["q0", "q1", "q2"]
+    # by hop count: two 1-hop questions, one 2-hop
+    assert results["trained"]["questions@1hop"] == 2 and results["trained"]["questions@2hop"] == 1
+    assert "em@2hop" in results["trained"] and "searches@1hop" in results["trained"]
+    low, high = results["trained"]["intervals"]["searches@1hop"]
+    assert low <= results["trained"]["searches@1hop"] <= high
     untrained = [json.loads(line) for line in (trainer.out / "final-eval-untrained.jsonl").read_text().splitlines()]
     trained = [json.loads(line) for line in (trainer.out / "final-eval-trained.jsonl").read_text().splitlines()]
     assert [r["id"] for r in untrained] == [r["id"] for r in trained] == ["q0", "q1", "q2"]
@@ -166,6 +175,7 @@ def test_final_evaluation_compares_the_untrained_and_trained_model_on_the_same_q
     assert low <= results["trained"]["response_tokens"] <= high
     table = side_by_side(results, trainer.task, trainer.tools)
     assert "untrained" in table and "search calls / question" in table and "3 questions" in table
+    assert f"untrained, {min(3, len(DEMOS))} demos" in table and "EM, 2-hop (1)" in table
     # a resumed run reuses the untrained evaluation
     again = Trainer(make_config(final_eval=str(questions)), resume=True).final_evaluation()
     assert again["untrained"] == results["untrained"]
