@@ -1,9 +1,19 @@
 """Generate the bundled closed-world QA task in data/qa/: a corpus about invented entities and 1- and 2-hop questions.
 
-Every name comes from a syllable generator, so a model cannot answer from memory and has to search. Subject
-entities (the one named in a question) are split into train / dev / test before any question is written, so
-the splits share none. Demonstrations use train entities only and follow the Search-R1 tag format.
-Stdlib only and seeded: running it twice writes byte-identical files.
+Every name comes from a syllable generator, so a model cannot answer from memory and has to search.
+
+The split is by world (by fact graph), not by question subject. Three disjoint worlds are built, one per
+split (train, dev, test): every town, river, company, band and person, and every link between them
+(birthplace, employer, founder, band, headquarters, river, ...), belongs to exactly one world, and links never
+cross worlds. One name generator serves all three, so no name (or name stem) of one world occurs in another;
+only generic values (years, products, instruments, occupations, genres) recur. Splitting subjects alone is not
+enough: a bridge entity held out as a subject still answers train questions, so test questions would end on
+facts the train set states, and memorising train answers would score without searching. Here a dev or test
+question shares no entity, no final fact and no named answer with train, or with the other held-out split.
+The corpus is the union of the three worlds' documents, so at search time every split has distractors from the
+other two. Each split's questions are drawn from its own world; demonstrations come from the train world only
+(gold and distractor documents alike) and follow the Search-R1 tag format. `check()` raises if any of this
+breaks. Stdlib only and seeded: running it twice writes byte-identical files.
 
     python scripts/make_qa_task.py [--out-dir data/qa]
 """
@@ -13,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 SEED = 1873
 OUT_DIR = Path(__file__).resolve().parent.parent / "data" / "qa"
-SIZES = {"train": 1200, "dev": 100, "test": 200}
+SIZES = {"train": 1200, "dev": 240, "test": 200}  # questions per split, each from its own world
 TWO_HOP_SHARE = 0.4
-HELD_OUT_SHARES = {"test": 0.17, "dev": 0.09}  # of each kind's entities; the rest is train
 N_DEMOS = 12  # half single-hop, half two-hop
 DOCS_PER_SEARCH = 3
 
@@ -65,19 +75,32 @@ DEEDS = ["a treatise on lamp oil", "a map of the northern marshes", "a clock tha
 ENSEMBLES = ["Quartet", "Trio", "Brass Band", "Players", "Orchestra"]
 GENRES = ["folk", "jazz", "chamber", "dance", "marching"]
 INSTRUMENTS = ["cello", "violin", "oboe", "trumpet", "accordion", "harp", "clarinet", "double bass", "flute"]
-COUNTS = {"province": 6, "river": 15, "towns_per_river": 3, "company": 50, "band": 25, "members": 3,
-          "employee": 140}
+# Entities per world. Train keeps the size the bundled task always had (400 documents: 1575 single-hop and 1825
+# two-hop candidates for 720 + 480 questions); dev (58 documents: 225 and 249 candidates for 144 + 96) and test
+# (50: 191 and 209 for 120 + 80) are as small as leaves ~1.5x slack on single-hop, the scarcer kind.
+# `members` is per band; every band, river and company lives in the world of its members, towns and staff.
+COUNTS = {
+    "train": {"province": 6, "river": 15, "towns_per_river": 3, "company": 50, "band": 25, "members": 3,
+              "employee": 140},
+    "dev": {"province": 3, "river": 3, "towns_per_river": 3, "company": 7, "band": 4, "members": 3, "employee": 16},
+    "test": {"province": 3, "river": 3, "towns_per_river": 3, "company": 6, "band": 3, "members": 3, "employee": 14},
+}
+KINDS = ["town", "river", "company", "band", "person"]  # corpus order
 
 
-def make_world(rng: random.Random) -> list[dict]:
-    """All entities as {"kind", "name", "attrs", "text"}: towns, rivers, companies, bands, then people."""
-    names = NameMaker(rng)
-    provinces = [names.stem() for _ in range(COUNTS["province"])]
+def make_world(world: str, rng: random.Random, names: NameMaker) -> list[dict]:
+    """One split's world, as {"kind", "name", "attrs", "text", "world"}: towns, rivers, companies, bands, people.
+
+    Every link (birthplace, hq, employer, band, founder, river) points inside the world; `names` is shared by
+    all worlds, so no name stem is reused across them.
+    """
+    counts = COUNTS[world]
+    provinces = [names.stem() for _ in range(counts["province"])]
     rivers, towns = [], []
-    for _ in range(COUNTS["river"]):
+    for _ in range(counts["river"]):
         river = {"kind": "river", "name": f"{names.stem(4, 6)} River",
                  "attrs": {"source": f"{names.stem()} Hills", "mouth": f"Lake {names.stem()}"}}
-        river["towns"] = [names.stem(4, 6) + rng.choice(TOWN_SUFFIXES) for _ in range(COUNTS["towns_per_river"])]
+        river["towns"] = [names.stem(4, 6) + rng.choice(TOWN_SUFFIXES) for _ in range(counts["towns_per_river"])]
         rivers.append(river)
         towns += [{"kind": "town", "name": t, "attrs": {"river": river["name"], "founded": str(rng.randint(1150, 1750)),
                                                         "province": rng.choice(provinces)}} for t in river["towns"]]
@@ -89,7 +112,7 @@ def make_world(rng: random.Random) -> list[dict]:
                 "attrs": {"occupation": job, "birthplace": rng.choice(town_names), "born": str(born)}}
 
     companies, founders = [], []
-    for _ in range(COUNTS["company"]):
+    for _ in range(counts["company"]):
         kind, product = rng.choice(COMPANY_KINDS)
         founder = person(rng.choice(FOUNDER_JOBS), rng.randint(1800, 1930))
         company = {"kind": "company", "name": f"{names.stem()} {kind}",
@@ -101,9 +124,9 @@ def make_world(rng: random.Random) -> list[dict]:
         founders.append(founder)
 
     bands, musicians = [], []
-    for _ in range(COUNTS["band"]):
+    for _ in range(counts["band"]):
         formed = rng.randint(1950, 2010)
-        members = [person("musician", formed - rng.randint(18, 40)) for _ in range(COUNTS["members"])]
+        members = [person("musician", formed - rng.randint(18, 40)) for _ in range(counts["members"])]
         band = {"kind": "band", "name": f"{names.stem()} {rng.choice(ENSEMBLES)}", "genre": rng.choice(GENRES),
                 "attrs": {"town": rng.choice(town_names), "formed": str(formed), "leader": members[0]["name"]}}
         for member, instrument in zip(members, rng.sample(INSTRUMENTS, len(members))):
@@ -113,7 +136,7 @@ def make_world(rng: random.Random) -> list[dict]:
         musicians += members
 
     employees = []
-    for _ in range(COUNTS["employee"]):
+    for _ in range(counts["employee"]):
         employee = person(rng.choice(EMPLOYEE_JOBS), rng.randint(1850, 1995))
         employee["attrs"]["employer"] = rng.choice(companies)["name"]
         employee["deed"] = rng.choice(DEEDS) if rng.random() < 0.5 else None
@@ -125,6 +148,7 @@ def make_world(rng: random.Random) -> list[dict]:
     entities = towns + rivers + companies + bands + founders + musicians + employees
     for entity in entities:
         entity["text"] = describe(entity)
+        entity["world"] = world
     return entities
 
 
@@ -246,19 +270,6 @@ def make_questions(entities: list[dict]) -> list[dict]:
     return questions
 
 
-def split_subjects(entities: list[dict], rng: random.Random) -> dict[str, str]:
-    """Entity name -> split, drawn per kind so every split has people, towns, companies, bands and rivers."""
-    split_of = {}
-    for kind in ["town", "river", "company", "band", "person"]:
-        names = [e["name"] for e in entities if e["kind"] == kind]
-        rng.shuffle(names)
-        n_test = round(len(names) * HELD_OUT_SHARES["test"])
-        n_dev = round(len(names) * HELD_OUT_SHARES["dev"])
-        for i, name in enumerate(names):
-            split_of[name] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
-    return split_of
-
-
 def sample_split(pool: list[dict], size: int, rng: random.Random) -> list[dict]:
     """`size` questions, TWO_HOP_SHARE of them two-hop, in a shuffled order."""
     n_two = round(size * TWO_HOP_SHARE)
@@ -266,7 +277,7 @@ def sample_split(pool: list[dict], size: int, rng: random.Random) -> list[dict]:
     doubles = [q for q in pool if q["hops"] == 2]
     if len(singles) < size - n_two or len(doubles) < n_two:
         raise ValueError(f"only {len(singles)} single-hop and {len(doubles)} two-hop candidates for {size} "
-                         "questions; raise COUNTS or lower SIZES")
+                         "questions; raise that world's COUNTS or lower SIZES")
     chosen = rng.sample(singles, size - n_two) + rng.sample(doubles, n_two)
     rng.shuffle(chosen)
     return chosen
@@ -308,14 +319,11 @@ def solution(q: dict, by_name: dict[str, dict], train_docs: list[dict], rng: ran
             + f"<think> {say(fact2, bridge['name'], answer)} </think>\n<answer> {answer} </answer>")
 
 
-def pick_demos(pool: list[dict], split_of: dict[str, str], rng: random.Random) -> list[dict]:
-    """N_DEMOS train questions, half per hop count, each with a different relation; no held-out name in them."""
-    def train_only(q: dict) -> bool:
-        return all(split_of.get(n, "train") == "train" for n in q["entities"] + q["answers"])
-
+def pick_demos(pool: list[dict], rng: random.Random) -> list[dict]:
+    """N_DEMOS questions of the train world's pool, half per hop count, each with a different relation."""
     demos, seen = [], set()
     for hops in (1, 2):
-        candidates = [q for q in pool if q["hops"] == hops and train_only(q)]
+        candidates = [q for q in pool if q["hops"] == hops]
         rng.shuffle(candidates)
         for q in candidates:
             if len(demos) < N_DEMOS // 2 * hops and tuple(q["relations"]) not in seen:
@@ -324,7 +332,7 @@ def pick_demos(pool: list[dict], split_of: dict[str, str], rng: random.Random) -
     return demos
 
 
-# ---------------------------------------------------------------------------------------------- output
+# ---------------------------------------------------------------------------------------------- records
 def question_record(q: dict, qid: str) -> dict:
     relation = ">".join(f"{kind}.{attr}" for kind, attr in q["relations"])
     return {"id": qid, "question": q["question"], "answers": q["answers"], "hops": q["hops"],
@@ -335,29 +343,113 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
+# ---------------------------------------------------------------------------------------------- checks
+GENERIC_NAME_WORDS = {word.lower() for part in ["River", "Hills", "Lake", *ENSEMBLES, *dict(COMPANY_KINDS)]
+                      for word in part.split()}  # the fixed words in names ("Brass Band"): the rest is invented
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def name_words(entities: list[dict]) -> set[str]:
+    """The invented words of a world: every word of its entity, province, hill and lake names but the generic ones."""
+    names = [e["name"] for e in entities] + [e["attrs"][a] for e in entities for a in ("province", "source", "mouth")
+                                             if a in e["attrs"]]
+    return set().union(*map(words, names)) - GENERIC_NAME_WORDS
+
+
+def final_fact(record: dict) -> tuple[str, str]:
+    """(last entity, final kind.attribute): the fact a question's answer is read from."""
+    return record["entities"][-1], record["relation"].split(">")[-1]
+
+
+def check(entities: list[dict], files: dict[str, list[dict]]) -> None:
+    """Raise ValueError unless the worlds are closed and disjoint and the splits keep to their own world.
+
+    Checked: no name word is shared by two worlds and no document or link reaches into another world; each
+    split's questions use only its own world's entities and names (so no entity, final fact or named answer is
+    shared between splits); sizes and the two-hop share; every answer is in the corpus and in the question's
+    last document, and no two-hop answer is in the subject's document; demos show train-world documents only.
+    """
+    def fail(message: str) -> None:
+        raise ValueError(f"make_qa_task check failed: {message}")
+
+    by_name = {e["name"]: e for e in entities}
+    if len(by_name) != len(entities):
+        fail("two entities share a name")
+    worlds = {w: [e for e in entities if e["world"] == w] for w in SIZES}
+    own = {w: name_words(es) for w, es in worlds.items()}
+    if any(own[a] & own[b] for a in SIZES for b in SIZES if a < b):
+        fail("a name word is shared by two worlds")
+    foreign = {w: set().union(*(own[v] for v in SIZES if v != w)) for w in SIZES}
+    for e in entities:  # links never cross worlds: a document names nothing of another world
+        if words(e["name"] + " " + e["text"]) & foreign[e["world"]]:
+            fail(f"document {e['name']!r} ({e['world']}) names another world")
+        linked = [v for v in e["attrs"].values() if v in by_name] + e.get("towns", [])
+        if any(by_name[v]["world"] != e["world"] for v in linked):
+            fail(f"{e['name']!r} links to another world")
+
+    text = {e["name"]: e["text"] for e in entities}
+    all_text = "\n".join(r["text"] for r in files["corpus"])
+    if sorted(r["title"] for r in files["corpus"]) != sorted(by_name):
+        fail("the corpus is not the union of the worlds")
+    facts = {}
+    for split, size in SIZES.items():
+        records = files[split]
+        if len(records) != size or sum(r["hops"] == 2 for r in records) != round(size * TWO_HOP_SHARE):
+            fail(f"{split} has {len(records)} questions, {sum(r['hops'] == 2 for r in records)} two-hop")
+        facts[split] = {final_fact(r) for r in records}
+        for r in records:
+            if any(by_name[n]["world"] != split for n in r["entities"]):
+                fail(f"{r['id']} uses an entity of another world")
+            if words(" ".join([r["question"], *r["answers"]])) & foreign[split]:
+                fail(f"{r['id']} names another world")
+            if not all(a in all_text for a in r["answers"]) or r["answers"][0] not in text[r["entities"][-1]]:
+                fail(f"{r['id']}: answer not in the corpus / the last document")
+            if r["hops"] == 2 and any(a.lower() in text[r["entities"][0]].lower() for a in r["answers"]):
+                fail(f"{r['id']}: two-hop answer in the subject's own document")
+    if any(facts[a] & facts[b] for a in SIZES for b in SIZES if a < b):
+        fail("two splits share a final fact")
+    demos = files["demos"]
+    if len(demos) != N_DEMOS or sum(d["hops"] == 2 for d in demos) != N_DEMOS // 2:
+        fail(f"{len(demos)} demos, {sum(d['hops'] == 2 for d in demos)} two-hop")
+    for demo in demos:
+        titles = re.findall(r"Title: ([^)\n]+)\)", demo["solution"])
+        if any(by_name[t]["world"] != "train" for t in titles + demo["entities"]):
+            fail(f"{demo['id']} shows a document outside the train world")
+        if words(" ".join([demo["question"], demo["solution"], *demo["answers"]])) & foreign["train"]:
+            fail(f"{demo['id']} names a held-out world")
+
+
+# ---------------------------------------------------------------------------------------------- output
 def generate(out_dir: Path = OUT_DIR, seed: int = SEED) -> dict[str, int]:
     """Write corpus, train, dev, test and demos JSONL files to `out_dir`; return the number of records in each."""
     rng = random.Random(seed)
-    entities = make_world(rng)
+    names = NameMaker(rng)  # one for all worlds: no stem is shared or contained across them
+    worlds = {world: make_world(world, rng, names) for world in SIZES}
+    entities = [e for world in worlds.values() for e in world]
     by_name = {e["name"]: e for e in entities}
-    split_of = split_subjects(entities, rng)
-    questions = make_questions(entities)
-    pools = {split: [q for q in questions if split_of[q["entities"][0]] == split] for split in SIZES}
+    pools = {world: make_questions(worlds[world]) for world in SIZES}
 
-    demo_questions = pick_demos(pools["train"], split_of, rng)
+    demo_questions = pick_demos(pools["train"], rng)
     pools["train"] = [q for q in pools["train"] if q not in demo_questions]
-    train_docs = [e for e in entities if split_of[e["name"]] == "train"]
     demos = [{"id": f"demo-{i:02d}", "question": q["question"], "answers": q["answers"], "hops": q["hops"],
-              "entities": q["entities"], "solution": solution(q, by_name, train_docs, rng)}
+              "entities": q["entities"], "solution": solution(q, by_name, worlds["train"], rng)}
              for i, q in enumerate(demo_questions, 1)]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"corpus": [{"id": f"doc-{i:04d}", "title": e["name"], "text": e["text"]}
-                        for i, e in enumerate(entities, 1)]}
+    docs = []  # grouped by kind, worlds shuffled together: a document's id says nothing about its split
+    for kind in KINDS:
+        of_kind = [e for e in entities if e["kind"] == kind]
+        rng.shuffle(of_kind)
+        docs += of_kind
+    files = {"corpus": [{"id": f"doc-{i:04d}", "title": e["name"], "text": e["text"]} for i, e in enumerate(docs, 1)]}
     for split, size in SIZES.items():
         chosen = sample_split(pools[split], size, rng)
         files[split] = [question_record(q, f"{split}-{i:04d}") for i, q in enumerate(chosen, 1)]
     files["demos"] = demos
+    check(entities, files)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name, records in files.items():
         write_jsonl(out_dir / f"{name}.jsonl", records)
     return {name: len(records) for name, records in files.items()}
