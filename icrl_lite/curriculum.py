@@ -19,7 +19,9 @@ class Stage:
     """One curriculum stage: ``demos`` demonstrations in the prompt for ``steps`` training steps.
 
     ``zero_shot`` of each group's rollouts are sampled from the prompt WITHOUT demos (mixed groups; our
-    departure from the paper, whose stages put the same k demos in every rollout). With ``demos: 0`` every
+    departure from the paper, whose stages put the same k demos in every rollout). ``gold`` stages sample
+    nothing: each step fine-tunes on `prompts_per_step` of the pool's worked solutions under the 0-demo prompt
+    (supervised, a baseline for what RL adds; not part of ICRL). With ``demos: 0`` every
     rollout is zero-shot anyway. A sequence of stages with falling ``demos`` and rising ``zero_shot`` is a
     demo-probability schedule that keeps zero-shot rollouts in every step.
     """
@@ -27,6 +29,7 @@ class Stage:
     demos: int
     steps: int
     zero_shot: int = 0
+    gold: bool = False  # supervised fine-tuning on the pool's worked solutions instead of rollouts (a baseline)
 
     def __post_init__(self) -> None:
         if isinstance(self.demos, bool) or not isinstance(self.demos, int) or self.demos < 0:
@@ -37,6 +40,11 @@ class Stage:
             )
         if isinstance(self.zero_shot, bool) or not isinstance(self.zero_shot, int) or self.zero_shot < 0:
             raise ValueError(f"Stage.zero_shot (rollouts per group without demos) must be an integer >= 0, got {self.zero_shot!r}")
+        if not isinstance(self.gold, bool):
+            raise ValueError(f"Stage.gold must be true or false, got {self.gold!r}")
+        if self.gold and (self.demos or self.zero_shot):
+            raise ValueError("a gold stage fine-tunes on the demo pool's solutions under the 0-demo prompt and samples "
+                             "nothing: give it demos: 0 and no zero_shot, e.g. {demos: 0, steps: 5, gold: true}")
 
 
 def default_stages(steps_per_stage: int) -> list[Stage]:
@@ -48,14 +56,15 @@ def _as_stage(stage: Stage | Mapping[str, int]) -> Stage:
     if isinstance(stage, Stage):
         return stage
     if isinstance(stage, Mapping):
-        unknown = set(stage) - {"demos", "steps", "zero_shot"}
+        unknown = set(stage) - {"demos", "steps", "zero_shot", "gold"}
         missing = {"demos", "steps"} - set(stage)
         if unknown or missing:
             raise ValueError(
-                f"a stage needs the keys 'demos' and 'steps' (and optionally 'zero_shot'), e.g. "
+                f"a stage needs the keys 'demos' and 'steps' (and optionally 'zero_shot' or 'gold'), e.g. "
                 f"{{'demos': 3, 'steps': 100}}; got {dict(stage)!r}"
             )
-        return Stage(demos=stage["demos"], steps=stage["steps"], zero_shot=stage.get("zero_shot", 0))
+        return Stage(demos=stage["demos"], steps=stage["steps"], zero_shot=stage.get("zero_shot", 0),
+                     gold=stage.get("gold", False))
     raise TypeError(f"a stage must be a Stage or a dict like {{'demos': 3, 'steps': 100}}, got {stage!r}")
 
 
@@ -95,6 +104,10 @@ class Curriculum:
         """Number of demonstrations in the prompts of ``step``."""
         return self.stages[self.stage_at(step)].demos
 
+    def gold_at(self, step: int) -> bool:
+        """Whether ``step`` fine-tunes on the demo pool's worked solutions instead of sampling rollouts."""
+        return self.stages[self.stage_at(step)].gold
+
     def zero_shot_at(self, step: int, group_size: int) -> int:
         """Rollouts of a group at ``step`` sampled without demos (all of them in a 0-demo stage)."""
         stage = self.stages[self.stage_at(step)]
@@ -103,7 +116,7 @@ class Curriculum:
     def describe(self) -> str:
         """E.g. ``"3 demos x 100 steps -> 2 x 100 -> 0 x 100"``."""
         first, *rest = self.stages
-        mixed = lambda s: f" (+{s.zero_shot} zero-shot)" if s.zero_shot and s.demos else ""  # noqa: E731
+        mixed = lambda s: f" (+{s.zero_shot} zero-shot)" if s.zero_shot and s.demos else " (gold SFT)" if s.gold else ""  # noqa: E731
         parts = [f"{first.demos} demos x {first.steps} steps{mixed(first)}"]
         parts += [f"{s.demos} x {s.steps}{mixed(s)}" for s in rest]
         return " -> ".join(parts)

@@ -531,6 +531,40 @@ class SlabLayer(DynamicLayer):
         self.reset_to(self.keys[indices], self.values[indices])
 
 
+def split_solution(solution: str, tools: Sequence[Tool]) -> list[tuple[str, Tool | None]]:
+    """A worked solution as (text, tool) pieces: the policy's turns (tool None; one per tool call, plus the last)
+    and between them each tool's result block with the blank lines the engine puts around it (forced text)."""
+    pieces, rest = [], solution
+    while True:
+        starts = [(rest.find(t.result_open), t) for t in tools if t.result_open in rest]
+        if not starts:
+            pieces.append((rest, None))
+            return pieces
+        at, tool = min(starts, key=lambda pair: pair[0])
+        end = rest.find(tool.result_close, at)
+        end = len(rest) if end < 0 else end + len(tool.result_close)
+        before = rest[:at].rstrip("\n")  # the engine feeds "\n\n<information>...</information>\n\n"
+        after = len(rest[end:]) - len(rest[end:].lstrip("\n"))
+        pieces += [(before, None), (rest[len(before):end + after], tool)]
+        rest = rest[end + after:]
+
+
+def solution_rollout(tokenizer, prompt_ids: list[int], solution: str, tools: Sequence[Tool]) -> Rollout:
+    """A worked solution as the engine would have produced it: its turns' tokens are in the loss (mask 1), the
+    tools' result blocks are forced (mask 0) and logged as its tool calls. For supervised stages (`Stage.gold`)."""
+    rollout = Rollout(prompt_ids=list(prompt_ids), text=solution, finished=True)
+    for text, tool in split_solution(solution, tools):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        rollout.response_ids += ids
+        rollout.loss_mask += [0 if tool else 1] * len(ids)
+        rollout.logprobs += [0.0] * len(ids)
+        if tool is None:
+            rollout.policy_text += text
+        else:
+            rollout.tool_calls.append({"tool": tool.name, "query": None, "observation": text.strip()})
+    return rollout
+
+
 def demo_budget_problems(demos: Sequence[dict], tokenizer, tools: Sequence[Tool], cfg: RolloutConfig) -> list[str]:
     """Replay each demo's `solution` against the rollout budgets; one line per demo that would not finish.
 
@@ -542,18 +576,9 @@ def demo_budget_problems(demos: Sequence[dict], tokenizer, tools: Sequence[Tool]
     problems = []
     for n, demo in enumerate(demos, start=1):
         solution = demo["solution"]
-        blocks = 0
-        turns, rest = [], solution
-        while True:
-            starts = [(rest.find(t.result_open), t) for t in tools if t.result_open in rest]
-            if not starts:
-                turns.append(rest)
-                break
-            at, tool = min(starts, key=lambda pair: pair[0])
-            end = rest.find(tool.result_close, at)
-            end = len(rest) if end < 0 else end + len(tool.result_close)
-            turns.append(rest[:at])
-            rest, blocks = rest[end:], blocks + 1
+        pieces = split_solution(solution, tools)
+        turns = [text for text, tool in pieces if tool is None]
+        blocks = len(pieces) - len(turns)
         total = len(tokenizer(solution, add_special_tokens=False)["input_ids"])
         longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in turns)
         why = []

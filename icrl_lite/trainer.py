@@ -50,7 +50,8 @@ from .model import (LossScaler, ModelConfig, SharedPrefix, checkpoints_layers, l
                     response_logprobs)
 from .preflight import check_model_source, check_output_dir
 from .prompts import build_messages, render_prompt
-from .rollout import Rollout, RolloutConfig, RolloutEngine, demo_budget_problems, shared_prefix_length
+from .rollout import (Rollout, RolloutConfig, RolloutEngine, demo_budget_problems, shared_prefix_length,
+                      solution_rollout)
 from .tasks import REWARD_VARIANTS, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig
 from .tracking import check_report_to, open_tracker
@@ -331,6 +332,8 @@ class Trainer:
         cfg, step, size = self.cfg, self.step_index, self.cfg.num_generations
         started = time.time()
         lr = self.set_learning_rate(step)  # the schedule follows the step, whether or not it updates
+        if self.curriculum.gold_at(step):
+            return self.gold_step(started, lr)
         demos, zero_shot = self.curriculum.demos_at(step), self.curriculum.zero_shot_at(step, size)
         questions = random.Random(cfg.seed * 1_000_003 + step).sample(self.train_set, cfg.prompts_per_step)
         bare = [self.prompt(q, 0, step, i) for i, q in enumerate(questions)]  # each question without demos
@@ -384,6 +387,35 @@ class Trainer:
             metrics.update(self.probe())
         metrics.update({"step_seconds": time.time() - started, "gen_seconds": gen_seconds,
                         "gen_tokens_per_s": sampled / max(gen_seconds, 1e-9)})
+        return metrics
+
+    def gold_step(self, started: float, lr: float) -> dict:
+        """A supervised step (`Stage.gold`, a baseline, not ICRL): `prompts_per_step` worked solutions of the demo
+        pool, each under its own question's 0-demo prompt with the tools' results masked, trained with advantage 1
+        at ratio 1, i.e. on their tokens' mean negative log-likelihood. Nothing is sampled; the metrics' reward
+        columns score the solutions themselves."""
+        cfg, step = self.cfg, self.step_index
+        picks = random.Random(cfg.seed * 1_000_003 + step).sample(range(len(self.demo_pool)),
+                                                                  min(cfg.prompts_per_step, len(self.demo_pool)))
+        demos = [self.demo_pool[j] for j in picks]
+        items = []
+        for i, demo in enumerate(demos):
+            prompt = self.prompt(demo, 0, step, i)
+            rollout = solution_rollout(self.tokenizer, prompt, demo["solution"], self.tools)
+            items.append(LossItem(rollout, prompt, 1.0, offpolicy=True, supervised=True))
+        scored = [score(it.rollout, d[self.task.gold_field], self.task, self.tools, cfg.alpha, cfg.reward_variant,
+                        tool_penalty=cfg.tool_penalty) for it, d in zip(items, demos)]
+        update = self.update(items)
+        metrics = {
+            "step": step + 1, "demos": 0, "zero_shot_rollouts": 0, "stage": self.curriculum.stage_at(step),
+            **mean_metrics(scored), "reward_std": 0.0, "informative_groups": 0, "groups": 0, "rollouts": 0,
+            "gold_solutions": len(items), "trained_rollouts": len(items), "offpolicy_rollouts": len(items),
+            "loss": update.get("loss", 0.0), "kl": 0.0, "grad_norm": update.get("grad_norm", 0.0), "clip_fraction": 0.0,
+            "lr": lr, "loss_scale": self.scaler.scale_factor, "skipped_updates": self.scaler.skipped_steps,
+        }
+        if cfg.probe_demos:
+            metrics.update(self.probe())
+        metrics.update({"step_seconds": time.time() - started, "gen_seconds": 0.0, "gen_tokens_per_s": 0.0})
         return metrics
 
     def set_learning_rate(self, step: int) -> float:
@@ -468,8 +500,10 @@ class Trainer:
                 mask = loss_mask(rollouts).to(device)  # (b, R)
                 adv = torch.tensor([it.advantage for it in batch], device=device)  # (b,)
                 logp = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, temperature, prefix=prefix)  # (b, R)
-                shaped = offpolicy and cfg.offpolicy_weight == "shaped"
-                old = logp.detach() if offpolicy and cfg.offpolicy_weight != "ratio" else sampler_logprobs(rollouts).to(device)
+                supervised = batch[0].supervised  # a gold step's batches hold only worked solutions
+                shaped = offpolicy and not supervised and cfg.offpolicy_weight == "shaped"
+                old = (logp.detach() if supervised or (offpolicy and cfg.offpolicy_weight != "ratio")
+                       else sampler_logprobs(rollouts).to(device))
                 loss, metrics = grpo_loss(
                     logp, old, torch.zeros_like(adv) if shaped else adv, mask,  # shaped: grpo_loss keeps only the KL
                     ref_logp=references.get(b), epsilon=cfg.epsilon, beta=cfg.beta, num_tokens=num_tokens,
@@ -584,6 +618,7 @@ class LossItem:
     prompt: list[int]
     advantage: float
     offpolicy: bool = False
+    supervised: bool = False  # a worked solution (Stage.gold): ratio 1 whatever offpolicy_weight says
 
 
 OFFPOLICY_WEIGHTS = ("positive", "ratio", "shaped")

@@ -100,3 +100,15 @@ def test_zero_shot_must_be_a_non_negative_int():
         Curriculum([{"demos": 3, "steps": 2, "zero_shot": -1}])
     with pytest.raises(ValueError, match="optionally 'zero_shot'"):
         Curriculum([{"demos": 3, "steps": 2, "zero_shots": 1}])
+
+
+def test_a_gold_stage_is_marked_and_described():
+    curriculum = Curriculum([{"demos": 0, "steps": 2, "gold": True}, {"demos": 0, "steps": 1}])
+    assert [curriculum.gold_at(s) for s in range(3)] == [True, True, False]
+    assert curriculum.describe() == "0 demos x 2 steps (gold SFT) -> 0 x 1"
+
+
+@pytest.mark.parametrize("stage", [{"demos": 3, "steps": 2, "gold": True}, {"demos": 0, "steps": 2, "gold": "yes"}])
+def test_a_gold_stage_with_demos_or_a_non_boolean_flag_is_refused(stage):
+    with pytest.raises(ValueError, match="gold"):
+        Curriculum([stage])

@@ -269,3 +269,17 @@ def test_prompts_that_are_prefixes_of_each_other_keep_a_token_of_their_own(tiny_
     together = RolloutEngine(model, tok, [], cfg).generate(ps, 1)
     alone = [RolloutEngine(model, tok, [], cfg).generate([p], 1)[0] for p in ps]
     assert [r.response_ids for r in together] == [r.response_ids for r in alone]
+
+
+def test_a_worked_solution_becomes_a_rollout_with_the_tool_results_forced(tokenizer):
+    from icrl_lite.rollout import solution_rollout
+
+    search = Tool(name="search", open_tag="<search>", close_tag="</search>", fn=lambda q: "")
+    solution = ("<think> find it </think>\n<search> Velm </search>\n\n<information>Doc 1(Title: Velm) a river.</information>"
+                "\n\n<think> got it </think>\n<answer> Velm </answer>")
+    rollout = solution_rollout(tokenizer, [1, 2], solution, [search])
+    assert tokenizer.decode(rollout.response_ids) == solution  # every character, in order
+    forced = tokenizer.decode([t for t, bit in zip(rollout.response_ids, rollout.loss_mask) if not bit])
+    assert forced == "\n\n<information>Doc 1(Title: Velm) a river.</information>\n\n"  # as the engine feeds it
+    assert "<information>" not in rollout.policy_text and rollout.policy_text.endswith("<answer> Velm </answer>")
+    assert [c["tool"] for c in rollout.tool_calls] == ["search"] and rollout.sampled_tokens == sum(rollout.loss_mask)

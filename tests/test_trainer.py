@@ -261,3 +261,22 @@ def test_kl_is_taken_on_on_policy_rollouts_only(make_config, monkeypatch, offpol
                 p.normal_(0, 0.5)
     metrics = trainer.update([LossItem(r, prompt, 1.0, offpolicy) for r in rollouts])
     assert (len(switches), metrics["kl"] > 0) == ((0, False) if offpolicy else (1, True))
+
+
+def test_a_gold_step_fine_tunes_on_the_pools_solutions_and_samples_nothing(make_config, monkeypatch):
+    cfg = make_config(stages=[{"demos": 0, "steps": 1, "gold": True}], offpolicy_weight="shaped", beta=0.5)
+    trainer = Trainer(cfg)
+    monkeypatch.setattr(trainer.engine, "generate", lambda *a, **k: pytest.fail("a gold step sampled rollouts"))
+    monkeypatch.setattr(trainer_module, "shaped_offpolicy_loss", lambda *a, **k: pytest.fail("gold items are plain NLL"))
+    seen = []
+    real = trainer.update
+    monkeypatch.setattr(trainer, "update", lambda items: seen.extend(items) or real(items))
+    before = lora_state(trainer.model)
+    metrics = trainer.step()
+    assert metrics["gold_solutions"] == len(SHORT_DEMOS) == len(seen) and metrics["rollouts"] == 0
+    assert {it.rollout.text for it in seen} == {d["solution"] for d in SHORT_DEMOS}
+    assert all(it.supervised and it.advantage == 1.0 for it in seen)
+    bare = trainer.prompt(SHORT_DEMOS[0], 0, 0, 0)
+    assert any(it.prompt == bare for it in seen) or all("Tavoustead" not in trainer.tokenizer.decode(it.prompt) for it in seen)
+    assert metrics["em"] == 1.0 and metrics["grad_norm"] > 0  # the solutions are right, and they were trained on
+    assert any(not torch.equal(before[n], p) for n, p in lora_state(trainer.model).items())
