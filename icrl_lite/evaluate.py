@@ -134,7 +134,8 @@ def side_by_side(results: dict, task: Task, tools: Sequence[Tool]) -> str:
         columns.append(("untrained_demos", f"untrained, {results['untrained_demos']['demos']} demos"))
     columns.append(("trained", f"trained (step {results['trained']['step']})"))
     n = int(results["trained"]["questions"])
-    lines = [f"greedy, {n} questions of {results['eval']['source']}; the trained model and the first column zero-shot:",
+    also = f" (and the untrained model with {results['untrained_demos']['demos']} demos)" if "untrained_demos" in results else ""
+    lines = [f"zero-shot, greedy, {n} questions of {results['eval']['source']}{also}:",
              f"  {'':24}" + "".join(f"{title:>28}" for _, title in columns)]
     for key, label in keys:
         if key not in results["trained"]:
