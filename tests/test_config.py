@@ -145,3 +145,9 @@ def test_exponent_floats_without_a_dot_are_floats_on_the_command_line_and_in_yam
     assert load_config(TrainConfig, str(path), []).learning_rate == 2e-4
     with pytest.raises(ValueError, match="expected float"):
         load_config(TrainConfig, None, ["learning_rate=fast"])
+
+
+def test_the_paper_config_runs_the_papers_loss_not_the_cpu_default():
+    cfg = load_config(TrainConfig, "paper-qwen3b")
+    assert [s["demos"] for s in cfg.stages] == [3, 2, 0]
+    assert cfg.demo_loss_prompt == "own" and cfg.updates_per_step == 1  # GRPO throughout, one update per batch
