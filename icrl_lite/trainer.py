@@ -94,9 +94,11 @@ class TrainConfig:
     """per_prompt: each question of a step gets its own demos (the study's runs) | per_step: one demo set for all
     questions of a step, so the engine runs the shared demo prefix once (cheaper prefill on slow machines)."""
     stages: list[dict] = field(default_factory=lambda: [{"demos": 3, "steps": 5}, {"demos": 0, "steps": 1}])
-    """Curriculum: list of {demos, steps, zero_shot (optional: rollouts per group sampled without demos)}; training
-    runs for the sum of steps. The paper: 3 -> 2 -> 0 demos; the default, with demo_loss_prompt=zero_shot, won the
-    qa-transfer study (docs/results.md)."""
+    """Curriculum: list of {demos, steps, zero_shot (optional: rollouts per group sampled without demos), gold
+    (optional: supervised steps on the demo pool's solutions, a baseline)}; training runs for the sum of steps. The
+    paper: 3 -> 2 -> 0 demos. The default (3 demos x 5 steps with demo_loss_prompt=zero_shot: advantage-weighted
+    fine-tuning on demo-guided samples; then one zero-shot GRPO step) was chosen by the qa-transfer study in 2026-11,
+    on the old test split; the qa-review study re-examines it on dev (docs/results.md)."""
     prompts_per_step: int = 4
     """Questions per step (the paper: 64)."""
     num_generations: int = 4
@@ -125,7 +127,9 @@ class TrainConfig:
     0.1 does not separate calling from answering without a call (the math track, docs/results.md)."""
     updates_per_step: int = 4
     """Optimizer steps on each step's rollouts (GRPO's mu). Sampling dominates a CPU step (~90%), so reusing its
-    rollouts is cheap; the PPO ratio against the sampler and its clip keep later updates near the sampler."""
+    rollouts is cheap; on on-policy rollouts the PPO ratio against the sampler and its clip keep later updates near
+    the sampler. Off-policy rollouts under offpolicy_weight=positive have ratio 1 in every update: nothing bounds
+    them but the learning rate."""
     scale_rewards: str = "group"
     """Advantage scale: group (GRPO: divide by the group's reward std) | batch (the step's std) | none (Dr. GRPO).
     The default stays group (GRPO's and TRL's): the qa-transfer study did not vary it. With the demo-free loss the
