@@ -358,13 +358,15 @@ class Trainer:
                   for r, g in zip(rollouts, golds)]
         rewards = torch.tensor([m["reward"] for m in scored])  # (N,)
         advantages, informative = group_advantages(rewards, size, scale=cfg.scale_rewards)  # (N,), (N,)
-        items = []
+        items, pushed_up = [], []  # pushed_up: the trained rollouts with A > 0, by whether their answer was right
         for n, (rollout, k) in enumerate(zip(rollouts, shots)):
             offpolicy = k > 0 and cfg.demo_loss_prompt == "zero_shot"
             if not informative[n] or (offpolicy and cfg.offpolicy_weight == "positive" and advantages[n] <= 0):
                 continue
             prompt = bare[n // size] if offpolicy else rollout.prompt_ids
             items.append(LossItem(rollout, prompt, advantages[n].item(), offpolicy))
+            if advantages[n] > 0:
+                pushed_up.append(scored[n].get("em", 0.0) == 1.0)
         update = self.update(items) if items else {}
         with (self.out / "samples.jsonl").open("a") as f:  # every trajectory, to read what the policy does
             f.writelines(json.dumps({"step": step + 1, "question": questions[n // size]["question"], "demos": k,
@@ -380,6 +382,9 @@ class Trainer:
             "informative_groups": int(informative.sum()) // size,
             "groups": cfg.prompts_per_step,
             "trained_rollouts": len(items), "offpolicy_rollouts": sum(it.offpolicy for it in items),
+            # of the rollouts whose probability the step raises (A > 0): how many had the right answer, and how many
+            # rank above their group's mean without it (on format or tool use alone)
+            "pushed_up_correct": sum(pushed_up), "pushed_up_wrong": len(pushed_up) - sum(pushed_up),
             "loss": update.get("loss", 0.0), "kl": update.get("kl", 0.0), "grad_norm": update.get("grad_norm", 0.0),
             "clip_fraction": update.get("clip_fraction", 0.0),
             "lr": lr,

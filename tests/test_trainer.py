@@ -280,3 +280,19 @@ def test_a_gold_step_fine_tunes_on_the_pools_solutions_and_samples_nothing(make_
     assert any(it.prompt == bare for it in seen) or all("Tavoustead" not in trainer.tokenizer.decode(it.prompt) for it in seen)
     assert metrics["em"] == 1.0 and metrics["grad_norm"] > 0  # the solutions are right, and they were trained on
     assert any(not torch.equal(before[n], p) for n, p in lora_state(trainer.model).items())
+
+
+def test_a_step_counts_the_pushed_up_rollouts_with_and_without_the_right_answer(make_config, monkeypatch):
+    # rewards 0, 1 | 0, 1 in the step's two groups; only the first rollout pushed up has the right answer
+    pattern = iter([(0.0, 0.0), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0)])
+    real = trainer_module.score
+
+    def score(rollout, gold, *args):
+        metrics = real(rollout, gold, *args)
+        metrics["reward"], metrics["em"] = next(pattern)
+        return metrics
+
+    monkeypatch.setattr(trainer_module, "score", score)
+    trainer = Trainer(make_config(stages=[{"demos": 0, "steps": 1}]))
+    metrics = trainer.step()
+    assert (metrics["pushed_up_correct"], metrics["pushed_up_wrong"]) == (1, 1)
