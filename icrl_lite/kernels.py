@@ -14,7 +14,7 @@ ICRL_LITE_KERNELS picks the branch, so each can be exercised on any machine (the
   unset, 1, auto   use the kernels where the build is vectorised (the default);
   0, off           never (the torch ops);
   always           use the native build even where it is not vectorised (the portable loops on an AVX2 CPU);
-  portable         build without AVX-512 BF16 even where the CPU has it, and use that build.
+  portable         build the scalar loops even where the CPU has AVX-512 BF16, and use that build.
 """
 
 from __future__ import annotations
@@ -43,10 +43,6 @@ def mode() -> str:
     return MODES[value]
 
 
-def enabled() -> bool:
-    return mode() != "off"
-
-
 def cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -56,8 +52,9 @@ def cpu_flags() -> set[str]:
 
 
 def portable_flags() -> list[str]:
-    """FLAGS without the AVX-512 BF16 body: the same as FLAGS on a CPU that lacks it (so one build serves both)."""
-    return FLAGS + ["-mno-avx512bf16"] if "avx512_bf16" in cpu_flags() else FLAGS
+    """FLAGS compiling the scalar loops instead of the AVX-512 BF16 body (ICRL_LITE_PORTABLE, a define the source
+    reads: no compiler flag to depend on); the same as FLAGS on a CPU that lacks it, so one build serves both."""
+    return FLAGS + ["-DICRL_LITE_PORTABLE"] if "avx512_bf16" in cpu_flags() else FLAGS
 
 
 def build_name(flags: list[str]) -> str:

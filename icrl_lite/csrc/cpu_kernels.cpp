@@ -19,7 +19,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && !defined(ICRL_LITE_PORTABLE)  // portable: the scalar loops
 #include <immintrin.h>
 #define ICRL_AVX512_BF16 1
 #else
