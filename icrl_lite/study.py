@@ -44,7 +44,7 @@ import yaml
 
 from .config import CONFIG_DIR, apply, load_config, to_dict
 from .curriculum import Curriculum
-from .evaluate import EvalConfig, bootstrap_ci, evaluate
+from .evaluate import HOP_KEY, EvalConfig, bootstrap_ci, evaluate
 from .plots import read_metrics
 from .model import load_tokenizer
 from .rollout import demo_budget_problems
@@ -336,13 +336,31 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def data_digest(cfg, names: Sequence[str]) -> dict[str, str]:
+    """sha256 (first 16 hex digits) of the content of each file a run reads, by role: the config's own file or the
+    task's bundled one (`corpus`: the bundled corpus only for tasks that ship one); a hub dataset name as given.
+    A regenerated data file then changes what a finished run or evaluation was made from."""
+    task = get_task(cfg.task)
+    digests = {}
+    for name in names:
+        given = getattr(cfg, {"train": "train_data", "demos": "demo_pool"}.get(name, name), "")
+        path = Path(given) if given else task.bundled(name)
+        if path.is_file():
+            digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        elif given:
+            digests[name] = str(given)
+    return digests
+
+
 def train_run(cfg: TrainConfig, budget: BudgetConfig) -> dict:
-    """Train one arm/seed (resuming its checkpoint, skipped when finished); returns its training marker."""
+    """Train one arm/seed (resuming its checkpoint, skipped when finished); returns its training marker. A run
+    trained under another config or on other data files (train questions, demos, corpus) is refused."""
     out = Path(cfg.output_dir)
     marker_path = out / "study-train.json"
     config = {k: v for k, v in plain(cfg).items() if k not in BOOKKEEPING}
+    config["data"] = data_digest(cfg, ("train", "demos", "corpus"))
     marker = json.loads(marker_path.read_text()) if marker_path.exists() else {"config": config, "finished": False, "wall_seconds": 0.0}
-    changes = changed_keys(marker["config"], config, plain(TrainConfig()))
+    changes = changed_keys(marker["config"], config, {**plain(TrainConfig()), "data": {}})
     if changes:
         raise ValueError(f"{out} was trained with another config than the study now gives ({'; '.join(changes)}): "
                          f"restore the study config, or delete {out} to train this arm and seed again")
@@ -373,21 +391,23 @@ def train_run(cfg: TrainConfig, budget: BudgetConfig) -> dict:
 
 
 def eval_run(cfg: TrainConfig, checkpoint: str, demos: int, spec: StudyEvalConfig, trained: str) -> dict:
-    """Evaluate one arm/seed with `demos` demos (skipped when its result file matches); returns summary + records path."""
+    """Evaluate one arm/seed with `demos` demos (skipped when its result file matches: the same evaluation config,
+    training and data files); returns summary + records path."""
     out = Path(cfg.output_dir)
     split = Path(spec.dataset).stem if spec.dataset else spec.split
     ecfg = eval_config(cfg, checkpoint, demos, spec, out / f"eval-{split}-{demos}shot.jsonl")
     current = {"eval": plain(ecfg), "trained": trained}
+    data = data_digest(ecfg, (spec.split if not spec.dataset else "dataset", "demos", "corpus"))
     path = out / f"study-eval-{demos}shot.json"
     if path.exists():
         done = json.loads(path.read_text())
-        if same_evaluation(done, current) and Path(done["records"]).exists():
+        if same_evaluation(done, current) and done.get("data") == data and Path(done["records"]).exists():
             print(f"[study] {path}: evaluated already, skipped")
             return done
     out.mkdir(parents=True, exist_ok=True)
     summary = evaluate(ecfg)
-    result = {"fingerprint": fingerprint(current), "config": current, "demos": demos, "records": summary.pop("records"),
-              "summary": summary}
+    result = {"fingerprint": fingerprint(current), "config": current, "data": data, "demos": demos,
+              "records": summary.pop("records"), "summary": summary}
     write_json(path, result)
     return result
 
@@ -486,7 +506,7 @@ def summarize(study: StudyConfig, done: list, command: str) -> dict:
 
 def hop_metrics(summaries: list[dict]) -> dict[str, dict]:
     """`metric@Nhop` of an arm's runs (evaluate's per-hop means): mean and std over seeds."""
-    keys = [k for k in summaries[0] if "@" in k and all(k in s for s in summaries)]
+    keys = [k for k in summaries[0] if HOP_KEY.fullmatch(k) and all(k in s for s in summaries)]
     return {k: dict(zip(("mean", "std"), mean_std([float(s[k]) for s in summaries]))) for k in keys}
 
 
@@ -567,7 +587,7 @@ def markdown(results: dict) -> str:
                          if a["train"] else "– | – | – | –")
                 lines.append(f"| {a['name']} | {run['seed']} | {key} | {run[key]['demos']} | {vals} | {spent} | {run[key]['records']} |")
     hop_keys = sorted({k for a in arms for key in ("main", "extra") if key in a for k in a[key].get("by_hops", {})
-                       if not k.startswith("questions@")}, key=lambda k: (k.split("@")[1], k))
+                       if not k.startswith("questions@")}, key=lambda k: (int(HOP_KEY.fullmatch(k).group(2)), k))
     if hop_keys:
         lines += ["", "## By hop count (mean over seeds ± std over seeds)", "",
                   "| arm | eval | demos | " + " | ".join(hop_keys) + " |", "|" + "---|" * (3 + len(hop_keys))]

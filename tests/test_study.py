@@ -313,3 +313,32 @@ def test_hop_metrics_are_seed_means_and_stds_of_the_per_hop_summaries():
 
 def test_studies_select_on_dev_by_default():
     assert study_module.StudyEvalConfig().split == "dev"
+
+
+def test_a_run_made_from_other_data_files_is_refused_or_re_evaluated(finished, write_study, tmp_path, monkeypatch):
+    # a regenerated train file (or demo pool, or corpus) must not let a finished run count as trained on it
+    study, _ = finished
+    out = run_dir(study, "icrl")
+    marker = json.loads((out / "study-train.json").read_text())
+    assert set(marker["config"]["data"]) == {"train", "demos", "corpus"}
+    edited = copy.deepcopy(marker)
+    edited["config"]["data"]["train"] = "0" * 16
+    (out / "study-train.json").write_text(json.dumps(edited))
+    try:
+        with pytest.raises(ValueError, match=r"data\.train: .* -> .*delete"):
+            run_study(load_study(Path(study.output_dir).with_suffix(".yaml")))
+    finally:
+        (out / "study-train.json").write_text(json.dumps(marker))
+    saved = json.loads((out / "study-eval-0shot.json").read_text())
+    assert set(saved["data"]) == {"dev", "demos", "corpus"}
+    cfg = [c for arm, seed, c in plan(study) if arm.name == "icrl"][0]
+    evaluated = []
+    monkeypatch.setattr(study_module, "evaluate", lambda ecfg: evaluated.append(1) or {"records": saved["records"], "em": 0.0})
+    study_module.eval_run(cfg, str(out), 0, study.eval, marker["finished_at"])
+    assert evaluated == []  # same data: reused
+    (out / "study-eval-0shot.json").write_text(json.dumps({**saved, "data": {**saved["data"], "dev": "0" * 16}}))
+    try:
+        study_module.eval_run(cfg, str(out), 0, study.eval, marker["finished_at"])
+        assert evaluated == [1]  # other data: evaluated again
+    finally:
+        (out / "study-eval-0shot.json").write_text(json.dumps(saved))
