@@ -9,6 +9,7 @@ the trainer logs, and the untrained-vs-trained table. The trainer imports this m
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -125,7 +126,7 @@ def side_by_side(results: dict, task: Task, tools: Sequence[Tool]) -> str:
     keys += [(m, m.replace("_", " ")) for m in task.metrics]
     keys += [(task.tool_metric(t.name), f"{t.name} calls / question") for t in tools]
     keys += [("response_tokens", "response tokens"), ("truncated", "truncated")]
-    hops = sorted(int(k.split("@")[1].removesuffix("hop")) for k in results["trained"] if k.startswith("questions@"))
+    hops = sorted(int(m.group(2)) for m in map(HOP_KEY.fullmatch, results["trained"]) if m and m.group(1) == "questions")
     for h in hops:
         keys += [(f"em@{h}hop", f"EM, {h}-hop ({results['trained'][f'questions@{h}hop']:.0f})")]
         keys += [(f"{task.tool_metric(t.name)}@{h}hop", f"{t.name} calls, {h}-hop") for t in tools]
@@ -193,13 +194,17 @@ def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Too
     return summary, records
 
 
+HOP_KEY = re.compile(r"(.+)@(\d+)hop")  # em@2hop: a metric over the questions needing 2 hops
+
+
 def intervals(summary: dict, records: list[dict], resamples: int = 2000) -> dict[str, list[float]]:
     """95% bootstrap intervals over questions of every per-question metric of `summary`, the `key@Nhop` ones over
     that hop count's questions."""
     out = {}
     for key in summary:
-        name, _, hop = key.partition("@")
-        rows = [r for r in records if not hop or r.get("hops") == int(hop.removesuffix("hop"))]
+        per_hop = HOP_KEY.fullmatch(key)
+        name = per_hop.group(1) if per_hop else key
+        rows = [r for r in records if not per_hop or r.get("hops") == int(per_hop.group(2))]
         if rows and name in rows[0] and name != "hops":
             out[key] = list(bootstrap_ci([r[name] for r in rows], resamples))
     return out

@@ -26,6 +26,7 @@ docs/results.md shows the study that set the defaults."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -139,7 +140,8 @@ class TrainConfig:
     | zero_shot (the same question without demos: the tokens are off-policy, weighted by offpolicy_weight)."""
     offpolicy_weight: str = "positive"
     """With demo_loss_prompt=zero_shot, how demo-sampled tokens train the demo-free policy: positive (rollouts
-    with advantage > 0 only, ratio 1: reward-weighted fine-tuning on the model's own successes) | ratio
+    with advantage > 0 only, ratio 1: advantage-weighted fine-tuning on the model's own above-average samples, right
+    or wrong) | ratio
     (PPO-clipped ratio to the demo-prompted sampler) | shaped (LUFFY: -A * p / (p + shaping_gamma), no clip)."""
     shaping_gamma: float = 0.1
     """offpolicy_weight=shaped: LUFFY's gamma."""
@@ -161,8 +163,8 @@ class TrainConfig:
     """Questions of final_eval (0 = all)."""
     final_eval_demos: int = 3
     """final_eval also evaluates the untrained model with this many demos in its prompt (greedy, the same
-    questions; at most the pool's size): the in-context skill the zero-shot trained model is measured against;
-    0 = skip."""
+    questions; at most the pool's size; one demo set per batch of questions, so their prefix is computed once): the
+    in-context skill the zero-shot trained model is measured against; 0 = skip."""
     save_every: int = 4
     """Checkpoint every N steps (and at the end)."""
     keep_checkpoints: int = 2
@@ -247,6 +249,9 @@ class Trainer:
                 f"{len(misfits)} of {len(self.demo_pool)} demos do not fit the rollout budgets, so the trajectories "
                 "they teach would be truncated (and score below a guess). Raise the named budgets or shorten the "
                 "demos (or set check_demo_budgets=false for a deliberately tiny smoke run):\n  " + "\n  ".join(misfits))
+        if any(stage.gold for stage in self.curriculum.stages) and not self.demo_pool:
+            raise ValueError("a gold stage fine-tunes on the demo pool's worked solutions, but the pool is empty: set "
+                             "demo_pool to a JSONL of records with a `solution`, or drop `gold` from the stages")
         max_demos = max(s.demos for s in self.curriculum.stages)
         if max_demos > len(self.demo_pool):
             raise ValueError(f"the curriculum asks for {max_demos} demos but the pool has {len(self.demo_pool)}; add demos or lower stages")
@@ -412,13 +417,16 @@ class Trainer:
             prompt = self.prompt(demo, 0, step, i)
             rollout = solution_rollout(self.tokenizer, prompt, demo["solution"], self.tools)
             items.append(LossItem(rollout, prompt, 1.0, offpolicy=True, supervised=True))
+        progress = step / max(1, self.curriculum.total_steps - 1)
         scored = [score(it.rollout, d[self.task.gold_field], self.task, self.tools, cfg.alpha, cfg.reward_variant,
-                        tool_penalty=cfg.tool_penalty) for it, d in zip(items, demos)]
+                        progress, cfg.tool_penalty) for it, d in zip(items, demos)]
         update = self.update(items)
         metrics = {
             "step": step + 1, "demos": 0, "zero_shot_rollouts": 0, "stage": self.curriculum.stage_at(step),
             **mean_metrics(scored), "reward_std": 0.0, "informative_groups": 0, "groups": 0, "rollouts": 0,
             "gold_solutions": len(items), "trained_rollouts": len(items), "offpolicy_rollouts": len(items),
+            "pushed_up_correct": sum(m.get("em", 0.0) == 1.0 for m in scored),
+            "pushed_up_wrong": sum(m.get("em", 0.0) != 1.0 for m in scored),
             "loss": update.get("loss", 0.0), "kl": 0.0, "grad_norm": update.get("grad_norm", 0.0), "clip_fraction": 0.0,
             "lr": lr, "loss_scale": self.scaler.scale_factor, "skipped_updates": self.scaler.skipped_steps,
         }
@@ -482,6 +490,7 @@ class Trainer:
         temperature = cfg.rollout.temperature or 1.0
         self.model.train()
         num_tokens = sum(it.rollout.sampled_tokens for it in items)
+        on_policy_tokens = max(1, sum(it.rollout.sampled_tokens for it in items if not it.offpolicy))  # what kl averages
         groups: dict[tuple, list[LossItem]] = {}
         for it in items:
             groups.setdefault((tuple(it.prompt), it.offpolicy), []).append(it)
@@ -508,13 +517,14 @@ class Trainer:
                 responses = [r.response_ids for r in rollouts]
                 mask = loss_mask(rollouts).to(device)  # (b, R)
                 adv = torch.tensor([it.advantage for it in batch], device=device)  # (b,)
-                logp = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, temperature, prefix=prefix)  # (b, R)
-                supervised = batch[0].supervised  # a gold step's batches hold only worked solutions
+                supervised = batch[0].supervised  # a gold step's batches hold only worked solutions: plain NLL, T = 1
+                logp = response_logprobs(self.model, prompt, responses, cfg.logprob_chunk, 1.0 if supervised else temperature,
+                                         prefix=prefix)  # (b, R)
                 shaped = offpolicy and not supervised and cfg.offpolicy_weight == "shaped"
                 old = (logp.detach() if supervised or (offpolicy and cfg.offpolicy_weight != "ratio")
                        else sampler_logprobs(rollouts).to(device))
                 loss, metrics = grpo_loss(
-                    logp, old, torch.zeros_like(adv) if shaped else adv, mask,  # shaped: grpo_loss keeps only the KL
+                    logp, old, torch.zeros_like(adv) if shaped else adv, mask,  # shaped: its own loss below
                     ref_logp=references.get(b), epsilon=cfg.epsilon, beta=cfg.beta, num_tokens=num_tokens,
                 )
                 if shaped:
@@ -522,7 +532,7 @@ class Trainer:
                 self.scaler.scale(loss).backward()
                 weight = mask.sum().item() / num_tokens
                 totals["loss"] += loss.item()
-                totals["kl"] += metrics["kl"].item() * weight
+                totals["kl"] += metrics["kl"].item() * mask.sum().item() / on_policy_tokens if b in references else 0.0
                 totals["clip_fraction"] += metrics["clip_fraction"].item() * weight
             if prefix is not None:
                 prefix.backward()  # the demos' one backward pass, with the gradient every batch sent them
@@ -565,7 +575,8 @@ class Trainer:
         path = self.out / "final_eval.json"
         saved = json.loads(path.read_text()) if path.exists() else {}
         with_demos = min(cfg.final_eval_demos, len(self.demo_pool))
-        key = {"source": str(source), "questions": len(examples), "demos": with_demos}
+        key = {"source": str(source), "questions": len(examples), "demos": with_demos, "demo_layout": cfg.demo_layout,
+               "content": digest(examples), "demo_pool": digest(self.demo_pool)}  # reuse only what these made
         results = {"eval": key}
         names = ["untrained", "untrained_demos", "trained"] if with_demos else ["untrained", "trained"]
         for name in names:
@@ -575,7 +586,8 @@ class Trainer:
             demos = with_demos if name == "untrained_demos" else 0
             with reference_mode(self.model) if name != "trained" else contextlib.nullcontext():
                 summary, records = run_eval(self.model, self.tokenizer, examples, task, self.tools, self.instruction,
-                                            replace(ecfg, demos=demos, demo_layout=cfg.demo_layout), self.demo_pool,
+                                            replace(ecfg, demos=demos, demo_layout=cfg.demo_layout, demo_choice="per_step"),
+                                            self.demo_pool,
                                             progress=cfg.progress)
             with (self.out / f"final-eval-{name}.jsonl").open("w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
@@ -639,6 +651,11 @@ def right_pad(rows: list[list[float]]) -> torch.Tensor:
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=torch.float)
     return out
+
+
+def digest(records: list[dict]) -> str:
+    """A short sha256 of JSON records' content (the questions or demos an evaluation ran on)."""
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def sampler_logprobs(rollouts: list[Rollout]) -> torch.Tensor:

@@ -276,8 +276,10 @@ def test_a_gold_step_fine_tunes_on_the_pools_solutions_and_samples_nothing(make_
     assert metrics["gold_solutions"] == len(SHORT_DEMOS) == len(seen) and metrics["rollouts"] == 0
     assert {it.rollout.text for it in seen} == {d["solution"] for d in SHORT_DEMOS}
     assert all(it.supervised and it.advantage == 1.0 for it in seen)
-    bare = trainer.prompt(SHORT_DEMOS[0], 0, 0, 0)
-    assert any(it.prompt == bare for it in seen) or all("Tavoustead" not in trainer.tokenizer.decode(it.prompt) for it in seen)
+    for it in seen:  # each under its own question's prompt without demos: the question, no worked solution
+        demo = next(d for d in SHORT_DEMOS if d["solution"] == it.rollout.text)
+        assert it.prompt == trainer.prompt(demo, 0, 0, 0)
+        assert it.prompt != trainer.prompt(demo, 1, 0, 0)  # (a prompt with a demo would differ)
     assert metrics["em"] == 1.0 and metrics["grad_norm"] > 0  # the solutions are right, and they were trained on
     assert any(not torch.equal(before[n], p) for n, p in lora_state(trainer.model).items())
 

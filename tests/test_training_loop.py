@@ -167,6 +167,9 @@ def test_final_evaluation_compares_the_untrained_and_trained_model_on_the_same_q
     assert "em@2hop" in results["trained"] and "searches@1hop" in results["trained"]
     low, high = results["trained"]["intervals"]["searches@1hop"]
     assert low <= results["trained"]["searches@1hop"] <= high
+    records = [json.loads(line) for line in (trainer.out / "final-eval-trained.jsonl").read_text().splitlines()]
+    two_hop = [r["em"] for r in records if r["hops"] == 2]
+    assert results["trained"]["intervals"]["em@2hop"] == [two_hop[0], two_hop[0]]  # one question: its own score
     untrained = [json.loads(line) for line in (trainer.out / "final-eval-untrained.jsonl").read_text().splitlines()]
     trained = [json.loads(line) for line in (trainer.out / "final-eval-trained.jsonl").read_text().splitlines()]
     assert [r["id"] for r in untrained] == [r["id"] for r in trained] == ["q0", "q1", "q2"]
@@ -178,7 +181,13 @@ def test_final_evaluation_compares_the_untrained_and_trained_model_on_the_same_q
     assert f"untrained, {min(3, len(DEMOS))} demos" in table and "EM, 2-hop (1)" in table
     # a resumed run reuses the untrained evaluation
     again = Trainer(make_config(final_eval=str(questions)), resume=True).final_evaluation()
-    assert again["untrained"] == results["untrained"]
+    assert again["untrained"] == results["untrained"] and again["untrained_demos"] == results["untrained_demos"]
+    # ... but not after the questions changed
+    questions.write_text(questions.read_text().replace("town 0", "village 0"))
+    Trainer(make_config(final_eval=str(questions)), resume=True).final_evaluation()
+    for name in ("untrained", "untrained_demos"):  # evaluated again, on the new questions
+        first = json.loads((trainer.out / f"final-eval-{name}.jsonl").read_text().splitlines()[0])
+        assert first["question"] == "Where is village 0?"
 
 
 def test_bootstrap_interval_hand_cases():
