@@ -148,7 +148,7 @@ def test_the_notebook_runs_on_cpu_with_the_smoke_parameters(tmp_path):
     assert any(out.get("data", {}).get("image/png") for c in nb.cells for out in c.get("outputs", []))  # the curves
     assert re.search(r"zero-shot, greedy, 2 questions .*untrained.*trained \(step 2\)", text, re.S)
     assert re.search(r"EM\s+\d\.\d{3} \[", text) and "format-valid" in text
-    assert "you> In what year was Diththou Rilki born?" in text
+    assert "you> Which river flows through Tekpoustead?" in text
     assert re.search(r"^(answer: |no answer \()", text, re.M)  # the chat reply
     assert re.search(r"\(\d+ search call|\(no tool calls", text)
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
