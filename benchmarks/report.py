@@ -23,7 +23,9 @@ def markdown(results: dict) -> str:
     cmd = results["command"]
     only = cmd.get("only") or []
     flags = (" --quick" if cmd["quick"] else "") + (
-        f" --only {','.join(only)}" if only and set(only) != set(BENCHMARKS) else "") + f" --output {cmd['output']}"
+        f" --only {','.join(only)}" if only and set(only) != set(BENCHMARKS) else "") + (
+        f" --workloads \"{','.join(cmd['workloads'])}\"" if cmd.get("workloads") else "") + (
+        f" --betas {','.join(f'{b:g}' for b in cmd['betas'])}" if cmd.get("betas") else "") + f" --output {cmd['output']}"
     lines = [f"# Benchmarks, {results['machine']['date']}", "",
              f"`python -m benchmarks run{flags}` (model {cmd['model']}, {cmd['dtype']}, {cmd['device']}"
              f"{', quick sizes' if cmd['quick'] else ''}). Ratios measured side by side in this run are the figures "

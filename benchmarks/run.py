@@ -66,9 +66,24 @@ def default_output() -> Path:
     return Path("runs") / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def grpo_workloads(workloads: list[dict], names: list[str] | None, betas: list[float] | None) -> list[dict]:
+    """The GRPO workloads named in `names` (all when None), each with only the `betas` asked for (all when None)."""
+    known = [w["name"] for w in workloads]
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise ValueError(f"unknown GRPO workloads {unknown}; choose from {', '.join(known)}")
+    chosen = [{**w, "betas": [b for b in w["betas"] if betas is None or b in betas]}
+              for w in workloads if names is None or w["name"] in names]
+    if not all(w["betas"] for w in chosen):
+        raise ValueError(f"no workload runs at beta {betas}: the workloads' betas are {[w['betas'] for w in chosen]}")
+    return chosen
+
+
 def run(only: list[str] | None = None, quick: bool = False, output: Path | None = None, model: str = "smollm2-135m",
-        dtype: str = "auto", device: str = "auto", log=print) -> tuple[dict, Path]:
-    """Run the machine section and the benchmarks in `only` (all when None); returns (results, output dir)."""
+        dtype: str = "auto", device: str = "auto", log=print, workloads: list[str] | None = None,
+        betas: list[float] | None = None) -> tuple[dict, Path]:
+    """Run the machine section and the benchmarks in `only` (all when None); returns (results, output dir).
+    `workloads` / `betas` cut the GRPO benchmark to those workloads (by name) and KL coefficients."""
     from icrl_lite.model import resolve_device, resolve_dtype
 
     unknown = sorted(set(only or ()) - set(BENCHMARKS))
@@ -77,12 +92,13 @@ def run(only: list[str] | None = None, quick: bool = False, output: Path | None 
     output = Path(output) if output else default_output()
     output.mkdir(parents=True, exist_ok=True)
     sizes = SIZES["quick" if quick else "full"]
+    grpo = grpo_workloads(sizes["grpo"], workloads, betas)
     where = resolve_device(device)
     precision = resolve_dtype(dtype, where)
     name = dtype_name(precision)  # children get the resolved dtype: `auto` measures again and could differ
     results = {
         "command": {"quick": quick, "only": only or list(BENCHMARKS), "model": model, "dtype": name,
-                    "device": str(where), "output": str(output)},
+                    "device": str(where), "output": str(output), "workloads": workloads, "betas": betas},
         "machine": describe_machine(where),
         "benchmarks": {},
     }
@@ -101,7 +117,7 @@ def run(only: list[str] | None = None, quick: bool = False, output: Path | None 
 
     jobs = {
         "rollouts": lambda: run_multiturn(model, name, str(where), sizes["rollouts"], bound_at, sizes["decode"]),
-        "grpo": lambda: run_grpo_step(model, name, str(where), sizes["grpo"], output / "work" / "grpo", log=log),
+        "grpo": lambda: run_grpo_step(model, name, str(where), grpo, output / "work" / "grpo", log=log),
         "sweep": lambda: run_sweep(model, name, str(where), sizes["sweep"], output / "work" / "sweep",
                                    output / "sweep.png", log=log),
         "loss_memory": lambda: run_loss_memory(model, precision, where, sizes["loss_memory"]["lengths"],

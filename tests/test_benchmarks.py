@@ -293,3 +293,16 @@ def test_a_childs_peak_memory_is_its_own_not_its_parents():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     del ballast
     assert 50 < float(out.split()[-1]) < 1200
+
+
+def test_the_grpo_benchmark_can_be_cut_to_named_workloads_and_betas():
+    from benchmarks.run import SIZES, grpo_workloads
+
+    full = SIZES["full"]["grpo"]
+    cut = grpo_workloads(full, ["0 demos"], [0.0])
+    assert [(w["name"], w["betas"]) for w in cut] == [("0 demos", [0.0])]
+    assert grpo_workloads(full, None, None) == full
+    with pytest.raises(ValueError, match="0 demos, 3 demos"):
+        grpo_workloads(full, ["1 demo"], None)
+    with pytest.raises(ValueError, match="no workload runs at beta"):
+        grpo_workloads(full, ["3 demos"], [0.04])
