@@ -41,7 +41,9 @@ def test_a_demo_with_a_long_turn_is_named():
 
     demo = {"question": "q", "solution": "x" * 50 + "<search>a</search>\n\n<information>doc</information>\n\n<answer>b</answer>"}
     problems = demo_budget_problems([demo], Chars(), [SEARCH], RolloutConfig(max_turns=2, max_turn_tokens=40, max_response_tokens=500))
-    assert len(problems) == 1 and "a 70-token turn > rollout.max_turn_tokens=40" in problems[0]
+    # the turn is what the policy samples: up to </search> (68 characters); the blank lines before <information>
+    # are the engine's, forced with the observation
+    assert len(problems) == 1 and "a 68-token turn > rollout.max_turn_tokens=40" in problems[0]
 
 
 def test_trainer_refuses_budgets_that_truncate_the_demos(tiny_model_dir, tmp_path):
