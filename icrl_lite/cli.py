@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--config", required=True, help="study YAML or packaged study name (e.g. qa-smoke)")
     study.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. seeds=[0,1,2] eval.limit=50")
 
-    plot = sub.add_parser("plot", help="draw a run's training curves to a PNG")
+    plot = sub.add_parser("plot", help="draw a run's training curves and its tool-use health to PNGs")
     plot.add_argument("run_dir")
-    plot.add_argument("--output", default=None, help="PNG path (default: <run_dir>/curves.png)")
+    plot.add_argument("--output", default=None, help="PNG path of the curves (default: <run_dir>/curves.png; the "
+                      "health monitor goes beside it, as <name>-health.png or <run_dir>/health.png)")
 
     chat = sub.add_parser("chat", help="talk to a checkpoint (or `base`) in the terminal, its tool calls and their results "
                           "shown as they happen", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -107,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"exported {source} to {args.output} ({'merged model' if args.merge else 'LoRA adapter'} + tokenizer)")
             return 0
         if args.command == "plot":
-            from .plots import plot_run
+            from .plots import plot_health, plot_run
 
             print(plot_run(args.run_dir, args.output))
+            health = Path(args.output).with_name(Path(args.output).stem + "-health.png") if args.output else None
+            print(plot_health(args.run_dir, health))
             return 0
         if args.command == "train":
             from .trainer import Trainer

@@ -25,7 +25,7 @@ from .curriculum import DEMO_CHOICES, choose_demos
 from .model import ModelConfig, load_policy
 from .preflight import check_model_source
 from .prompts import build_messages, render_prompt
-from .rewards import extract_answer
+from .rewards import answer_in_text, extract_answer
 from .rollout import Rollout, RolloutConfig, RolloutEngine
 from .tasks import TOOL_METRICS, Task, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig, Tool
@@ -94,17 +94,36 @@ class EvalConfig:
 
 
 def score(rollout: Rollout, gold, task: Task, tools: Sequence[Tool], alpha: float = 0.8, variant: str = "fine",
-          progress: float = 0.0, tool_penalty: float | None = None) -> dict[str, float]:
+          progress: float = 0.0, tool_penalty: float | None = None, credit: str = "em") -> dict[str, float]:
     """Reward metrics of one rollout plus its tool use and length (`gold`: the record's answers or calls).
-    `tool_penalty` (None: the task's own) is passed to the task's reward only when set."""
+    `tool_penalty` (None: the task's own) and `credit` (qa: em | f1) are passed to the task's reward only when
+    they differ from its defaults."""
     options = {} if tool_penalty is None else {"tool_penalty": tool_penalty}
+    if credit != "em":
+        options["credit"] = credit
     _, metrics = task.reward(rollout.policy_text, gold, alpha=alpha, variant=variant, progress=progress, **options)
     for tool in tools:
         metrics[task.tool_metric(tool.name)] = float(sum(c["tool"] == tool.name for c in rollout.tool_calls))
     metrics["invalid_turns"] = float(rollout.invalid_turns)
     metrics["response_tokens"] = float(rollout.sampled_tokens)
     metrics["truncated"] = float(rollout.truncated)
+    metrics.update(tool_use_health(rollout, gold, metrics["em"]))
     return metrics
+
+
+def tool_use_health(rollout: Rollout, gold, correct: float) -> dict[str, float]:
+    """How a rollout used its tools, beyond the reward: `repeated_calls` (calls repeating an earlier call of the
+    same tool with the same query, case and spacing aside) and, where the gold is answer strings,
+    `answer_retrieved` (1 when a gold answer appears in some tool result) and `closed_book` (1 when the answer is
+    right but no tool result held it: guessed or remembered, not read)."""
+    calls = [(c["tool"], " ".join(str(c["query"]).lower().split())) for c in rollout.tool_calls]
+    health = {"repeated_calls": float(len(calls) - len(set(calls)))}
+    answers = [gold] if isinstance(gold, str) else gold
+    if isinstance(answers, (list, tuple)) and answers and all(isinstance(a, str) for a in answers):
+        found = answer_in_text(answers, "\n".join(str(c["observation"]) for c in rollout.tool_calls))
+        health["answer_retrieved"] = float(found)
+        health["closed_book"] = float(correct == 1.0 and not found)
+    return health
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -186,7 +205,7 @@ def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Too
         bar.set_postfix(em=f"{sum(r['em'] for r in records) / len(records):.3f}")
     bar.close()
     keys = ("em", "f1", "format_valid", *task.metrics, *(task.tool_metric(t.name) for t in tools), "invalid_turns",
-            "response_tokens", "truncated")
+            "repeated_calls", "answer_retrieved", "closed_book", "response_tokens", "truncated")
     summary = mean_metrics([{k: r[k] for k in keys if k in r} for r in records])
     summary.update(by_hops(records, ("em", *(task.tool_metric(t.name) for t in tools))))
     summary["questions"] = float(len(records))

@@ -61,6 +61,14 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6,
     return adv.view(-1), informative.expand_as(r).reshape(-1)  # (N,), (N,)
 
 
+def group_spread(values: Tensor, group_size: int) -> float:
+    """The mean over groups of the sample std of ``values`` (N,) within each group (group-contiguous, as in
+    ``group_advantages``): how much of a step's reward spread one of its parts (correctness, format) makes."""
+    if values.dim() != 1 or values.shape[0] % group_size or group_size < 2:
+        raise ValueError(f"values must be (N,) with N a multiple of group_size >= 2, got {tuple(values.shape)}, {group_size}")
+    return values.view(-1, group_size).std(dim=1).mean().item()
+
+
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """Per-token k3 estimator of KL(policy || reference): ``exp(d) - d - 1`` with ``d = ref_logp - logp``.
 
@@ -80,14 +88,16 @@ def grpo_loss(
     epsilon: float = 0.2,
     beta: float = 0.001,
     num_tokens: int | float | Tensor | None = None,
+    epsilon_high: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The one GRPO loss: PPO-clipped surrogate plus k3 KL, averaged over policy tokens.
 
     Per token, with ``ratio = exp(logp - old_logp)`` and the sequence's advantage A::
 
-        loss_t = -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon) * A) + beta * k3(logp, ref_logp)
+        loss_t = -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * k3(logp, ref_logp)
 
-    (the KL term only when ``ref_logp`` is given and ``beta > 0``). The loss is
+    (the KL term only when ``ref_logp`` is given and ``beta > 0``; ``epsilon_high`` None = ``epsilon``, a larger
+    one is DAPO's clip-higher: a token with A > 0 may gain more before its gradient is cut). The loss is
     ``sum(loss_t over mask tokens) / num_tokens``; ``num_tokens`` defaults to ``mask.sum()``. When a batch is
     split into micro-batches for gradient accumulation, pass the mask-token count of the whole batch so the
     summed gradients equal the gradient of the full-batch token mean (DAPO-style token-level mean).
@@ -110,8 +120,9 @@ def grpo_loss(
         raise ValueError(f"ref_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(ref_logp.shape)}")
     if advantages.shape != (logp.shape[0],):
         raise ValueError(f"advantages must be (B,) = ({logp.shape[0]},), got {tuple(advantages.shape)}")
-    if epsilon < 0:
-        raise ValueError(f"epsilon (clip range) must be >= 0, got {epsilon}")
+    high = epsilon if epsilon_high is None else epsilon_high
+    if epsilon < 0 or high < 0:
+        raise ValueError(f"epsilon and epsilon_high (clip range) must be >= 0, got {epsilon}, {epsilon_high}")
     if beta < 0:
         raise ValueError(f"beta (KL weight) must be >= 0, got {beta}; use 0 to turn the KL term off")
 
@@ -123,7 +134,7 @@ def grpo_loss(
 
     ratio = torch.exp(logp - old_logp)  # (B, T)
     unclipped = ratio * adv  # (B, T)
-    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon) * adv  # (B, T)
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + high) * adv  # (B, T)
     surrogate = -torch.minimum(unclipped, clipped)  # (B, T)
 
     if ref_logp is not None:
@@ -140,7 +151,7 @@ def grpo_loss(
     loss = (per_token * m).sum() / denom  # ()
 
     with torch.no_grad():
-        clip_active = ((ratio > 1.0 + epsilon) & (adv > 0)) | ((ratio < 1.0 - epsilon) & (adv < 0))  # (B, T)
+        clip_active = ((ratio > 1.0 + high) & (adv > 0)) | ((ratio < 1.0 - epsilon) & (adv < 0))  # (B, T)
         metrics = {
             "policy_loss": (surrogate * m).sum() / local_tokens,
             "kl": (kl * m).sum() / local_tokens,

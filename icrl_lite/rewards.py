@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 ALPHA = 0.8
+ANSWER_CREDITS = ("em", "f1")  # what the accuracy term of the QA reward pays for
 
 # Penalty table of the ICRL paper: name -> amount subtracted from a format score of 1.
 FORMAT_PENALTIES: dict[str, float] = {
@@ -63,6 +64,13 @@ def normalize_answer(s: str) -> str:
     s = "".join(ch for ch in s if ch not in _PUNCTUATION)
     s = _ARTICLES.sub(" ", s)
     return " ".join(s.split())
+
+
+def answer_in_text(answers: Sequence[str], text: str) -> bool:
+    """Whether a gold answer appears in ``text`` as whole words after SQuAD normalisation (e.g. a retrieved
+    passage that holds the answer; an answer right without one was guessed or remembered)."""
+    haystack = f" {normalize_answer(text)} "
+    return any(f" {gold} " in haystack for gold in map(normalize_answer, answers) if gold)
 
 
 def _check_golds(golds: Sequence[str]) -> None:
@@ -169,8 +177,9 @@ def _format_score(text: str, answer: str | None, tool_flag: str, tool_tag: str,
 
 
 def icrl_reward(response: str, answers: Sequence[str], alpha: float = ALPHA,
-                tool_penalty: float | None = None) -> tuple[float, dict[str, float]]:
-    """ICRL reward ``alpha * EM + (1 - alpha) * format`` of one response.
+                tool_penalty: float | None = None, credit: str = "em") -> tuple[float, dict[str, float]]:
+    """ICRL reward ``alpha * EM + (1 - alpha) * format`` of one response (``credit="f1"``: token F1 in place of
+    EM, partial credit for a partly right answer; not the paper's).
 
     ``response`` must be the policy's response only (with the environment's ``<information>`` blocks
     inside it), never prompt + response: the released ICRL code scores prompt + response, which hides
@@ -182,11 +191,14 @@ def icrl_reward(response: str, answers: Sequence[str], alpha: float = ALPHA,
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (weight of exact match against format), got {alpha}")
+    if credit not in ANSWER_CREDITS:
+        raise ValueError(f"credit={credit!r}: use em (exact match, the paper's) or f1 (token F1, partial credit)")
     _check_golds(answers)
     answer = extract_answer(response)
     em = exact_match(answer, answers) if answer is not None else 0.0
     f1 = f1_score(answer, answers) if answer is not None else 0.0
-    return _combine(alpha, {"em": em, "f1": f1}, icrl_format(response, tool_penalty), answer)
+    accuracy = {"em": em, "f1": f1} if credit == "em" else {"f1": f1, "em": em}  # the first one is rewarded
+    return _combine(alpha, accuracy, icrl_format(response, tool_penalty), answer)
 
 
 def _combine(alpha: float, accuracy: dict[str, float], fmt: tuple[float, dict[str, float]],

@@ -44,8 +44,8 @@ from .checkpoints import (RunLock, last_logged_step, latest_checkpoint, load_tra
                           save_checkpoint)
 from .config import changed_keys, save_config, to_dict
 from .curriculum import DEMO_CHOICES, Curriculum, choose_demos
-from .evaluate import EvalConfig, intervals, mean_metrics, run_eval, score
-from .grpo import SCALE_REWARDS, group_advantages, grpo_loss, shaped_offpolicy_loss
+from .evaluate import EvalConfig, by_hops, intervals, mean_metrics, run_eval, score
+from .grpo import SCALE_REWARDS, group_advantages, group_spread, grpo_loss, shaped_offpolicy_loss
 from .memory import memory_report
 from .model import (LossScaler, ModelConfig, SharedPrefix, checkpoints_layers, load_policy, load_tokenizer, reference_mode,
                     response_logprobs)
@@ -53,6 +53,7 @@ from .preflight import check_model_source, check_output_dir
 from .prompts import build_messages, render_prompt
 from .rollout import (Rollout, RolloutConfig, RolloutEngine, demo_budget_problems, shared_prefix_length,
                       solution_rollout)
+from .rewards import ANSWER_CREDITS
 from .tasks import REWARD_VARIANTS, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig
 from .tracking import check_report_to, open_tracker
@@ -119,8 +120,19 @@ class TrainConfig:
     scored policy sampled: off-policy ones, demo_loss_prompt=zero_shot, get no KL term); 0 skips the reference pass."""
     epsilon: float = 0.2
     """PPO clip range."""
+    epsilon_high: float | None = None
+    """Upper clip range (DAPO's clip-higher, e.g. 0.28: a helpful unlikely token may gain more per step); None = epsilon."""
     alpha: float = 0.8
     """Reward = alpha * exact match + (1 - alpha) * format."""
+    alpha_final: float | None = None
+    """Anneal alpha linearly from `alpha` at the first step to this at the last (e.g. 1.0: format stops paying as
+    training goes on, so the reward's spread comes from answers; not ICRL's); None = alpha throughout."""
+    answer_credit: str = "em"
+    """qa: what the reward's accuracy term pays for: em (exact match, the paper's) | f1 (token F1 of the answer:
+    partial credit for a partly right one)."""
+    multi_hop_share: float = 0.0
+    """Share of each step's questions drawn from those that need two or more hops (the data's `hops` field), the
+    rest from the others; 0 = uniform over the training set."""
     tool_penalty: float | None = None
     """qa / math: what the format score loses when a response never calls its tool (no <search> / <python>);
     None = ICRL's table (0.1, i.e. 0.02 of the reward at alpha 0.8). Training only: evaluation's metrics do not
@@ -141,7 +153,8 @@ class TrainConfig:
     offpolicy_weight: str = "positive"
     """With demo_loss_prompt=zero_shot, how demo-sampled tokens train the demo-free policy: positive (rollouts
     with advantage > 0 only, ratio 1: advantage-weighted fine-tuning on the model's own above-average samples, right
-    or wrong) | ratio
+    or wrong) | correct (rollouts whose answer is right only, weight 1, ratio 1, whatever their group: rejection-
+    sampling fine-tuning) | ratio
     (PPO-clipped ratio to the demo-prompted sampler) | shaped (LUFFY: -A * p / (p + shaping_gamma), no clip)."""
     shaping_gamma: float = 0.1
     """offpolicy_weight=shaped: LUFFY's gamma."""
@@ -198,6 +211,17 @@ class TrainConfig:
             raise ValueError("learning_rate must be > 0 and warmup_ratio in [0, 1)")
         if self.beta < 0 or self.epsilon < 0 or not 0 <= self.alpha <= 1:
             raise ValueError("beta and epsilon must be >= 0 and alpha in [0, 1]")
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ValueError(f"epsilon_high={self.epsilon_high} must be >= epsilon={self.epsilon} (clip-higher), or null")
+        if self.alpha_final is not None and not 0 <= self.alpha_final <= 1:
+            raise ValueError(f"alpha_final={self.alpha_final} must be in [0, 1], or null for a constant alpha")
+        if self.answer_credit not in ANSWER_CREDITS:
+            raise ValueError(f"answer_credit={self.answer_credit!r}: use one of {', '.join(ANSWER_CREDITS)}")
+        if self.answer_credit != "em" and self.task != "qa":
+            raise ValueError(f"answer_credit={self.answer_credit} is the qa reward's (it scores answers by token F1); "
+                             f"task={self.task} has its own accuracy: leave answer_credit=em")
+        if not 0 <= self.multi_hop_share <= 1:
+            raise ValueError(f"multi_hop_share={self.multi_hop_share} must be in [0, 1] (0 = uniform sampling)")
         if self.demo_layout not in ("chat", "user"):
             raise ValueError(f"demo_layout={self.demo_layout!r}: use chat or user")
         if self.demo_choice not in DEMO_CHOICES:
@@ -239,6 +263,7 @@ class Trainer:
         self.task, self.tools, self.instruction = setup_task(cfg)  # clear errors before loading a model
         task = self.task
         self.train_set = task.load(cfg.train_data, split=cfg.train_split) if cfg.train_data else task.load(task.bundled("train"))
+        self.by_hops = split_by_hops(self.train_set, cfg.prompts_per_step, cfg.multi_hop_share)
         self.eval_set = (task.load(cfg.eval_data) if cfg.eval_data else task.load(task.bundled("dev")))[: cfg.eval_size]
         self.demo_pool = task.load_demos(cfg.demo_pool or task.bundled("demos"))
         uses_demos = any(stage.demos for stage in self.curriculum.stages)
@@ -344,7 +369,7 @@ class Trainer:
         if self.curriculum.gold_at(step):
             return self.gold_step(started, lr)
         demos, zero_shot = self.curriculum.demos_at(step), self.curriculum.zero_shot_at(step, size)
-        questions = random.Random(cfg.seed * 1_000_003 + step).sample(self.train_set, cfg.prompts_per_step)
+        questions = self.questions_at(step)
         bare = [self.prompt(q, 0, step, i) for i, q in enumerate(questions)]  # each question without demos
         prompts, counts, shots = [], [], []  # shots: demos in each rollout's prompt, group-contiguous
         for i, q in enumerate(questions):  # a group: size - zero_shot rollouts with demos, then zero_shot without
@@ -359,19 +384,25 @@ class Trainer:
 
         golds = [q[self.task.gold_field] for q in questions for _ in range(size)]
         progress = step / max(1, self.curriculum.total_steps - 1)
-        scored = [score(r, g, self.task, self.tools, cfg.alpha, cfg.reward_variant, progress, cfg.tool_penalty)
-                  for r, g in zip(rollouts, golds)]
+        alpha = self.alpha_at(progress)
+        scored = [score(r, g, self.task, self.tools, alpha, cfg.reward_variant, progress, cfg.tool_penalty,
+                        cfg.answer_credit) for r, g in zip(rollouts, golds)]
         rewards = torch.tensor([m["reward"] for m in scored])  # (N,)
         advantages, informative = group_advantages(rewards, size, scale=cfg.scale_rewards)  # (N,), (N,)
         items, pushed_up = [], []  # pushed_up: the trained rollouts with A > 0, by whether their answer was right
         for n, (rollout, k) in enumerate(zip(rollouts, shots)):
             offpolicy = k > 0 and cfg.demo_loss_prompt == "zero_shot"
+            prompt = bare[n // size] if offpolicy else rollout.prompt_ids
+            if offpolicy and cfg.offpolicy_weight == "correct":  # rejection sampling: right answers, weight 1
+                if scored[n]["em"] == 1.0:
+                    items.append(LossItem(rollout, prompt, 1.0, offpolicy))
+                    pushed_up.append(True)
+                continue
             if not informative[n] or (offpolicy and cfg.offpolicy_weight == "positive" and advantages[n] <= 0):
                 continue
-            prompt = bare[n // size] if offpolicy else rollout.prompt_ids
             items.append(LossItem(rollout, prompt, advantages[n].item(), offpolicy))
             if advantages[n] > 0:
-                pushed_up.append(scored[n].get("em", 0.0) == 1.0)
+                pushed_up.append(scored[n]["em"] == 1.0)
         update = self.update(items) if items else {}
         with (self.out / "samples.jsonl").open("a") as f:  # every trajectory, to read what the policy does
             f.writelines(json.dumps({"step": step + 1, "question": questions[n // size]["question"], "demos": k,
@@ -390,6 +421,7 @@ class Trainer:
             # of the rollouts whose probability the step raises (A > 0): how many had the right answer, and how many
             # rank above their group's mean without it (on format or tool use alone)
             "pushed_up_correct": sum(pushed_up), "pushed_up_wrong": len(pushed_up) - sum(pushed_up),
+            **health(scored, questions, informative, size, self.task, self.tools), "alpha": alpha,
             "loss": update.get("loss", 0.0), "kl": update.get("kl", 0.0), "grad_norm": update.get("grad_norm", 0.0),
             "clip_fraction": update.get("clip_fraction", 0.0),
             "lr": lr,
@@ -434,6 +466,22 @@ class Trainer:
             metrics.update(self.probe())
         metrics.update({"step_seconds": time.time() - started, "gen_seconds": 0.0, "gen_tokens_per_s": 0.0})
         return metrics
+
+    def questions_at(self, step: int) -> list[dict]:
+        """The step's `prompts_per_step` training questions, a function of the seed and the step (so a resumed run
+        draws the same ones): uniform, or `multi_hop_share` of them from the questions needing 2+ hops."""
+        rng = random.Random(self.cfg.seed * 1_000_003 + step)
+        if self.by_hops is None:
+            return rng.sample(self.train_set, self.cfg.prompts_per_step)
+        single, multi = self.by_hops
+        k = round(self.cfg.multi_hop_share * self.cfg.prompts_per_step)
+        return rng.sample(multi, k) + rng.sample(single, self.cfg.prompts_per_step - k)
+
+    def alpha_at(self, progress: float) -> float:
+        """The reward's accuracy weight at `progress` (0 at the first step, 1 at the last): `alpha`, or annealed
+        linearly to `alpha_final`."""
+        cfg = self.cfg
+        return cfg.alpha if cfg.alpha_final is None else cfg.alpha + (cfg.alpha_final - cfg.alpha) * progress
 
     def set_learning_rate(self, step: int) -> float:
         """Set and return the learning rate of `step` (warmup + cosine): a function of the step alone, so
@@ -526,6 +574,7 @@ class Trainer:
                 loss, metrics = grpo_loss(
                     logp, old, torch.zeros_like(adv) if shaped else adv, mask,  # shaped: its own loss below
                     ref_logp=references.get(b), epsilon=cfg.epsilon, beta=cfg.beta, num_tokens=num_tokens,
+                    epsilon_high=cfg.epsilon_high,
                 )
                 if shaped:
                     loss = loss + shaped_offpolicy_loss(logp, adv, mask, gamma=cfg.shaping_gamma, num_tokens=num_tokens)
@@ -642,7 +691,37 @@ class LossItem:
     supervised: bool = False  # a worked solution (Stage.gold): ratio 1 whatever offpolicy_weight says
 
 
-OFFPOLICY_WEIGHTS = ("positive", "ratio", "shaped")
+OFFPOLICY_WEIGHTS = ("positive", "correct", "ratio", "shaped")
+
+
+def split_by_hops(questions: list[dict], per_step: int, share: float) -> tuple[list[dict], list[dict]] | None:
+    """(single-hop, multi-hop) questions for `multi_hop_share` sampling (None when share is 0), checked to hold
+    enough of each for a step."""
+    if not share:
+        return None
+    if not all("hops" in q for q in questions):
+        raise ValueError("multi_hop_share needs a `hops` field (1, 2, ...) on every training question; the bundled QA "
+                         "data has one. Add it to your data, or set multi_hop_share=0")
+    multi = [q for q in questions if q["hops"] >= 2]
+    single = [q for q in questions if q["hops"] < 2]
+    k = round(share * per_step)
+    if len(multi) < k or len(single) < per_step - k:
+        raise ValueError(f"multi_hop_share={share} takes {k} of {per_step} questions a step from {len(multi)} multi-hop "
+                         f"and {per_step - k} from {len(single)} single-hop ones: too few; change the share")
+    return single, multi
+
+
+def health(scored: list[dict], questions: list[dict], informative: torch.Tensor, size: int, task, tools) -> dict:
+    """A step's tool-use health beyond the reward's mean (the per-rollout `repeated_calls`, `answer_retrieved`,
+    `closed_book`, `invalid_turns`, `response_tokens` are averaged with the reward metrics): the share of groups
+    without reward spread (nothing to learn from), the within-group spread of correctness and of format (where
+    GRPO's signal comes from), and EM and tool calls by hop count where the questions say."""
+    spread = {f"spread/{key}": group_spread(torch.tensor([m[key] for m in scored], dtype=torch.float64), size)
+              for key in ("em", "format") if key in scored[0]}
+    records = [{**m, **({"hops": q["hops"]} if "hops" in q else {})}
+               for m, q in zip(scored, (q for q in questions for _ in range(size)))]
+    return {"no_spread_groups": 1.0 - informative.float().mean().item(), **spread,
+            **by_hops(records, ("em", *(task.tool_metric(t.name) for t in tools)))}
 
 
 def right_pad(rows: list[list[float]]) -> torch.Tensor:

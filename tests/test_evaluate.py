@@ -139,3 +139,24 @@ def test_a_checkpoint_is_evaluated_with_its_task_and_training_budgets(run_dir, t
     evaluate(EvalConfig(checkpoint=str(run_dir), dataset=str(task / "qa.jsonl"), corpus=str(task / "corpus.jsonl"),
                         output=str(task / "out.jsonl")))
     assert seen == {"task": "qa", "max_turn_tokens": 8}
+
+
+def test_score_reports_repeated_calls_and_whether_the_answer_was_read_or_guessed():
+    def rollout(calls, answer):
+        return Rollout(prompt_ids=[1], policy_text=f"<think> x </think><search> q </search><answer> {answer} </answer>",
+                       tool_calls=[{"tool": "search", "query": q, "observation": obs} for q, obs in calls])
+
+    read = score(rollout([("Tavoustead", "Tavoustead is in Louktuk."), ("tavoustead ", "same")], "Louktuk"),
+                 ["Louktuk"], get_task("qa"), SEARCH_TOOLS)
+    assert (read["repeated_calls"], read["answer_retrieved"], read["closed_book"]) == (1.0, 1.0, 0.0)
+    guessed = score(rollout([("Tavoustead", "nothing useful")], "Louktuk"), ["Louktuk"], get_task("qa"), SEARCH_TOOLS)
+    assert (guessed["repeated_calls"], guessed["answer_retrieved"], guessed["closed_book"]) == (0.0, 0.0, 1.0)
+    wrong = score(rollout([("Tavoustead", "nothing useful")], "Paris"), ["Louktuk"], get_task("qa"), SEARCH_TOOLS)
+    assert wrong["closed_book"] == 0.0  # a wrong answer is no closed-book win
+
+
+def test_score_passes_the_answer_credit_to_the_reward():
+    rollout = Rollout(prompt_ids=[1], policy_text="<think> x </think><search> q </search><answer> Louktuk city </answer>")
+    em = score(rollout, ["Louktuk"], get_task("qa"), SEARCH_TOOLS)
+    f1 = score(rollout, ["Louktuk"], get_task("qa"), SEARCH_TOOLS, credit="f1")
+    assert em["reward"] == pytest.approx(0.2) and f1["reward"] == pytest.approx(0.8 * 2 / 3 + 0.2)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from icrl_lite.grpo import group_advantages, grpo_loss, k3_kl
+from icrl_lite.grpo import group_advantages, group_spread, grpo_loss, k3_kl
 
 # ---- advantages -----------------------------------------------------------------------------------------
 
@@ -187,3 +187,24 @@ def test_shaped_offpolicy_loss_hand_numbers_and_gradient():
     loss.backward()
     # d/dlogp of -A p/(p+g) / 2 tokens = -A g p / (p+g)^2 / 2: p=0.1 -> -0.25, p=0.9 -> -0.09; masked -> 0
     torch.testing.assert_close(logp.grad, torch.tensor([[-0.25, -0.09, 0.0]]))
+
+
+def test_clip_higher_lets_a_positive_advantage_token_gain_more_before_its_gradient_is_cut():
+    logp = torch.full((1, 1), math.log(1.25), requires_grad=True)  # ratio 1.25 against old log-prob 0
+    old, adv, mask = torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1)
+    clipped, metrics = grpo_loss(logp, old, adv, mask, epsilon=0.2, beta=0.0)
+    (grad,) = torch.autograd.grad(clipped, logp)
+    assert grad.item() == 0.0 and metrics["clip_fraction"].item() == 1.0  # 1.25 > 1.2: cut
+    higher, metrics = grpo_loss(logp, old, adv, mask, epsilon=0.2, beta=0.0, epsilon_high=0.28)
+    (grad,) = torch.autograd.grad(higher, logp)
+    assert grad.item() == pytest.approx(-1.25) and metrics["clip_fraction"].item() == 0.0  # 1.25 < 1.28: kept
+    low = torch.full((1, 1), math.log(0.75), requires_grad=True)  # the lower bound stays 1 - epsilon
+    loss, _ = grpo_loss(low, old, -adv, mask, epsilon=0.2, beta=0.0, epsilon_high=0.28)
+    assert torch.autograd.grad(loss, low)[0].item() == 0.0
+
+
+def test_group_spread_is_the_mean_within_group_sample_std():
+    values = torch.tensor([0.0, 1.0, 1.0, 1.0])  # groups of 2: std 0.7071 and 0
+    assert group_spread(values, 2) == pytest.approx(math.sqrt(0.5) / 2)
+    with pytest.raises(ValueError, match="multiple"):
+        group_spread(torch.zeros(3), 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from icrl_lite.rewards import (
+    answer_in_text,
     exact_match,
     extract_answer,
     f1_score,
@@ -165,3 +166,20 @@ def test_reward_scores_the_response_only():
 def test_reward_rejects_alpha_outside_unit_interval():
     with pytest.raises(ValueError, match="alpha"):
         icrl_reward(GOOD, ["Beijing"], alpha=1.5)
+
+
+def test_f1_credit_pays_a_partly_right_answer_and_em_credit_does_not():
+    partial = GOOD.replace("<answer> Beijing </answer>", "<answer> Beijing city </answer>")  # F1 2/3, EM 0
+    em_reward, em_metrics = icrl_reward(partial, ["Beijing"])
+    f1_reward, f1_metrics = icrl_reward(partial, ["Beijing"], credit="f1")
+    assert em_reward == pytest.approx(0.2) and f1_reward == pytest.approx(0.8 * 2 / 3 + 0.2)
+    assert em_metrics == {**f1_metrics, "reward": em_reward}  # the same metrics, only the reward differs
+    with pytest.raises(ValueError, match="credit"):
+        icrl_reward(GOOD, ["Beijing"], credit="recall")
+
+
+def test_answer_in_text_matches_whole_normalised_words():
+    assert answer_in_text(["The Beijing"], "Doc 1 (Title: X) ... capital is beijing.")
+    assert not answer_in_text(["Bei"], "Beijing is the capital")  # part of a word is not the answer
+    assert not answer_in_text(["1600"], "founded in 16000")
+    assert not answer_in_text(["", "  "], "anything")  # a blank gold matches nothing

@@ -298,3 +298,69 @@ def test_a_step_counts_the_pushed_up_rollouts_with_and_without_the_right_answer(
     trainer = Trainer(make_config(stages=[{"demos": 0, "steps": 1}]))
     metrics = trainer.step()
     assert (metrics["pushed_up_correct"], metrics["pushed_up_wrong"]) == (1, 1)
+
+
+def test_correct_offpolicy_weight_trains_right_answers_only_at_weight_one_even_without_spread(make_config, monkeypatch):
+    # a step with demos scored without them: group 1 is all right (no spread), group 2 has one right, one wrong
+    pattern = iter([(1.0, 1.0), (1.0, 1.0), (0.0, 0.0), (1.0, 1.0)])
+    real = trainer_module.score
+
+    def score(rollout, gold, *args):
+        metrics = real(rollout, gold, *args)
+        metrics["reward"], metrics["em"] = next(pattern)
+        return metrics
+
+    monkeypatch.setattr(trainer_module, "score", score)
+    trainer = Trainer(make_config(stages=[{"demos": 1, "steps": 1}], offpolicy_weight="correct"))
+    seen = []
+    monkeypatch.setattr(trainer, "update", lambda items: seen.extend(items) or {})
+    metrics = trainer.step()
+    assert len(seen) == 3 and all(it.offpolicy and it.advantage == 1.0 for it in seen)
+    assert (metrics["pushed_up_correct"], metrics["pushed_up_wrong"]) == (3, 0)
+
+
+def test_alpha_anneals_from_alpha_to_alpha_final_and_reaches_the_reward(make_config, monkeypatch):
+    trainer = Trainer(make_config(alpha=0.8, alpha_final=1.0))
+    assert [trainer.alpha_at(p) for p in (0.0, 0.5, 1.0)] == pytest.approx([0.8, 0.9, 1.0])
+    assert Trainer(make_config("constant")).alpha_at(1.0) == 0.8
+    alphas = []
+    real = trainer_module.score
+    monkeypatch.setattr(trainer_module, "score", lambda r, g, task, tools, alpha, *a: alphas.append(alpha) or
+                        real(r, g, task, tools, alpha, *a))
+    trainer.train()
+    assert sorted(set(alphas)) == pytest.approx([0.8, 1.0]) and read_metrics(trainer.out)[-1]["alpha"] == 1.0
+
+
+def test_multi_hop_share_draws_that_share_of_each_steps_questions_from_multi_hop_ones(make_config, tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"id": str(i), "question": f"q{i}?", "answers": ["a"], "hops": 1 + (i % 4 == 0)})
+                             + "\n" for i in range(40)))
+    trainer = Trainer(make_config(train_data=str(train), prompts_per_step=4, multi_hop_share=0.5))
+    for step in range(5):
+        hops = sorted(q["hops"] for q in trainer.questions_at(step))
+        assert hops == [1, 1, 2, 2]
+    assert trainer.questions_at(3) == trainer.questions_at(3)  # a function of the step: a resume draws the same
+    uniform = Trainer(make_config("uniform", train_data=str(train), prompts_per_step=4))
+    assert sum(q["hops"] == 2 for s in range(20) for q in uniform.questions_at(s)) < 40  # ~20 of 80 by chance
+    without = tmp_path / "plain.jsonl"
+    without.write_text(json.dumps({"question": "q?", "answers": ["a"]}) + "\n")
+    with pytest.raises(ValueError, match="hops"):
+        Trainer(make_config("plain", train_data=str(without), multi_hop_share=0.5))
+
+
+def test_a_step_logs_the_tool_use_health(make_config, varied_rewards):
+    trainer = Trainer(make_config(stages=[{"demos": 0, "steps": 1}]))
+    metrics = trainer.step()
+    for key in ("no_spread_groups", "spread/em", "spread/format", "repeated_calls", "answer_retrieved", "closed_book",
+                "invalid_turns", "response_tokens", "alpha"):
+        assert key in metrics, key
+    assert metrics["no_spread_groups"] == 0.0  # varied_rewards gives every group a spread
+
+
+@pytest.mark.parametrize("bad, match", [({"epsilon_high": 0.1}, "epsilon_high"), ({"alpha_final": 1.5}, "alpha_final"),
+                                        ({"answer_credit": "recall"}, "answer_credit"),
+                                        ({"answer_credit": "f1", "task": "math"}, "qa reward"),
+                                        ({"multi_hop_share": 2.0}, "multi_hop_share")])
+def test_bad_learning_options_are_refused_with_the_fix(make_config, bad, match):
+    with pytest.raises(ValueError, match=match):
+        make_config(**bad).validate()
