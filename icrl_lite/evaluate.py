@@ -140,11 +140,13 @@ def bootstrap_ci(values: Sequence[float], resamples: int = 2000, confidence: flo
 
 def side_by_side(results: dict, task: Task, tools: Sequence[Tool]) -> str:
     """The summaries of `Trainer.final_evaluation` (untrained, untrained with demos when run, trained) as a table
-    with 95% intervals, then the EM and tool calls by hop count where the questions say how many hops they need."""
+    with 95% intervals (tool-use health too: repeated calls, answers found in a tool result, right answers that were
+    not), then the EM and tool calls by hop count where the questions say how many hops they need."""
     keys = [("em", "EM" if "f1" in results["trained"] else "accuracy"), ("f1", "F1"), ("format_valid", "format-valid")]
     keys += [(m, m.replace("_", " ")) for m in task.metrics]
     keys += [(task.tool_metric(t.name), f"{t.name} calls / question") for t in tools]
-    keys += [("response_tokens", "response tokens"), ("truncated", "truncated")]
+    keys += [("repeated_calls", "repeated calls"), ("answer_retrieved", "answer in a result"),
+             ("closed_book", "right, not retrieved"), ("response_tokens", "response tokens"), ("truncated", "truncated")]
     hops = sorted(int(m.group(2)) for m in map(HOP_KEY.fullmatch, results["trained"]) if m and m.group(1) == "questions")
     for h in hops:
         keys += [(f"em@{h}hop", f"EM, {h}-hop ({results['trained'][f'questions@{h}hop']:.0f})")]

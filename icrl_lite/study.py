@@ -53,8 +53,8 @@ from .trainer import TrainConfig, Trainer, latest_checkpoint
 
 STUDY_DIR = CONFIG_DIR / "studies"
 METRICS = (("em", "EM"), ("f1", "F1"), ("format_valid", "format-valid"), ("tool_calls", "tool calls/q"),
-           ("response_tokens", "length (tok)"))
-DIGITS = {"tool_calls": 2, "response_tokens": 1}  # decimals in the tables (3 for rates)
+           ("repeated_calls", "repeated calls/q"), ("closed_book", "right, not retrieved"), ("response_tokens", "length (tok)"))
+DIGITS = {"tool_calls": 2, "repeated_calls": 2, "response_tokens": 1}  # decimals in the tables (3 for rates)
 SET_BY_STUDY = ("output_dir", "seed")  # TrainConfig keys the study fills in per run
 BOOKKEEPING = ("save_every", "keep_checkpoints", "final_eval", "final_eval_size")  # changing them leaves a trained run valid
 
@@ -488,7 +488,7 @@ def summarize(study: StudyConfig, done: list, command: str) -> dict:
             if any(s["id"] != ids for s in per_seed):
                 raise ValueError(f"arm {entry['name']}: seeds were evaluated on different questions; rerun with one eval config")
             metrics = {}
-            for m in (m for m, _ in METRICS if m in per_seed[0]):
+            for m in (m for m, _ in METRICS if all(m in s for s in per_seed)):  # (evaluations of older versions lack some)
                 means = [float(np.mean(s[m])) for s in per_seed]
                 mean, std = mean_std(means)
                 pooled = np.mean([s[m] for s in per_seed], axis=0)  # (questions,) averaged over seeds

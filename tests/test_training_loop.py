@@ -179,6 +179,7 @@ def test_final_evaluation_compares_the_untrained_and_trained_model_on_the_same_q
     table = side_by_side(results, trainer.task, trainer.tools)
     assert "untrained" in table and "search calls / question" in table and "3 questions" in table
     assert f"untrained, {min(3, len(DEMOS))} demos" in table and "EM, 2-hop (1)" in table
+    assert "answer in a result" in table and "right, not retrieved" in table and "repeated calls" in table
     # a resumed run reuses the untrained evaluation
     again = Trainer(make_config(final_eval=str(questions)), resume=True).final_evaluation()
     assert again["untrained"] == results["untrained"] and again["untrained_demos"] == results["untrained_demos"]
