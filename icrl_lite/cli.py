@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     study = sub.add_parser("study", help="train and evaluate several arms x seeds on one budget: results.md/.json and curves",
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=study_keys())
     study.add_argument("--config", required=True, help="study YAML or packaged study name (e.g. qa-smoke)")
+    study.add_argument("--report", nargs="+", metavar="ARM", default=None,
+                       help="after the study chose on its split: evaluate these arms once on --report-split (all seeds)")
+    study.add_argument("--report-split", default="test", help="the split of --report (default: test)")
     study.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. seeds=[0,1,2] eval.limit=50")
 
     plot = sub.add_parser("plot", help="draw a run's training curves and its tool-use health to PNGs")
@@ -84,9 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(describe(TrainConfig if args.which == "train" else EvalConfig)))
             return 0
         if args.command == "study":
-            from .study import load_study, run_study
+            from .study import load_study, report_study, run_study
 
-            results = run_study(load_study(args.config, args.overrides), command=" ".join(["icrl-lite", *argv]))
+            study_cfg, command = load_study(args.config, args.overrides), " ".join(["icrl-lite", *argv])
+            if args.report:
+                results = report_study(study_cfg, args.report, args.report_split, command=command)
+                print(f"report: {results['config']['output_dir']}/report-{args.report_split}.md")
+                return 0
+            results = run_study(study_cfg, command=command)
             print(f"results: {results['config']['output_dir']}/results.md")
             return 0
         if args.command == "chat":

@@ -390,15 +390,15 @@ def train_run(cfg: TrainConfig, budget: BudgetConfig) -> dict:
     return marker
 
 
-def eval_run(cfg: TrainConfig, checkpoint: str, demos: int, spec: StudyEvalConfig, trained: str) -> dict:
+def eval_run(cfg: TrainConfig, checkpoint: str, demos: int, spec: StudyEvalConfig, trained: str, tag: str = "") -> dict:
     """Evaluate one arm/seed with `demos` demos (skipped when its result file matches: the same evaluation config,
-    training and data files); returns summary + records path."""
+    training and data files); returns summary + records path. `tag` names a separate result file (the report's)."""
     out = Path(cfg.output_dir)
     split = Path(spec.dataset).stem if spec.dataset else spec.split
     ecfg = eval_config(cfg, checkpoint, demos, spec, out / f"eval-{split}-{demos}shot.jsonl")
     current = {"eval": plain(ecfg), "trained": trained}
     data = data_digest(ecfg, (spec.split if not spec.dataset else "dataset", "demos", "corpus"))
-    path = out / f"study-eval-{demos}shot.json"
+    path = out / f"study-eval-{demos}shot{tag}.json"
     if path.exists():
         done = json.loads(path.read_text())
         if same_evaluation(done, current) and done.get("data") == data and Path(done["records"]).exists():
@@ -452,6 +452,40 @@ def run_study(study: StudyConfig, command: str = "") -> dict:
     results["plot"] = draw_curves(study, runs)
     (out / "results.md").write_text(markdown(results))
     write_json(out / "results.json", results)
+    return results
+
+
+def report_study(study: StudyConfig, arms: Sequence[str], split: str = "test", command: str = "") -> dict:
+    """Evaluate the chosen `arms` (every seed, the study's eval_demos, all questions) once on `split`, after the
+    study chose them on its own split: report-<split>.md / .json in the study directory. Training arms must have
+    finished every seed (the study trains them; the report never does)."""
+    if split == study.eval.split and not study.eval.dataset:
+        raise ValueError(f"the study itself evaluates on {split}: report on another split (e.g. test)")
+    known = {arm.name for arm in study.arm_list()}
+    unknown = [a for a in arms if a not in known]
+    if not arms or unknown:
+        raise ValueError(f"report arms {unknown or arms!r}: name arms of the study ({', '.join(sorted(known))})")
+    spec = dataclasses.replace(study.eval, split=split, dataset="", limit=0)
+    done = []
+    for arm, seed, cfg in plan(study):
+        if arm.name not in arms:
+            continue
+        trained = {"finished_at": "base"}
+        if arm.train:
+            marker = Path(cfg.output_dir) / "study-train.json"
+            trained = json.loads(marker.read_text()) if marker.exists() else {}
+            if not trained.get("finished"):
+                raise ValueError(f"{cfg.output_dir} has not finished training: run `icrl-lite study --config "
+                                 f"{study.name}` first (the report evaluates what the study trained)")
+        print(f"[study] {study.name} report on {split}: arm {arm.name} seed {seed}")
+        checkpoint = cfg.output_dir if arm.train else "base"
+        done.append((arm, seed, trained, {"main": eval_run(cfg, checkpoint, arm.eval_demos, spec, trained["finished_at"],
+                                                           tag=f"-report-{split}")}))
+    reported = dataclasses.replace(study, eval=spec, arms=[a for a in study.arms if a["name"] in arms])
+    results = summarize(reported, done, command)
+    out = Path(study.output_dir)
+    (out / f"report-{split}.md").write_text(markdown(results))
+    write_json(out / f"report-{split}.json", results)
     return results
 
 

@@ -14,7 +14,7 @@ import yaml
 from icrl_lite import study as study_module
 from icrl_lite.cli import main
 from icrl_lite.evaluate import bootstrap_ci
-from icrl_lite.study import load_study, mean_std, plan, run_study
+from icrl_lite.study import load_study, mean_std, plan, report_study, run_study
 from icrl_lite.trainer import Trainer
 
 SHORT_DEMOS = [  # one-turn demos keep the prompts small and fit the tiny rollout budgets
@@ -342,3 +342,30 @@ def test_a_run_made_from_other_data_files_is_refused_or_re_evaluated(finished, w
         assert evaluated == [1]  # other data: evaluated again
     finally:
         (out / "study-eval-0shot.json").write_text(json.dumps(saved))
+
+
+def test_report_evaluates_the_chosen_arms_once_on_test_and_leaves_the_dev_results(finished, monkeypatch, capsys):
+    study, _ = finished
+    path = Path(study.output_dir).with_suffix(".yaml")
+    dev_result = (run_dir(study, "icrl") / "study-eval-0shot.json").read_text()
+    assert main(["study", "--config", str(path), "--report", "icrl", "prompt-2"]) == 0
+    assert f"{study.output_dir}/report-test.md" in capsys.readouterr().out
+    report = json.loads((Path(study.output_dir) / "report-test.json").read_text())
+    arms = {a["name"]: a for a in report["arms"]}
+    assert set(arms) == {"icrl", "prompt-2"} and report["config"]["eval"]["split"] == "test"
+    assert arms["icrl"]["main"]["questions"] == arms["prompt-2"]["main"]["questions"] == 200  # all of test, not limit 2
+    assert arms["prompt-2"]["main"]["demos"] == 2 and arms["icrl"]["main"]["demos"] == 0
+    assert (run_dir(study, "icrl") / "study-eval-0shot.json").read_text() == dev_result  # the study's own result stays
+    assert (run_dir(study, "icrl") / "eval-test-0shot.jsonl").exists()
+    forbid_work(monkeypatch)  # a second report reuses the evaluations
+    assert main(["study", "--config", str(path), "--report", "icrl"]) == 0
+
+
+def test_report_refuses_the_studys_own_split_unknown_arms_and_untrained_runs(write_study):
+    study = load_study(write_study("unreported"))
+    with pytest.raises(ValueError, match="evaluates on dev"):
+        report_study(study, ["icrl"], split="dev")
+    with pytest.raises(ValueError, match="name arms of the study"):
+        report_study(study, ["nope"])
+    with pytest.raises(ValueError, match="has not finished training"):
+        report_study(study, ["icrl"])
