@@ -25,7 +25,7 @@ from .curriculum import DEMO_CHOICES, choose_demos
 from .model import ModelConfig, load_policy
 from .preflight import check_model_source
 from .prompts import build_messages, render_prompt
-from .rewards import answer_in_text, extract_answer
+from .rewards import answer_in_text, extract_answer, normalize_answer
 from .rollout import Rollout, RolloutConfig, RolloutEngine
 from .tasks import TOOL_METRICS, Task, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig, Tool
@@ -113,11 +113,15 @@ def score(rollout: Rollout, gold, task: Task, tools: Sequence[Tool], alpha: floa
 
 def tool_use_health(rollout: Rollout, gold, correct: float) -> dict[str, float]:
     """How a rollout used its tools, beyond the reward: `repeated_calls` (calls repeating an earlier call of the
-    same tool with the same query, case and spacing aside) and, where the gold is answer strings,
+    same tool with the same query, case and spacing aside), `answer_is_query` (1 when the answer is what it searched
+    for: the entity copied instead of read from the results) and, where the gold is answer strings,
     `answer_retrieved` (1 when a gold answer appears in some tool result) and `closed_book` (1 when the answer is
     right but no tool result held it: guessed or remembered, not read)."""
     calls = [(c["tool"], " ".join(str(c["query"]).lower().split())) for c in rollout.tool_calls]
-    health = {"repeated_calls": float(len(calls) - len(set(calls)))}
+    answer = extract_answer(rollout.policy_text)
+    copied = answer is not None and normalize_answer(answer) != "" and any(
+        normalize_answer(answer) == normalize_answer(str(c["query"])) for c in rollout.tool_calls)
+    health = {"repeated_calls": float(len(calls) - len(set(calls))), "answer_is_query": float(copied)}
     answers = [gold] if isinstance(gold, str) else gold
     if isinstance(answers, (list, tuple)) and answers and all(isinstance(a, str) for a in answers):
         found = answer_in_text(answers, "\n".join(str(c["observation"]) for c in rollout.tool_calls))
@@ -145,7 +149,7 @@ def side_by_side(results: dict, task: Task, tools: Sequence[Tool]) -> str:
     keys = [("em", "EM" if "f1" in results["trained"] else "accuracy"), ("f1", "F1"), ("format_valid", "format-valid")]
     keys += [(m, m.replace("_", " ")) for m in task.metrics]
     keys += [(task.tool_metric(t.name), f"{t.name} calls / question") for t in tools]
-    keys += [("repeated_calls", "repeated calls"), ("answer_retrieved", "answer in a result"),
+    keys += [("repeated_calls", "repeated calls"), ("answer_is_query", "answer = a query"), ("answer_retrieved", "answer in a result"),
              ("closed_book", "right, not retrieved"), ("response_tokens", "response tokens"), ("truncated", "truncated")]
     hops = sorted(int(m.group(2)) for m in map(HOP_KEY.fullmatch, results["trained"]) if m and m.group(1) == "questions")
     for h in hops:
@@ -207,7 +211,7 @@ def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Too
         bar.set_postfix(em=f"{sum(r['em'] for r in records) / len(records):.3f}")
     bar.close()
     keys = ("em", "f1", "format_valid", *task.metrics, *(task.tool_metric(t.name) for t in tools), "invalid_turns",
-            "repeated_calls", "answer_retrieved", "closed_book", "response_tokens", "truncated")
+            "repeated_calls", "answer_is_query", "answer_retrieved", "closed_book", "response_tokens", "truncated")
     summary = mean_metrics([{k: r[k] for k in keys if k in r} for r in records])
     summary.update(by_hops(records, ("em", *(task.tool_metric(t.name) for t in tools))))
     summary["questions"] = float(len(records))

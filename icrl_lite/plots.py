@@ -74,7 +74,8 @@ HEALTH_PANELS = (
     ("answers", (
         ("right answer (share of rollouts)", lambda r: r.get("em")),
         ("right among pushed-up rollouts", pushed_up_right),
-        ("right without the answer retrieved", lambda r: r.get("closed_book")))),
+        ("right without the answer retrieved", lambda r: r.get("closed_book")),
+        ("answer = a query (entity copied)", lambda r: r.get("answer_is_query")))),
     ("tool use", (
         ("calls, 1-hop questions", lambda r: calls_at(r, 1)),
         ("calls, 2-hop questions", lambda r: calls_at(r, 2)),

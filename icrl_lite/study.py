@@ -53,7 +53,8 @@ from .trainer import TrainConfig, Trainer, latest_checkpoint
 
 STUDY_DIR = CONFIG_DIR / "studies"
 METRICS = (("em", "EM"), ("f1", "F1"), ("format_valid", "format-valid"), ("tool_calls", "tool calls/q"),
-           ("repeated_calls", "repeated calls/q"), ("closed_book", "right, not retrieved"), ("response_tokens", "length (tok)"))
+           ("repeated_calls", "repeated calls/q"), ("answer_is_query", "answer = query"), ("closed_book", "right, not retrieved"),
+           ("response_tokens", "length (tok)"))
 DIGITS = {"tool_calls": 2, "repeated_calls": 2, "response_tokens": 1}  # decimals in the tables (3 for rates)
 SET_BY_STUDY = ("output_dir", "seed")  # TrainConfig keys the study fills in per run
 BOOKKEEPING = ("save_every", "keep_checkpoints", "final_eval", "final_eval_size")  # changing them leaves a trained run valid

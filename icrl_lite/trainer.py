@@ -712,8 +712,8 @@ def split_by_hops(questions: list[dict], per_step: int, share: float) -> tuple[l
 
 
 def health(scored: list[dict], questions: list[dict], informative: torch.Tensor, size: int, task, tools) -> dict:
-    """A step's tool-use health beyond the reward's mean (the per-rollout `repeated_calls`, `answer_retrieved`,
-    `closed_book`, `invalid_turns`, `response_tokens` are averaged with the reward metrics): the share of groups
+    """A step's tool-use health beyond the reward's mean (the per-rollout `repeated_calls`, `answer_is_query`,
+    `answer_retrieved`, `closed_book`, `invalid_turns`, `response_tokens` are averaged with the reward metrics): the share of groups
     without reward spread (nothing to learn from), the within-group spread of correctness and of format (where
     GRPO's signal comes from), and EM and tool calls by hop count where the questions say."""
     spread = {f"spread/{key}": group_spread(torch.tensor([m[key] for m in scored], dtype=torch.float64), size)

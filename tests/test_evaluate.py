@@ -153,6 +153,10 @@ def test_score_reports_repeated_calls_and_whether_the_answer_was_read_or_guessed
     assert (guessed["repeated_calls"], guessed["answer_retrieved"], guessed["closed_book"]) == (0.0, 0.0, 1.0)
     wrong = score(rollout([("Tavoustead", "nothing useful")], "Paris"), ["Louktuk"], get_task("qa"), SEARCH_TOOLS)
     assert wrong["closed_book"] == 0.0  # a wrong answer is no closed-book win
+    assert read["answer_is_query"] == wrong["answer_is_query"] == 0.0
+    copied = score(rollout([("the Tavoustead", "Tavoustead is in Louktuk.")], "Tavoustead"), ["Louktuk"], get_task("qa"),
+                   SEARCH_TOOLS)
+    assert copied["answer_is_query"] == 1.0 and copied["em"] == 0.0  # the entity searched for, copied as the answer
 
 
 def test_score_passes_the_answer_credit_to_the_reward():

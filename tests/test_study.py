@@ -179,7 +179,8 @@ def test_results_json_has_every_arm_with_its_budget_and_evaluations(finished):
     for arm, key in ((icrl, "main"), (icrl, "extra"), (prompt, "main")):
         metrics = arm[key]["metrics"]
         assert arm[key]["questions"] == 2
-        assert set(metrics) == {"em", "f1", "format_valid", "tool_calls", "repeated_calls", "closed_book", "response_tokens"}
+        assert set(metrics) == {"em", "f1", "format_valid", "tool_calls", "repeated_calls", "answer_is_query", "closed_book",
+                                "response_tokens"}
         for m in metrics.values():
             assert m["ci"][0] <= m["mean"] <= m["ci"][1] and m["per_seed"] == [m["mean"]]
         records = [json.loads(line) for line in Path(arm["runs"][0][key]["records"]).read_text().splitlines()]
