@@ -77,8 +77,10 @@ def test_files_are_what_the_generator_writes(tmp_path):
 
 def test_check_catches_an_answer_missing_from_its_passage():
     entities, files = script().build()
+    text = {d["title"]: d["text"] for d in files["corpus"]}
     record = next(r for r in files["dev"] if r["hops"] == 1)
-    record["answers"] = [*record["answers"], "Nowhere"]
+    elsewhere = next(t for t in text if t not in text[record["entities"][-1]])  # in the corpus, not in the passage
+    record["answers"] = [*record["answers"], elsewhere]
     with pytest.raises(ValueError, match="not in the final-hop passage"):
         script().check(entities, files)
 
