@@ -13,7 +13,8 @@ makes retrieval look like real retrieval:
 - near-namesakes: twin towns (the same stem with another suffix), twin companies (the same first word, another
   kind) and relatives (people sharing a surname), each with different facts, each naming the other, so a
   search for one also returns the other. A question always names its exact entity, so none is ambiguous;
-- questions in at least three phrasings per relation (1-hop and 2-hop), chosen at random per question.
+- questions in three or four phrasings per relation (1-hop and 2-hop), chosen at random per question but in
+  turn, so every relation a split asks at least three times shows at least three phrasings there.
 
 Splitting is make_qa_task.py's: three disjoint worlds (train, dev, test) from one name generator, so no name
 stem is shared across worlds and no dev or test answer is reachable from train facts; demos come from the train
@@ -42,11 +43,10 @@ SIZES = base.SIZES  # 1200 / 240 / 200 questions, each split from its own world
 TWO_HOP_SHARE = base.TWO_HOP_SHARE
 N_DEMOS = base.N_DEMOS
 PASSAGE_CHARS = (400, 900)  # every passage's length lies in this range
-TARGET_CHARS = (480, 820)  # filler is added up to a length drawn from this range
+TARGET_CHARS = (470, 820)  # filler is added up to a length drawn from this range
 DEMO_DOCS_PER_SEARCH = 2  # the gold passage and one confusable train passage
 MAX_DEMO_CHARS = 2750  # ~900 SmolLM2 tokens for a two-hop demo (invented names run ~3 characters a token)
-MIN_PHRASINGS = 3  # distinct question phrasings each relation must show ...
-PHRASING_MIN_QUESTIONS = 12  # ... once it has this many questions over all splits
+MIN_PHRASINGS = 3  # distinct question phrasings a relation shows in a split (when it has that many questions)
 # Shown in README.md; tests/test_qa_passages.py checks that every demo fits them (rollout.demo_budget_problems).
 TRAIN_COMMAND = ("icrl-lite train train_data=data/qa_passages/train.jsonl eval_data=data/qa_passages/dev.jsonl "
                  "corpus=data/qa_passages/corpus.jsonl demo_pool=data/qa_passages/demos.jsonl search.top_k=2 "
@@ -54,7 +54,7 @@ TRAIN_COMMAND = ("icrl-lite train train_data=data/qa_passages/train.jsonl eval_d
 
 # ---------------------------------------------------------------------------------------------- world
 # Per world; `twin_town` / `twin_company` / `relative` are near-namesakes added to the base kinds. Dev and test
-# are as small as leaves ~1.3x more candidates than their questions need, of the scarcer hop count.
+# are as small as leaves ~1.6x more candidates than their questions need, of the scarcer hop count.
 COUNTS = {
     "train": {"province": 6, "river": 14, "towns_per_river": 3, "twin_town": 10, "company": 40, "twin_company": 10,
               "band": 20, "members": 3, "employee": 110, "relative": 40},
@@ -66,6 +66,7 @@ COUNTS = {
 
 
 def make_town(stem: str, suffix: str, river: dict, province: str, rng: random.Random) -> dict:
+    """A town on `river` (added to the river's towns), founded at random in 1150-1750."""
     town = {"kind": "town", "name": stem + suffix, "stem": stem, "town_kind": rng.choice(base.TOWN_KINDS),
             "feature": rng.choice(base.TOWN_FEATURES),
             "attrs": {"river": river["name"], "founded": str(rng.randint(1150, 1750)), "province": province}}
@@ -94,6 +95,7 @@ def make_geography(counts: dict, rng: random.Random, names: base.NameMaker) -> t
 
 
 def make_person(job: str, born: int, birthplace: str, names: base.NameMaker, surname: str | None = None) -> dict:
+    """A person with a new first name and a new surname, or the given one (a relative's)."""
     first, last = names.stem(), surname or names.stem()
     return {"kind": "person", "name": f"{first} {last}", "surname": last,
             "attrs": {"occupation": job, "birthplace": birthplace, "born": str(born)}}
@@ -121,7 +123,7 @@ def make_companies(counts: dict, town_names: list[str], rng: random.Random,
         company, founder = make_company(names.stem(), kind, product, town_names, rng, names)
         companies.append(company)
         founders.append(founder)
-    for company in rng.sample(companies[:], counts["twin_company"]):
+    for company in rng.sample(companies, counts["twin_company"]):
         kind, product = rng.choice([k for k in base.COMPANY_KINDS if k[1] != company["attrs"]["product"]])
         others = [t for t in town_names if t != company["attrs"]["hq"]]
         twin, founder = make_company(company["stem"], kind, product, others, rng, names)
@@ -202,7 +204,8 @@ FACTS = {
                            "Administratively, {s} is part of {a} province, where it counts as a {kind}.",
                            "The province of {a} includes {s}, a {kind}."],
     ("town", "founded"): ["{s} was founded in {a}.", "The first houses of {s} were built in {a}.",
-                          "Records date the founding of {s} to {a}.", "{s} dates from {a}, when its first settlers arrived."],
+                          "Records date the founding of {s} to {a}.",
+                          "{s} dates from {a}, when its first settlers arrived."],
     ("town", "river"): ["{s} lies on the {a}.", "The {a} flows through {s}.", "{s} grew up along the banks of the {a}.",
                         "{s} stands on the {a}, which once carried most of its trade."],
     ("river", "source"): ["The {s} rises in the {a}.", "The source of the {s} lies in the {a}.",
@@ -246,7 +249,8 @@ FILLERS = {
              "Several inns along the high street date from the coaching era."],
     "river": ["Its lower course is wide and slow, and barges still use it.",
               "Floods in spring often cover the meadows along its banks.", "Anglers come for its trout and grayling.",
-              "An old towpath follows the water for most of its length.", "Several mills once stood on its tributaries.",
+              "An old towpath follows the water for most of its length.",
+              "Several mills once stood on its tributaries.",
               "The water is said to be coldest just below the falls.",
               "A stone bridge of seven arches crosses it near the middle of its course.",
               "Herons nest in the reed beds of its upper reaches."],
@@ -262,7 +266,8 @@ FILLERS = {
              "The group has recorded several albums on small labels.", "Its concerts usually end with a slow encore.",
              "Rehearsals take place in an old school hall.", "The group tours in the summer and rests in the winter.",
              "Critics have praised its careful arrangements.", "The members share the writing of new pieces."],
-    "person": ["{s} spent several years travelling before settling down.", "Friends describe {s} as patient and careful.",
+    "person": ["{s} spent several years travelling before settling down.",
+               "Friends describe {s} as patient and careful.",
                "{s} keeps a small garden and a large library.", "In later years {s} gave talks at the local school.",
                "Letters written by {s} are kept in a family archive.", "{s} was educated at a village school.",
                "{s} rarely gives interviews.", "A portrait of {s} hangs in the town library."],
@@ -314,15 +319,18 @@ def mentions(e: dict, world: list[dict], rng: random.Random) -> tuple[list[str],
             twin = by_name[e["twin"]]
             must.append(f"{name} should not be confused with {twin['name']}, a {twin['town_kind']} on the "
                         f"{twin['attrs']['river']} founded in {twin['attrs']['founded']}.")
+            must.append(f"Letters meant for {twin['name']} are often delivered to {name} by mistake.")
         may += [f"The {c['name']}, maker of {c['attrs']['product']}, has its headquarters in {name}."
                 for c in of(world, "company", hq=name)]
         may += [f"Among the people born in {name} is {p['name']}, {base.article(p['attrs']['occupation'])} "
-                f"{p['attrs']['occupation']} born in {p['attrs']['born']}." for p in of(world, "person", birthplace=name)]
+                f"{p['attrs']['occupation']} born in {p['attrs']['born']}."
+                for p in of(world, "person", birthplace=name)]
         may += [f"The {b['genre']} group {b['name']} was formed in {name} in {b['attrs']['formed']}."
                 for b in of(world, "band", town=name)]
     elif kind == "river":
         for t in (by_name[t] for t in e["towns"]):
-            may.append(f"{t['name']}, in the province of {t['attrs']['province']}, was founded in {t['attrs']['founded']}.")
+            may.append(f"{t['name']}, in the province of {t['attrs']['province']}, was founded in "
+                       f"{t['attrs']['founded']}.")
             may += [f"The {c['name']} ships its {c['attrs']['product']} from {t['name']}."
                     for c in of(world, "company", hq=t["name"])]
     elif kind == "company":
@@ -455,7 +463,8 @@ QUESTIONS = {
         "Where does the river that flows through {s} rise?", "Where is the source of the river on which {s} lies?",
         "The river running through {s} rises in which hills?"],
     ("town", "river", "river", "mouth"): [
-        "Into which lake does the river that flows through {s} flow?", "Which lake does the river through {s} empty into?",
+        "Into which lake does the river that flows through {s} flow?",
+        "Which lake does the river through {s} empty into?",
         "The river on which {s} lies ends in which lake?"],
     ("company", "founder", "person", "birthplace"): [
         "In which town was the founder of the {s} born?", "Where was the person who founded the {s} born?",
@@ -465,7 +474,8 @@ QUESTIONS = {
         "The founder of the {s} was born in which year?"],
     ("company", "hq", "town", "river"): [
         "Which river flows through the town where the {s} is headquartered?",
-        "On which river lies the town where the {s} is based?", "The {s} has its head office in a town on which river?"],
+        "On which river lies the town where the {s} is based?",
+        "The {s} has its head office in a town on which river?"],
     ("company", "hq", "town", "province"): [
         "In which province is the town where the {s} is headquartered?", "Which province is the {s} based in?",
         "The head office of the {s} lies in which province?"],
@@ -481,8 +491,8 @@ QUESTIONS = {
 }
 
 
-def make_questions(entities: list[dict], rng: random.Random) -> list[dict]:
-    """Every 1-hop and 2-hop question the world supports, each in a phrasing drawn at random.
+def make_questions(entities: list[dict]) -> list[dict]:
+    """Every 1-hop and 2-hop question the world supports, not yet phrased (`phrase` writes their text).
 
     A two-hop question is kept only when no alias of its answer is in the subject's own passage.
     """
@@ -491,10 +501,8 @@ def make_questions(entities: list[dict], rng: random.Random) -> list[dict]:
     for e in entities:
         for (kind, attr) in base.RELATIONS:
             if kind == e["kind"] and attr in e["attrs"]:
-                answers = base.aliases(e["attrs"][attr])
-                questions.append({"question": rng.choice(QUESTIONS[(kind, attr)]).format(s=e["name"]),
-                                  "answers": answers, "hops": 1, "entities": [e["name"]],
-                                  "relations": [(kind, attr)]})
+                questions.append({"key": (kind, attr), "answers": base.aliases(e["attrs"][attr]), "hops": 1,
+                                  "entities": [e["name"]], "relations": [(kind, attr)]})
         for key in base.TWO_HOP:
             kind, link, bridge_kind, attr = key
             if kind != e["kind"] or link not in e["attrs"]:
@@ -503,10 +511,19 @@ def make_questions(entities: list[dict], rng: random.Random) -> list[dict]:
             answers = base.aliases(bridge["attrs"][attr])
             if any(a.lower() in e["text"].lower() for a in answers):
                 continue  # answerable from the subject's own passage: not a real two-hop question
-            questions.append({"question": rng.choice(QUESTIONS[key]).format(s=e["name"]), "answers": answers,
-                              "hops": 2, "entities": [e["name"], bridge["name"]],
+            questions.append({"key": key, "answers": answers, "hops": 2, "entities": [e["name"], bridge["name"]],
                               "relations": [(kind, link), (bridge_kind, attr)]})
     return questions
+
+
+def phrase(questions: list[dict], rng: random.Random) -> None:
+    """Write each question's text: per relation, its phrasings in a random order, used in turn (a fresh order
+    once all are used), so a relation asked n times shows min(n, its phrasings) of them."""
+    turns: dict[tuple, list[str]] = {}
+    for q in questions:
+        if not turns.get(q["key"]):
+            turns[q["key"]] = rng.sample(QUESTIONS[q["key"]], len(QUESTIONS[q["key"]]))
+        q["question"] = turns[q["key"]].pop().format(s=q["entities"][0])
 
 
 # ---------------------------------------------------------------------------------------------- demos
@@ -557,6 +574,7 @@ def pick_demos(pool: list[dict], by_name: dict[str, dict], docs: list[dict], rng
                 break
             if tuple(q["relations"]) in seen or used & set(q["entities"]):
                 continue
+            phrase([q], rng)
             text = solution(q, by_name, docs, rng)
             if len(text) <= MAX_DEMO_CHARS:
                 seen.add(tuple(q["relations"]))
@@ -588,9 +606,10 @@ def check(entities: list[dict], files: dict[str, list[dict]]) -> None:
 
     make_qa_task.check: worlds closed and disjoint (no name word shared), splits from their own worlds, sizes,
     two-hop share, answers in the last passage, no two-hop answer in the subject's passage, demos from the
-    train world. Here also: every alias of every answer in the final-hop passage; passage lengths; at least
-    MIN_PHRASINGS phrasings per relation; near-namesakes that share a stem or surname and differ in every
-    fact; no entity name inside another's; demos of DEMO_DOCS_PER_SEARCH passages a search, within MAX_DEMO_CHARS.
+    train world. Here also: every alias of every answer in the final-hop passage; passage lengths; in each
+    split, MIN_PHRASINGS phrasings of every relation asked that often; near-namesakes that share a stem or
+    surname, name each other and differ in every fact; no entity name inside another's; demos of
+    DEMO_DOCS_PER_SEARCH passages a search, within MAX_DEMO_CHARS.
     """
     def fail(message: str) -> None:
         raise ValueError(f"make_qa_passages check failed: {message}")
@@ -606,16 +625,16 @@ def check(entities: list[dict], files: dict[str, list[dict]]) -> None:
     names = sorted(text)
     if any(a in b for a in names for b in names if a != b):
         fail("an entity name is contained in another's")
-    questions = [r for split in SIZES for r in files[split]]
-    for r in questions + files["demos"]:
+    for r in [r for split in SIZES for r in files[split]] + files["demos"]:
         if not all(a in text[r["entities"][-1]] for a in r["answers"]):
             fail(f"{r['id']}: an answer alias is not in the final-hop passage {r['entities'][-1]!r}")
-    phrasings: dict[str, list[str]] = {}
-    for r in questions:
-        phrasings.setdefault(r["relation"], []).append(phrasing(r))
-    for relation, seen in phrasings.items():
-        if len(seen) >= PHRASING_MIN_QUESTIONS and len(set(seen)) < MIN_PHRASINGS:
-            fail(f"{relation}: {len(seen)} questions in only {len(set(seen))} phrasings")
+    for split in SIZES:
+        phrasings: dict[str, list[str]] = {}
+        for r in files[split]:
+            phrasings.setdefault(r["relation"], []).append(phrasing(r))
+        for relation, seen in phrasings.items():
+            if len(set(seen)) < min(len(seen), MIN_PHRASINGS):
+                fail(f"{split} {relation}: {len(seen)} questions in only {len(set(seen))} phrasings")
     pairs = near_namesakes(entities)
     for world in SIZES:
         kinds = {a["kind"] for a, _ in pairs if a["world"] == world}
@@ -656,8 +675,8 @@ The budgets fit the demos (`tests/test_qa_passages.py` checks them with `icrl_li
 and SmolLM2's tokenizer): the demos show the top {demo_docs} passages of each search, so the search tool returns
 {demo_docs} as well (`search.top_k`); two passages fit `rollout.max_obs_tokens` uncut; a two-hop rollout (two
 searches, three turns) fits `rollout.max_response_tokens`; 3 demos, the question and a full response fit
-`rollout.max_context_tokens`. Measured when the set was made: a two-hop demo is 760-940 tokens (a single-hop one
-400-510), two passages at most ~570 tokens, the prompt with the 3 longest demos ~3,200 tokens. The defaults
+`rollout.max_context_tokens`. Measured when the set was made: a two-hop demo is 780-870 tokens (a single-hop one
+450-550), two passages at most ~575 tokens, the prompt with the 3 longest demos ~3,100 tokens. The defaults
 (`search.top_k=3`, `max_obs_tokens=500`, `max_response_tokens=512`) would cut observations and every two-hop demo.
 
 | file           | records | fields |
@@ -681,12 +700,14 @@ a person:
 Near-namesakes make retrieval confusable: {n_twin_towns} twin towns share a stem ({twin_town_example}),
 {n_twin_companies} twin companies share a first word ({twin_company_example}), {n_relatives} pairs of relatives
 share a surname ({relative_example}). Each pair names each other and differs in every fact, so a search for one
-returns both; a question always names its exact entity, so none is ambiguous. Facts of the entity a passage
+often returns the other (in BM25's top 3 for the name when the set was made: all relatives, 86% of the companies,
+73% of the towns); a question always names its exact entity, so none is ambiguous. Facts of the entity a passage
 links to (a person's employer, a town's river) are not stated in it, so two-hop questions need two searches.
 
 ## Questions
 
-Each relation is asked in 3-4 phrasings (1-hop and 2-hop), drawn at random per question:
+Each relation is asked in 3-4 phrasings (1-hop and 2-hop), drawn at random per question but in turn, so a relation
+asked three times in a split shows three phrasings there:
 
 {question_examples}
 
@@ -698,7 +719,7 @@ Each relation is asked in 3-4 phrasings (1-hop and 2-hop), drawn at random per q
   train world only. `check()` in the script raises if any of this breaks.
 - Fields are as in data/qa/: `entities` lists the passages a question needs (subject first), `relation` the
   attributes followed, e.g. `person.birthplace>town.river`; `answers` holds the bare river name as an alias
-  (`["Velm River", "Velm"]`).
+  (`{river_alias}`).
 """
 
 
@@ -717,8 +738,8 @@ def readme(entities: list[dict], files: dict[str, list[dict]]) -> str:
         by_phrasing.setdefault(r["relation"], {}).setdefault(phrasing(r), r["question"])
     shown = ["person.birthplace", "company.hq", "person.employer>company.product"]
     examples = "\n".join(f"- `{rel}`: " + "; ".join(f'"{q}"' for q in by_phrasing[rel].values()) for rel in shown)
-    count = {split: (len(files[split]), sum(r["hops"] == 1 for r in files[split]), sum(r["hops"] == 2 for r in files[split]))
-             for split in (*SIZES, "demos")}
+    count = {split: (len(rs), sum(r["hops"] == 1 for r in rs), sum(r["hops"] == 2 for r in rs))
+             for split, rs in files.items() if split != "corpus"}
     return README.format(
         n_docs=len(files["corpus"]), min_chars=min(lengths), max_chars=max(lengths),
         mean_chars=round(sum(lengths) / len(lengths)), train_command=TRAIN_COMMAND, demo_docs=DEMO_DOCS_PER_SEARCH,
@@ -729,7 +750,8 @@ def readme(entities: list[dict], files: dict[str, list[dict]]) -> str:
         n_twin_companies=sum(a["kind"] == "company" for a, _ in pairs),
         n_relatives=sum(a["kind"] == "person" for a, _ in pairs), twin_town_example=example_of["town"],
         twin_company_example=example_of["company"], relative_example=example_of["person"],
-        question_examples=examples)
+        question_examples=examples,
+        river_alias=json.dumps(next(r["answers"] for r in files["train"] if len(r["answers"]) > 1)))
 
 
 def build(seed: int = SEED) -> tuple[list[dict], dict[str, list[dict]]]:
@@ -739,7 +761,7 @@ def build(seed: int = SEED) -> tuple[list[dict], dict[str, list[dict]]]:
     worlds = {world: make_world(world, rng, names) for world in SIZES}
     entities = [e for world in worlds.values() for e in world]
     by_name = {e["name"]: e for e in entities}
-    pools = {world: make_questions(worlds[world], rng) for world in SIZES}
+    pools = {world: make_questions(worlds[world]) for world in SIZES}
     demos = pick_demos(pools["train"], by_name, worlds["train"], rng)
 
     docs = []  # grouped by kind, worlds shuffled together: a passage's id says nothing about its split
@@ -750,6 +772,7 @@ def build(seed: int = SEED) -> tuple[list[dict], dict[str, list[dict]]]:
     files = {"corpus": [{"id": f"doc-{i:04d}", "title": e["name"], "text": e["text"]} for i, e in enumerate(docs, 1)]}
     for split, size in SIZES.items():
         chosen = base.sample_split(pools[split], size, rng)
+        phrase(chosen, rng)
         files[split] = [base.question_record(q, f"{split}-{i:04d}") for i, q in enumerate(chosen, 1)]
     files["demos"] = demos
     check(entities, files)

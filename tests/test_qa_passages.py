@@ -79,7 +79,8 @@ def test_check_catches_an_answer_missing_from_its_passage():
     entities, files = script().build()
     text = {d["title"]: d["text"] for d in files["corpus"]}
     record = next(r for r in files["dev"] if r["hops"] == 1)
-    elsewhere = next(t for t in text if t not in text[record["entities"][-1]])  # in the corpus, not in the passage
+    elsewhere = next(e["name"] for e in entities  # a name of the dev world, not in the question's passage
+                     if e["world"] == "dev" and e["name"] not in text[record["entities"][-1]])
     record["answers"] = [*record["answers"], elsewhere]
     with pytest.raises(ValueError, match="not in the final-hop passage"):
         script().check(entities, files)
