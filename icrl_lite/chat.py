@@ -113,7 +113,7 @@ class Agent:
         finally:
             self.engine.listener = None
         self.asked += 1
-        events = events_of(rollout, self.tokenizer, self.tools)
+        events = events_of(rollout, self.tokenizer, self.tools, self.engine.cfg.after_observation)
         if on_event is not None and not live.reported:  # the engine's hooks said nothing: report it all now
             for event in events:
                 on_event(event)
@@ -190,9 +190,10 @@ class LiveTranscript:
             self.emit(Event("message", self.tokenizer.decode(ids, skip_special_tokens=True)))
 
 
-def events_of(rollout: Rollout, tokenizer, tools: Sequence[Tool]) -> list[Event]:
+def events_of(rollout: Rollout, tokenizer, tools: Sequence[Tool], after_observation: str = "") -> list[Event]:
     """The events of a finished rollout, read from its tokens: each sampled run is text; a forced run is the
-    observation of the next tool call when it holds exactly that call's wrapped result, else a corrective message."""
+    observation of the next tool call when it holds exactly that call's wrapped result (and the engine's
+    `after_observation` text, shown as text), else a corrective message."""
     by_name = {t.name: t for t in tools}
     events: list[Event] = []
     pending = list(rollout.tool_calls)
@@ -207,10 +208,11 @@ def events_of(rollout: Rollout, tokenizer, tools: Sequence[Tool]) -> list[Event]
         if bits[start]:
             if text:
                 events.append(Event("text", text))
-        elif pending and ids == tokenizer(by_name[pending[0]["tool"]].wrap(pending[0]["observation"]),
+        elif pending and ids == tokenizer(by_name[pending[0]["tool"]].wrap(pending[0]["observation"]) + after_observation,
                                           add_special_tokens=False)["input_ids"]:
             call = pending.pop(0)
             events += [Event("call", call["query"], call["tool"]), Event("observation", call["observation"], call["tool"])]
+            events += [Event("text", after_observation)] if after_observation else []
         else:
             events.append(Event("message", text))
         start = end

@@ -70,6 +70,10 @@ class RolloutConfig:
     """Prompts of one batch that share at least this many leading tokens (the same demonstrations) run that
     prefix once, in sampling and in the update's loss (one forward/backward of the prefix per update, exact
     gradients); 0 = never share (every prompt run in full)."""
+    after_observation: str = ""
+    """Text forced after every tool result, before the policy goes on (e.g. "<think>": it opens the policy's reading
+    of what came back, as the demos do; SmolLM2 otherwise answers with the entity it searched for and never searches
+    a second time). Not sampled, so not in the loss; the reward scores it as part of the response. Empty = none."""
     stop_at_eos: bool = False
     """What an end-of-sequence token does while tools are still available and the turn holds no valid action:
     false = ICRL's loop (the corrective message is forced and the policy tries again; the EOS stays in the
@@ -96,6 +100,7 @@ class Rollout:
     text: str = ""  # decoded response, tool output included (special tokens removed)
     policy_text: str = ""  # only what the policy sampled: what rewards score
     tool_calls: list[dict] = field(default_factory=list)  # {"tool", "query", "observation"}
+    opened: list[int] = field(default_factory=list)  # where a forced `after_observation` text ends (response index)
     invalid_turns: int = 0
     finished: bool = False  # ended by an answer, or EOS in the final turn
     truncated: bool = False  # ran out of response/context budget
@@ -106,8 +111,17 @@ class Rollout:
 
     def sampled_segments(self) -> list[list[int]]:
         """Runs of consecutive policy-sampled token ids (forced tool output and messages removed)."""
-        pairs = groupby(zip(self.response_ids, self.loss_mask), key=lambda pair: pair[1])
-        return [[token for token, _ in run] for bit, run in pairs if bit]
+        return [tokens for _, tokens in self.sampled_runs()]
+
+    def sampled_runs(self) -> list[tuple[int, list[int]]]:
+        """(start index in response_ids, token ids) of each run of policy-sampled tokens."""
+        runs, start = [], 0
+        for bit, run in groupby(zip(self.response_ids, self.loss_mask), key=lambda pair: pair[1]):
+            tokens = [token for token, _ in run]
+            if bit:
+                runs.append((start, tokens))
+            start += len(tokens)
+        return runs
 
 
 @dataclass
@@ -173,7 +187,8 @@ class RolloutEngine:
         for row in rows:
             r = row.rollout
             r.text = self.tokenizer.decode(r.response_ids, skip_special_tokens=True)
-            r.policy_text = "".join(self.tokenizer.decode(s, skip_special_tokens=True) for s in r.sampled_segments())
+            r.policy_text = "".join((self.cfg.after_observation if start in r.opened else "")  # the forced opener: scored
+                                    + self.tokenizer.decode(s, skip_special_tokens=True) for start, s in r.sampled_runs())
         return [row.rollout for row in rows]
 
     # ---- the decode loop -------------------------------------------------------------------------------
@@ -353,7 +368,9 @@ class RolloutEngine:
             obs_ids = self._ids(observation)[: self.cfg.max_obs_tokens]
             observation = self.tokenizer.decode(obs_ids)
             row.rollout.tool_calls.append({"tool": tool.name, "query": query, "observation": observation})
-            self._force(row, self._ids(tool.wrap(observation)))
+            self._force(row, self._ids(tool.wrap(observation) + self.cfg.after_observation))
+            if self.cfg.after_observation and not row.done:
+                row.rollout.opened.append(len(row.rollout.response_ids))
 
     def _force(self, row: _Row, ids: list[int]) -> None:
         r, cfg = row.rollout, self.cfg

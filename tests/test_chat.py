@@ -257,3 +257,18 @@ def test_a_missing_checkpoint_is_an_error_not_a_session(tmp_path, capsys):
 
     assert main(["chat", "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_events_of_show_the_forced_after_observation_text_after_the_result(agent, tokenizer):
+    from icrl_lite.rollout import Rollout
+
+    call = {"tool": "search", "query": "Tavoustead river", "observation": "Doc 1"}
+    first = tokenizer(TURNS[0], add_special_tokens=False)["input_ids"]
+    forced = tokenizer(agent.tools[0].wrap("Doc 1") + "<think>", add_special_tokens=False)["input_ids"]
+    last = tokenizer(" found it </think><answer> x </answer>", add_special_tokens=False)["input_ids"]
+    rollout = Rollout(prompt_ids=[1], response_ids=first + forced + last,
+                      loss_mask=[1] * len(first) + [0] * len(forced) + [1] * len(last), tool_calls=[call])
+    assert [e.kind for e in events_of(rollout, tokenizer, agent.tools, "<think>")] == [
+        "text", "call", "observation", "text", "text"]
+    assert events_of(rollout, tokenizer, agent.tools, "<think>")[3] == Event("text", "<think>")
+    assert [e.kind for e in events_of(rollout, tokenizer, agent.tools)][1] == "message"  # without it: not a result

@@ -283,3 +283,21 @@ def test_a_worked_solution_becomes_a_rollout_with_the_tool_results_forced(tokeni
     assert forced == "\n\n<information>Doc 1(Title: Velm) a river.</information>\n\n"  # as the engine feeds it
     assert "<information>" not in rollout.policy_text and rollout.policy_text.endswith("<answer> Velm </answer>")
     assert [c["tool"] for c in rollout.tool_calls] == ["search"] and rollout.sampled_tokens == sum(rollout.loss_mask)
+
+
+def test_after_observation_text_is_forced_after_each_result_and_scored_but_not_trained(tiny_model_dir):
+    model, tok, cfg = load(tiny_model_dir, after_observation="<think>")
+    tool = greedy_tool(model, tok, replace(cfg, after_observation=""))
+    rollouts = RolloutEngine(model, tok, [tool], cfg).generate(prompts(tok), num_samples=1)
+    forced = tok(tool.wrap(OBSERVATION) + "<think>", add_special_tokens=False)["input_ids"]
+    called = [r for r in rollouts if r.tool_calls]
+    assert called, "the frequent tool should have been called"
+    for r in called:
+        runs = [tokens for start, tokens in r.sampled_runs()]
+        assert "".join(tok.decode(t, skip_special_tokens=True) for t in runs) != r.policy_text
+        for at in r.opened:  # each result ends with the opener, forced (mask 0), and the policy samples after it
+            assert r.response_ids[at - len(forced):at] == forced and set(r.loss_mask[at - len(forced):at]) == {0}
+            assert r.loss_mask[at] == 1
+        assert len(r.opened) == len([1 for start, _ in r.sampled_runs() if start in r.opened]) >= 1
+        assert r.policy_text.count("<think>") == len(r.opened)  # the scored text holds each opener once
+        assert OBSERVATION not in r.policy_text
