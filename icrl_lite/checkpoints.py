@@ -161,8 +161,8 @@ def load_trainer_state(checkpoint: Path) -> dict:
     import torch
 
     path = checkpoint / "trainer_state.pt"
-    try:
-        return torch.load(path, weights_only=False)
+    try:  # onto the CPU: a GPU run's state resumes on a CPU too (the optimizer moves its state to the parameters)
+        return torch.load(path, weights_only=False, map_location="cpu")
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:  # a damaged file
         raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); delete {checkpoint} to resume from the "
                          f"checkpoint before it") from None

@@ -134,6 +134,18 @@ def test_a_damaged_trainer_state_is_one_error_naming_the_file_and_the_fix(tmp_pa
         load_trainer_state(tmp_path / "checkpoint-1")
 
 
+def test_a_trainer_state_saved_on_a_gpu_loads_on_a_cpu(tmp_path, monkeypatch):
+    import torch
+    import torch.serialization
+
+    make_run(tmp_path, [1])
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")  # as a CUDA run saves it
+    torch.save({"step": 1, "optimizer": {"exp_avg": torch.ones(3)}}, tmp_path / "checkpoint-1" / "trainer_state.pt")
+    monkeypatch.undo()
+    state = load_trainer_state(tmp_path / "checkpoint-1")
+    assert state["step"] == 1 and state["optimizer"]["exp_avg"].device.type == "cpu"
+
+
 def test_a_lock_taken_over_in_this_process_never_acquires_again(tmp_path):
     # an abandoned Trainer's view of the run is stale: it must not train on after a newer one did
     older = RunLock(tmp_path).acquire(take_over=True)
