@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(summary))
         print(f"records: {summary['records']}")
         return 0
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError) as e:
         print(f"icrl-lite: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # training has printed how to resume

@@ -198,6 +198,12 @@ class RolloutEngine:
         cache = DynamicCache()
         cache.layer_class_to_replicate = SlabLayer
         logits, attn, pos = self._prefill(prompts, cache)
+        if not bool(torch.isfinite(logits).all()):  # once per call: NaN logits must never reach sampling
+            dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+            raise FloatingPointError(
+                f"the model's next-token logits after the prompt are not finite (weights in {dtype}): the forward pass "
+                f"overflowed{' (Qwen2 models overflow in fp16, e.g. on a T4)' if dtype == 'float16' else ''}. Set "
+                "model.dtype=fp32, or bf16 on a GPU that has it (compute capability 8.0+), and rerun")
         expand = torch.repeat_interleave(torch.arange(len(prompts), device=device),
                                          torch.tensor(counts, device=device))  # (R,) row -> its prompt
         cache.batch_select_indices(expand)

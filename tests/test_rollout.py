@@ -301,3 +301,17 @@ def test_after_observation_text_is_forced_after_each_result_and_scored_but_not_t
         assert len(r.opened) == len([1 for start, _ in r.sampled_runs() if start in r.opened]) >= 1
         assert r.policy_text.count("<think>") == len(r.opened)  # the scored text holds each opener once
         assert OBSERVATION not in r.policy_text
+
+
+def test_non_finite_logits_after_the_prompt_stop_generation_with_the_fix(tiny_model_dir):
+    model, tok, cfg = load(tiny_model_dir)
+    real = model.get_output_embeddings()
+
+    class Overflowing(torch.nn.Module):  # a forward pass that overflowed (fp16 Qwen2 on a T4)
+        def forward(self, h):
+            logits = real(h)
+            return torch.full_like(logits, float("nan"))
+
+    model.get_output_embeddings = lambda: Overflowing()
+    with pytest.raises(FloatingPointError, match="not finite.*model.dtype=fp32"):
+        RolloutEngine(model, tok, [], cfg).generate(prompts(tok))
