@@ -73,7 +73,9 @@ def test_the_install_cell_installs_from_the_checkout_else_a_wheel_else_install_f
         "install", "-q", f"{tmp_path / 'icrl_lite-0.1.0-py3-none-any.whl'}[plot,quant]"]
     empty = tmp_path / "colab"
     empty.mkdir()
-    assert install_commands(monkeypatch, empty)[0] == ["install", "-q", "icrl-lite[plot]"]
+    with pytest.raises(SystemExit, match="not on PyPI: set INSTALL_FROM"):  # bare Colab, nothing to install from
+        install_commands(monkeypatch, empty, install_from="")
+    assert install_commands(monkeypatch, empty)[0] == ["install", "-q", "icrl-lite[plot]"]  # a name the user set
     assert install_commands(monkeypatch, empty, install_from="git+https://example.org/icrl-lite")[0] == [
         "install", "-q", "icrl-lite[plot] @ git+https://example.org/icrl-lite"]
 
