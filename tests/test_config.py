@@ -151,3 +151,12 @@ def test_the_paper_config_runs_the_papers_loss_not_the_cpu_default():
     cfg = load_config(TrainConfig, "paper-qwen3b")
     assert [s["demos"] for s in cfg.stages] == [3, 2, 0]
     assert cfg.demo_loss_prompt == "own" and cfg.updates_per_step == 1  # GRPO throughout, one update per batch
+
+
+@pytest.mark.parametrize("name", ["gpu-16gb", "gpu-24gb", "gpu-80gb", "paper-qwen3b"])
+def test_the_packaged_paper_curriculum_configs_use_the_papers_loss(name):
+    # they run ICRL's 3 -> 2 -> 0 schedule, so they score each rollout under its own prompt, as the paper does
+    from icrl_lite.trainer import TrainConfig
+
+    cfg = load_config(TrainConfig, name)
+    assert [s["demos"] for s in cfg.stages] == [3, 2, 0] and cfg.demo_loss_prompt == "own"
