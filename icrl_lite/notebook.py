@@ -59,6 +59,7 @@ def build_index(cfg: TrainConfig) -> str:
     in a moment) and say what they hold, with one search for the first training question."""
     from .data import load_corpus
     from .tasks import bundled_corpus, setup_task
+    from .tools.search import CorpusStore, store_path, uses_disk_store
 
     started = time.time()
     task, tools, _ = setup_task(cfg)
@@ -71,7 +72,10 @@ def build_index(cfg: TrainConfig) -> str:
     corpus = cfg.corpus or bundled_corpus(task)
     question = task.load(cfg.train_data, split=cfg.train_split)[0] if cfg.train_data else task.load(task.bundled("train"))[0]
     first = search.fn(question["question"]).splitlines()[0]
-    return (f"{cfg.search.backend} index of {len(load_corpus(corpus))} documents ({corpus}), ready in {seconds:.1f} s\n"
+    on_disk = cfg.search.backend == "bm25" and uses_disk_store(corpus, cfg.search.store)
+    count = len(CorpusStore.open(store_path(corpus))) if on_disk else len(load_corpus(corpus))
+    return (f"{cfg.search.backend} index of {count} documents ({corpus}{', on disk' if on_disk else ''}), "
+            f"ready in {seconds:.1f} s\n"
             f"{search.open_tag}{question['question']}{search.close_tag} -> {first[:160]}")
 
 

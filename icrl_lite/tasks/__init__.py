@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..data import load_corpus
 from ..tools import PythonConfig, SearchConfig, Tool, build_python, build_search, make_tool
+from ..tools.search import uses_disk_store
 from ..tools.base import import_source
 from ..tools.functions import function_tool, load_implementations
 from .base import TASKS, TOOL_METRICS, Task, answer_reward, get_task, register_task
@@ -100,7 +101,9 @@ def setup_task(cfg) -> tuple[Task, list[Tool], str]:
     corpus = None
     if "search" in names and cfg.search.backend != "web":
         corpus = cfg.corpus or bundled_corpus(task)
-        load_corpus(corpus)  # clear errors for a missing or malformed corpus before any model work
+        if not (cfg.search.backend == "bm25" and uses_disk_store(corpus, cfg.search.store)):
+            load_corpus(corpus)  # clear errors for a missing or malformed corpus before any model work
+        # (a disk store is streamed into SQLite by build_tools below, which checks every line as it goes)
     tools = build_tools(names, cfg.search, cfg.python, corpus)
     if cfg.functions:
         task = task.with_functions(task)

@@ -27,11 +27,12 @@ from pathlib import Path
 
 from icrl_lite.tools.base import Tool, ToolSession, find_call
 from icrl_lite.tools.python import DEFAULT_MODULES, PythonSandbox, SandboxLimits, python_tool
-from icrl_lite.tools.search import BM25Search, format_documents
+from icrl_lite.tools.search import STORE_MODES, BM25Search, format_documents
+from icrl_lite.tools.store import CorpusStore
 
 __all__ = [
-    "BM25Search", "PythonConfig", "PythonSandbox", "SearchConfig", "Tool", "ToolSession", "available_tools",
-    "build_python", "build_search", "find_call", "format_documents", "make_tool", "register_tool",
+    "BM25Search", "CorpusStore", "PythonConfig", "PythonSandbox", "SearchConfig", "Tool", "ToolSession",
+    "available_tools", "build_python", "build_search", "find_call", "format_documents", "make_tool", "register_tool",
 ]
 
 SEARCH_BACKENDS = ("bm25", "dense", "hybrid", "web")
@@ -51,10 +52,17 @@ class SearchConfig:
     """Minimum seconds between web requests (a rate limit shared by all rollouts)."""
     web_cache_dir: str = ""
     """Where web results are cached by query; empty = ~/.cache/icrl-lite/web (or $ICRL_LITE_CACHE/web)."""
+    store: str = "auto"
+    """Where bm25 keeps the corpus and its index: memory (the documents as Python objects, ~3x the file in RAM) | disk (for Wikipedia-scale corpora: the file is streamed once into <corpus>.store.sqlite, resumable, and indexed into <corpus>.bm25-disk/, memory-mapped; a search reads only its words' postings and its top documents) | auto (disk for corpus files above 200 MB). Same results either way; dense and hybrid keep the corpus in memory."""
 
     def validate(self) -> None:
         if self.backend not in SEARCH_BACKENDS:
             raise ValueError(f"search.backend={self.backend!r}: use one of {', '.join(SEARCH_BACKENDS)}")
+        if self.store not in STORE_MODES:
+            raise ValueError(f"search.store={self.store!r}: use one of {', '.join(STORE_MODES)}")
+        if self.store == "disk" and self.backend in ("dense", "hybrid"):
+            raise ValueError(f"search.store=disk works with search.backend=bm25 only ({self.backend} keeps the corpus "
+                             "in memory); use search.store=auto or search.backend=bm25")
         if self.top_k < 1 or self.web_timeout <= 0 or self.web_min_interval < 0:
             raise ValueError("search.top_k must be >= 1, search.web_timeout > 0 and search.web_min_interval >= 0")
 
@@ -89,13 +97,13 @@ def build_search(cfg: SearchConfig, corpus: str | Path | list[dict] | None) -> T
         return WebSearch(top_k=cfg.top_k, timeout=cfg.web_timeout, min_interval=cfg.web_min_interval,
                          cache_dir=cfg.web_cache_dir or None).as_tool()
     if cfg.backend == "bm25":
-        return BM25Search(corpus, top_k=cfg.top_k).as_tool()
+        return BM25Search(corpus, top_k=cfg.top_k, store=cfg.store).as_tool()
     from icrl_lite.tools.dense import DenseSearch, HybridSearch
 
     dense = DenseSearch(corpus, model=cfg.dense_model, top_k=cfg.top_k)
     if cfg.backend == "dense":
         return dense.as_tool()
-    return HybridSearch(BM25Search(corpus, top_k=cfg.top_k), dense, top_k=cfg.top_k).as_tool()
+    return HybridSearch(BM25Search(corpus, top_k=cfg.top_k, store="memory"), dense, top_k=cfg.top_k).as_tool()
 
 
 def build_python(cfg: PythonConfig) -> Tool:
@@ -129,8 +137,9 @@ def available_tools() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def _make_search(corpus: str | Path | list[dict], top_k: int = 3, cache_dir: str | Path | None = None) -> Tool:
-    return BM25Search(corpus, top_k=top_k, cache_dir=cache_dir).as_tool()
+def _make_search(corpus: str | Path | list[dict], top_k: int = 3, cache_dir: str | Path | None = None,
+                 store: str = "auto") -> Tool:
+    return BM25Search(corpus, top_k=top_k, cache_dir=cache_dir, store=store).as_tool()
 
 
 register_tool("search", _make_search)
