@@ -5,6 +5,8 @@
 - grpo_step.py: a GRPO step, TRL's GRPOTrainer vs icrl-lite's Trainer, 0 and 3 demos, KL off and on;
 - sweep.py: GRPO step time of both against group size and response length, and its figure;
 - loss_memory.py: log-prob memory vs sequence length, chunked vs full logits;
+- corpus_scale.py: BM25 search as the corpus grows, in memory vs the disk store (build time, disk, RSS, latency);
+  run on its own (`python -m benchmarks.corpus_scale --sizes 100000 1000000`), not by `run`;
 - run.py runs them and report.py writes results.json and results.md.
 
 Run from the repository root; it is not part of the installed package.
