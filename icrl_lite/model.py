@@ -392,6 +392,13 @@ def register_attention() -> str:
     return "sdpa_gqa"
 
 
+def expandable_cuda_segments() -> None:
+    """Ask PyTorch's CUDA allocator for expandable segments (unless the user configured it): the rollout KV cache
+    grows and is re-sliced every step, which fragments fixed-size segments into memory the allocator holds but cannot
+    reuse. Read at the first CUDA allocation, so it is set before the weights load."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+
 def use_unsloth(cfg: ModelConfig, device: torch.device) -> bool:
     """unsloth only when asked for: its patched forwards have not been run with the rollout engine (own KV-cache
     class, per-row position ids, merged adapters) on a GPU yet, so `auto` keeps the plain transformers path."""
@@ -411,6 +418,8 @@ def load_policy(cfg: ModelConfig, adapter: str | Path | None = None, max_seq_len
     """
     cfg.validate()
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        expandable_cuda_segments()
     dtype = resolve_dtype(cfg.dtype, device)
     path = resolve_model_path(cfg.name)
     if use_unsloth(cfg, device):

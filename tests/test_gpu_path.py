@@ -360,3 +360,27 @@ def test_generation_mode_of_a_plain_model_is_eval_then_back():
     with generation_mode(model):
         assert not model.training
     assert model.training
+
+
+def test_a_cuda_run_asks_for_expandable_allocator_segments_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    model_module.expandable_cuda_segments()
+    assert model_module.os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    model_module.expandable_cuda_segments()
+    assert model_module.os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+
+
+def test_load_policy_sets_the_allocator_before_loading_on_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(model_module, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(model_module, "expandable_cuda_segments", lambda: calls.append("allocator"))
+
+    def stop(*args, **kwargs):  # nothing past the dtype is needed to see the order
+        calls.append("dtype")
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(model_module, "resolve_dtype", stop)
+    with pytest.raises(RuntimeError, match="stop"):
+        model_module.load_policy(model_module.ModelConfig(dtype="fp32"))
+    assert calls == ["allocator", "dtype"]
