@@ -50,6 +50,19 @@ def lora_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
 
+def score_as(monkeypatch, pattern: list[tuple[float, float]]) -> None:
+    """Make the trainer's scores of a step's rollouts, in order, the given (reward, em) pairs."""
+    pattern = iter(pattern)
+    real = trainer_module.score
+
+    def score(rollout, gold, *args):
+        metrics = real(rollout, gold, *args)
+        metrics["reward"], metrics["em"] = next(pattern)
+        return metrics
+
+    monkeypatch.setattr(trainer_module, "score", score)
+
+
 def read_metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
@@ -286,15 +299,7 @@ def test_a_gold_step_fine_tunes_on_the_pools_solutions_and_samples_nothing(make_
 
 def test_a_step_counts_the_pushed_up_rollouts_with_and_without_the_right_answer(make_config, monkeypatch):
     # rewards 0, 1 | 0, 1 in the step's two groups; only the first rollout pushed up has the right answer
-    pattern = iter([(0.0, 0.0), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0)])
-    real = trainer_module.score
-
-    def score(rollout, gold, *args):
-        metrics = real(rollout, gold, *args)
-        metrics["reward"], metrics["em"] = next(pattern)
-        return metrics
-
-    monkeypatch.setattr(trainer_module, "score", score)
+    score_as(monkeypatch, [(0.0, 0.0), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0)])
     trainer = Trainer(make_config(stages=[{"demos": 0, "steps": 1}]))
     metrics = trainer.step()
     assert (metrics["pushed_up_correct"], metrics["pushed_up_wrong"]) == (1, 1)
@@ -302,15 +307,7 @@ def test_a_step_counts_the_pushed_up_rollouts_with_and_without_the_right_answer(
 
 def test_correct_offpolicy_weight_trains_right_answers_only_at_weight_one_even_without_spread(make_config, monkeypatch):
     # a step with demos scored without them: group 1 is all right (no spread), group 2 has one right, one wrong
-    pattern = iter([(1.0, 1.0), (1.0, 1.0), (0.0, 0.0), (1.0, 1.0)])
-    real = trainer_module.score
-
-    def score(rollout, gold, *args):
-        metrics = real(rollout, gold, *args)
-        metrics["reward"], metrics["em"] = next(pattern)
-        return metrics
-
-    monkeypatch.setattr(trainer_module, "score", score)
+    score_as(monkeypatch, [(1.0, 1.0), (1.0, 1.0), (0.0, 0.0), (1.0, 1.0)])
     trainer = Trainer(make_config(stages=[{"demos": 1, "steps": 1}], offpolicy_weight="correct"))
     seen = []
     monkeypatch.setattr(trainer, "update", lambda items: seen.extend(items) or {})

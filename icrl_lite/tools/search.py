@@ -130,7 +130,8 @@ def _build_disk_index(store: CorpusStore, out: Path, progress: bool = True) -> N
     """
     model = bm25s.BM25()  # the in-memory index's parameters
     if (model.method, model.idf_method) != ("lucene", "lucene"):
-        raise NotImplementedError(f"bm25s's default scoring is now {model.method!r}; the disk index computes 'lucene'")
+        raise RuntimeError(f"bm25s's default scoring is now {model.method!r}, and the disk index computes 'lucene': "
+                           "install the bm25s of constraints.txt, or use search.store=memory")
     vocab, doc_len, df, runs = _write_runs(store, out, progress)
     _write_postings(out, runs, doc_len, df, model.k1, model.b, progress)
     params = {"k1": model.k1, "b": model.b, "delta": model.delta, "method": model.method,
