@@ -1,7 +1,7 @@
 """Tools the model can call, their config sections, and a registry for tools users bring.
 
-Built-in: `search` (backend `bm25` | `dense` | `hybrid` | `web`, see `SearchConfig`) and `python` (the restricted
-interpreter, see `PythonConfig`); `functions` (functions.py) runs the `<tool_call>` blocks of multi-step
+Built-in: `search` (backend `bm25` | `dense` | `hybrid` | `web` | `remote`, see `SearchConfig`) and `python` (the
+restricted interpreter, see `PythonConfig`); `functions` (functions.py) runs the `<tool_call>` blocks of multi-step
 function calling with a task's Python implementations (config `functions=`). A tool of your own is a name, its
 tags and a function from call text to an observation string; register a factory for it and select it by name in the config:
 
@@ -35,13 +35,13 @@ __all__ = [
     "available_tools", "build_python", "build_search", "find_call", "format_documents", "make_tool", "register_tool",
 ]
 
-SEARCH_BACKENDS = ("bm25", "dense", "hybrid", "web")
+SEARCH_BACKENDS = ("bm25", "dense", "hybrid", "web", "remote")
 
 
 @dataclass
 class SearchConfig:
     backend: str = "bm25"
-    """bm25 (local corpus) | dense (sentence-transformers embeddings of the corpus) | hybrid (both, rank fusion) | web (DuckDuckGo through `ddgs`)."""
+    """bm25 (local corpus) | dense (sentence-transformers embeddings of the corpus) | hybrid (both, rank fusion) | web (DuckDuckGo through `ddgs`) | remote (a retrieval server with Search-R1's API at search.remote_url, e.g. its E5 index of Wikipedia-2018)."""
     top_k: int = 3
     """Documents returned per search."""
     dense_model: str = "all-minilm-l6-v2"
@@ -52,6 +52,8 @@ class SearchConfig:
     """Minimum seconds between web requests (a rate limit shared by all rollouts)."""
     web_cache_dir: str = ""
     """Where web results are cached by query; empty = ~/.cache/icrl-lite/web (or $ICRL_LITE_CACHE/web)."""
+    remote_url: str = "http://127.0.0.1:8000/retrieve"
+    """Address of the retrieval server for search.backend=remote: Search-R1's search_r1/search/retrieval_server.py, or any server with its POST API."""
     store: str = "auto"
     """Where bm25 keeps the corpus and its index: memory (the documents as Python objects, ~3x the file in RAM) | disk (for Wikipedia-scale corpora: the file is streamed once into <corpus>.store.sqlite, resumable, and indexed into <corpus>.bm25-disk/, memory-mapped; a search reads only its words' postings and its top documents) | auto (disk for corpus files above 200 MB). Same results either way; dense and hybrid keep the corpus in memory."""
 
@@ -63,6 +65,9 @@ class SearchConfig:
         if self.store == "disk" and self.backend in ("dense", "hybrid"):
             raise ValueError(f"search.store=disk works with search.backend=bm25 only ({self.backend} keeps the corpus "
                              "in memory); use search.store=auto or search.backend=bm25")
+        if not self.remote_url.startswith(("http://", "https://")):
+            raise ValueError(f"search.remote_url={self.remote_url!r}: give the server's http:// or https:// address, "
+                             "e.g. http://127.0.0.1:8000/retrieve")
         if self.top_k < 1 or self.web_timeout <= 0 or self.web_min_interval < 0:
             raise ValueError("search.top_k must be >= 1, search.web_timeout > 0 and search.web_min_interval >= 0")
 
@@ -89,8 +94,12 @@ class PythonConfig:
 
 
 def build_search(cfg: SearchConfig, corpus: str | Path | list[dict] | None) -> Tool:
-    """The `<search>` tool for `cfg.backend` (`corpus` is ignored by the web backend)."""
+    """The `<search>` tool for `cfg.backend` (`corpus` is ignored by the web and remote backends)."""
     cfg.validate()
+    if cfg.backend == "remote":
+        from icrl_lite.tools.remote import RemoteSearch
+
+        return RemoteSearch(cfg.remote_url, top_k=cfg.top_k).as_tool()
     if cfg.backend == "web":
         from icrl_lite.tools.web import WebSearch
 
