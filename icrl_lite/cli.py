@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:2] == ["eval", "bfcl"]:
         return eval_bfcl(argv[2:])
+    if argv[:2] == ["eval", "qa7"]:
+        return eval_qa7(argv[2:])
     from .evaluate import EvalConfig
     from .trainer import TrainConfig
 
@@ -28,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. learning_rate=5e-5 model.lora_rank=8")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint (or `base`) on its task (QA with search, math with Python, "
-                        "function calling); `icrl-lite eval bfcl --help` for the BFCL benchmark",
+                        "function calling); `icrl-lite eval bfcl --help` for the BFCL benchmark, `icrl-lite eval qa7 --help` "
+                        "for the seven QA datasets of Search-R1 and ICRL",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="more keys as key=value:\n" + "\n".join(describe(EvalConfig)))
     ev.add_argument("--checkpoint", default="base", help="checkpoint or run directory, or `base` (default)")
@@ -206,6 +209,39 @@ def eval_bfcl(argv: list[str]) -> int:
         print(f"icrl-lite: error: {e}", file=sys.stderr)
         return 2
     print(format_report(report))
+    return 0
+
+
+def eval_qa7(argv: list[str]) -> int:
+    """`icrl-lite eval qa7`: NQ, TriviaQA, PopQA, HotpotQA, 2Wiki, MuSiQue, Bamboogle in the papers' table."""
+    from .qa7 import Qa7Config, format_table, run_qa7
+
+    parser = argparse.ArgumentParser(prog="icrl-lite eval qa7", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Evaluate a checkpoint (or `base`) on the seven QA datasets of "
+                                     "Search-R1 and ICRL (FlashRAG layout) and print the papers' table.",
+                                     epilog="more keys as key=value:\n" + "\n".join(describe(Qa7Config)))
+    parser.add_argument("--checkpoint", default="base", help="checkpoint or run directory, or `base` (default)")
+    parser.add_argument("--datasets", default="", help="comma-separated subset (default: all seven)")
+    parser.add_argument("--source", default="", help="hub dataset or local FlashRAG-layout directory "
+                        "(default: RUC-NLPIR/FlashRAG_datasets)")
+    parser.add_argument("--corpus", default="", help="retrieval corpus JSONL (e.g. wiki18_100w.jsonl)")
+    parser.add_argument("--demos", type=int, default=0, help="in-context demonstrations (default 0: zero-shot)")
+    parser.add_argument("--limit", type=int, default=500, help="first N questions per dataset (default 500; 0 = all)")
+    parser.add_argument("--output-dir", default="", help="records, summaries and the table (default: beside the checkpoint)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    flags = [f"checkpoint={args.checkpoint}", f"demos={args.demos}", f"limit={args.limit}"]
+    flags += [f"{key}={value}" for key, value in (("source", args.source), ("corpus", args.corpus),
+                                                   ("output_dir", args.output_dir)) if value]
+    if args.datasets:
+        flags.append(f"datasets=[{args.datasets}]")
+    try:
+        report = run_qa7(load_config(Qa7Config, None, flags + args.overrides))
+    except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as e:
+        print(f"icrl-lite: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    print(f"table: {report['output_dir']}/qa7.md (and qa7.json; per-question records beside them)")
     return 0
 
 

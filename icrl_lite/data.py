@@ -108,9 +108,16 @@ def load_qa(source: str | Path, split: str = "train", limit: int | None = None) 
     """Questions as {"id", "question", "answers": list[str], ...other fields kept}.
 
     `source` is a .jsonl / .json file, a directory written by `datasets.save_to_disk`, or a Hugging Face
-    dataset name, optionally "name:config"; `split` is only used for the last two.
+    dataset name, optionally "name:config"; `split` is only used for the last two. Several sources joined by
+    "+" are concatenated, each question's id prefixed with its source's config (or name), e.g. Search-R1's
+    training mix `SEARCH_R1_TRAIN`; `limit` then caps the whole.
     """
     path = Path(source)
+    if "+" in str(source) and not path.exists():
+        parts = [part.strip() for part in str(source).split("+")]
+        mixed = [dict(q, id=f"{part.rpartition(':')[2] or part}/{q['id']}") for part in parts
+                 for q in load_qa(part, split, limit)]
+        return mixed[:limit]
     if path.is_dir():
         records = _saved_dataset(path, split, limit)
     elif path.exists() or path.suffix in (".json", ".jsonl"):
@@ -118,6 +125,10 @@ def load_qa(source: str | Path, split: str = "train", limit: int | None = None) 
     else:
         records = _hub_dataset(str(source), split, limit)
     return [_question(record, i, str(source)) for i, record in enumerate(records)]
+
+
+SEARCH_R1_TRAIN = "RUC-NLPIR/FlashRAG_datasets:nq+RUC-NLPIR/FlashRAG_datasets:hotpotqa"
+"""Search-R1's training questions: NQ's and HotpotQA's train splits in FlashRAG's layout (dataset=... with split=train)."""
 
 
 def load_corpus(path: str | Path) -> list[dict]:
@@ -488,7 +499,13 @@ def _saved_dataset(path: Path, split: str, limit: int | None) -> list[dict]:
 def _hub_dataset(source: str, split: str, limit: int | None) -> list[dict]:
     """`datasets.load_dataset(name, config, split=split)` for a source "name" or "name:config"."""
     name, _, config = source.partition(":")
-    dataset = _import_datasets().load_dataset(name, config or None, split=split)
+    datasets = _import_datasets()
+    try:
+        dataset = datasets.load_dataset(name, config or None, split=split)
+    except (OSError, ValueError) as e:  # not found, offline, no such config or split: datasets' own errors
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(f"could not load the hub dataset {source!r} (split {split!r}): {reason}. Check the name, "
+                         "config and split; without internet, download its files and give their path instead") from None
     return _rows(dataset, limit)
 
 

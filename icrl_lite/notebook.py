@@ -69,6 +69,8 @@ def build_index(cfg: TrainConfig) -> str:
         return f"task {task.name}: tools {', '.join(t.name for t in tools) or 'none'}; no search index to build"
     if cfg.search.backend == "web":
         return "search.backend=web: DuckDuckGo, no local index"
+    if cfg.search.backend == "remote":
+        return f"search.backend=remote: the retrieval server at {cfg.search.remote_url}, no local index"
     corpus = cfg.corpus or bundled_corpus(task)
     question = task.load(cfg.train_data, split=cfg.train_split)[0] if cfg.train_data else task.load(task.bundled("train"))[0]
     first = search.fn(question["question"]).splitlines()[0]

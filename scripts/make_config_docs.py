@@ -21,6 +21,7 @@ import yaml
 from icrl_lite.bfcl_eval import BfclConfig
 from icrl_lite.config import field_docs, is_config
 from icrl_lite.evaluate import EvalConfig
+from icrl_lite.qa7 import Qa7Config
 from icrl_lite.study import ArmConfig, StudyConfig
 from icrl_lite.trainer import TrainConfig
 
@@ -39,6 +40,9 @@ ENTRY_POINTS = [  # (heading, config class, what it configures)
      "`icrl-lite study --config STUDY.yaml|NAME [key=value ...]`; packaged studies: `icrl_lite/configs/studies/`."),
     ("BFCL: `icrl-lite eval bfcl`", BfclConfig,
      "`icrl-lite eval bfcl --checkpoint DIR|base [key=value ...]` (data from `pip install --no-deps bfcl-eval`)."),
+    ("The papers' QA table: `icrl-lite eval qa7`", Qa7Config,
+     "`icrl-lite eval qa7 --checkpoint DIR|base --corpus wiki18_100w.jsonl [key=value ...]`: NQ, TriviaQA, PopQA, "
+     "HotpotQA, 2Wiki, MuSiQue, Bamboogle in FlashRAG's layout, one table in the papers' layout."),
 ]
 SUBLISTS = {StudyConfig: ("arms", "arms[].", ArmConfig, "Each entry of `arms`")}  # list fields documented by a class
 

@@ -99,7 +99,7 @@ def setup_task(cfg) -> tuple[Task, list[Tool], str]:
         raise ValueError(f"functions= gives implementations of function-calling tools: it needs task=fc, not {task.name}")
     names = cfg.tools or list(task.default_tools)
     corpus = None
-    if "search" in names and cfg.search.backend != "web":
+    if "search" in names and cfg.search.backend not in ("web", "remote"):  # those search no corpus file
         corpus = cfg.corpus or bundled_corpus(task)
         if not (cfg.search.backend == "bm25" and uses_disk_store(corpus, cfg.search.store)):
             load_corpus(corpus)  # clear errors for a missing or malformed corpus before any model work

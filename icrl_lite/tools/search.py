@@ -5,7 +5,7 @@ sparse baseline of Search-R1) so that search runs on a laptop CPU without a seco
 to the model in the same "Doc 1(Title: ...) text" format the papers use.
 
 Corpus records are `{"id", "title", "text"}`; FlashRAG records `{"id", "contents"}` are accepted too, the
-first line of `contents` being the title (kept verbatim, quotes included, as Search-R1 shows it).
+first line of `contents` being the title (its surrounding quotes stripped; Search-R1 shows them: `Doc 1(Title: "T") ...`).
 
 Two ways to hold a corpus (`store=`): in memory (the documents as Python dicts, the index as numpy arrays) or on
 disk (Wikipedia scale: the documents in a `CorpusStore`, SQLite, the index built by streaming and memory-mapped,
