@@ -11,7 +11,13 @@ dependencies); the package is only located, to read its data files (`pip install
 - `check` mirrors `ast_checker.py` rule by rule (type checks, string normalisation, optional parameters,
   greedy any-order matching of parallel calls) and the runner's relevance / irrelevance rule; its error
   strings are the official ones (those on call counts also give the counts).
-- `aggregate` / `format_table` turn per-category accuracies into the leaderboard's summary scores.
+- `summarize` / `format_summary` turn per-category accuracies into the leaderboard's summary columns and Overall
+  Acc, with the aggregation of its own code (`generate_leaderboard_csv`), for two versions: v4 (what the installed
+  bfcl-eval 2026.3.23 computes: Overall = 10% Non-Live + 10% Live + 10% Irrelevance + 30% Multi Turn + 40% Agentic)
+  and v3 (what ToolRL reports: Overall = the mean of Non-Live Overall, Live and Multi Turn). Multi-turn, agentic
+  and Java / JavaScript categories cannot run here (`NOT_SUPPORTED` says why), so each Overall is reported over the
+  columns that ran, with their share of its weight, beside the number the leaderboard's code prints, which
+  scores every category not run as 0.
 
 The official decoding, kept as the default because scores called BFCL must be the leaderboard's:
 - the text after the last `</think>` is read, as bfcl-eval's Qwen handler (its Qwen3 prompting models) does
@@ -46,6 +52,7 @@ import importlib.util
 import json
 import operator
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -531,38 +538,185 @@ def check(calls: Sequence[Call] | None, entry: Entry, language: str = "python",
 # ---- scores ------------------------------------------------------------------------------------------------
 
 
-def aggregate(results: Mapping[str, float], counts: Mapping[str, int]) -> dict[str, float]:
-    """Summary scores of per-category accuracies (fractions in [0, 1]).
+def category_size(name: str) -> int:
+    """Entries in a category's data file: the size by which the leaderboard weighs it."""
+    with (bfcl_data_dir() / f"{VERSION_PREFIX}_{name}.json").open() as f:
+        return sum(1 for line in f if line.strip())
 
-    - `non_live_ast_python_simple`: the leaderboard's Non-Live AST, the unweighted mean of simple, multiple,
-      parallel and parallel_multiple, with simple = simple_python only (the leaderboard's simple also averages
-      Java and JavaScript); present only when all four categories are.
-    - `live_ast`: the leaderboard's Live AST, the mean of the four live AST categories weighted by their
-      entry counts; present only when all four are.
-    - `categories_mean`: the unweighted mean of every category present (not a leaderboard number).
+
+@dataclass(frozen=True)
+class Mix:
+    """A leaderboard aggregate of `parts` (category names or mixes): `how` is `mean` (unweighted) or `size`
+    (weighted by the categories' entry counts; its parts are categories)."""
+
+    parts: tuple[str | Mix, ...]
+    how: str = "mean"
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """One version's summary columns (name -> category or mix, in the leaderboard's order) and the weights of the
+    columns its Overall Acc averages."""
+
+    version: str
+    source: str
+    columns: dict[str, str | Mix]
+    overall: dict[str, float]
+
+
+MULTI_TURN = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
+WEB_SEARCH = ("web_search_base", "web_search_no_snippet")
+MEMORY = ("memory_kv", "memory_vector", "memory_rec_sum")
+_NON_LIVE_AST = Mix((Mix(("simple_python", "simple_java", "simple_javascript")), "multiple", "parallel",
+                     "parallel_multiple"))
+_IRRELEVANCE = Mix(("irrelevance", "live_irrelevance"))
+LEADERBOARDS = {
+    "v4": Leaderboard(
+        "v4", "bfcl-eval 2026.3.23, eval_checker/eval_runner_helper.py generate_leaderboard_csv",
+        {"Non-Live AST Acc": _NON_LIVE_AST, "Non-Live Overall Acc": _NON_LIVE_AST, "Live Acc": Mix(LIVE_AST, "size"),
+         "Multi Turn Acc": Mix(MULTI_TURN), "Web Search Acc": Mix(WEB_SEARCH), "Memory Acc": Mix(MEMORY),
+         "Agentic Overall Acc": Mix((Mix(WEB_SEARCH), Mix(MEMORY))),
+         "Relevance Detection": "live_relevance", "Irrelevance Detection": _IRRELEVANCE},
+        {"Non-Live Overall Acc": 10, "Live Acc": 10, "Irrelevance Detection": 10, "Multi Turn Acc": 30,
+         "Agentic Overall Acc": 40}),
+    "v3": Leaderboard(
+        "v3", "gorilla 35ab61a5, bfcl/eval_checker/eval_runner_helper.py generate_leaderboard_csv",
+        {"Non-Live AST Acc": _NON_LIVE_AST, "Non-Live Overall Acc": Mix((*_NON_LIVE_AST.parts, "irrelevance")),
+         "Live Acc": Mix((*LIVE_AST, "live_irrelevance", "live_relevance"), "size"), "Multi Turn Acc": Mix(MULTI_TURN),
+         "Relevance Detection": "live_relevance", "Irrelevance Detection": _IRRELEVANCE},
+        {"Non-Live Overall Acc": 1, "Live Acc": 1, "Multi Turn Acc": 1}),
+}
+
+# The categories the leaderboards score that `icrl-lite eval bfcl` cannot run, and why.
+NOT_SUPPORTED = {
+    ("simple_java", "simple_javascript"):
+        "Java / JavaScript answers need bfcl-eval's Java and JavaScript parsers and type converters; our decoder and "
+        "checker read Python only, so the simple part of Non-Live is simple_python alone (the leaderboard averages "
+        "the three)",
+    MULTI_TURN:
+        "each entry is several user turns against BFCL's stateful Python backends (file system, trading, travel, "
+        "messaging, ...): the model's calls must run and their results come back within a turn, and the checker "
+        "compares the backends' state and results with the gold calls' after every turn; this runner generates one "
+        "reply to an entry's first turn and runs nothing",
+    WEB_SEARCH:
+        "a multi-step agent over a live web-search backend (SerpAPI, with an API key) whose final answer is matched "
+        "against the gold strings; not implemented here",
+    MEMORY:
+        "prerequisite conversations first write to a memory backend (key-value, vector store with a sentence "
+        "encoder, or recursive summaries) that later questions are answered from; not implemented here",
+}
+_REASON = {category: reason for group, reason in NOT_SUPPORTED.items() for category in group}
+_UNSUPPORTED = "not run"  # a column made only of categories this runner cannot produce
+
+
+def _not_run_as_0(node: str | Mix, results: Mapping[str, float], sizes: Mapping[str, int]) -> float:
+    """bfcl-eval's value: a category not run counts as 0 (with its full size where sizes weigh)."""
+    if isinstance(node, str):
+        return results.get(node, 0.0)
+    return _combine(node, [(p, _not_run_as_0(p, results, sizes)) for p in node.parts], sizes)
+
+
+def _over_run(node: str | Mix, results: Mapping[str, float], sizes: Mapping[str, int]) -> float | str | None:
+    """The value over the categories this runner supports: unsupported parts leave their mix; a supported
+    category not run leaves it incomplete (None)."""
+    if isinstance(node, str):
+        return results[node] if node in results else _UNSUPPORTED if node in _REASON else None
+    values = [(p, _over_run(p, results, sizes)) for p in node.parts]
+    if any(v is None for _, v in values):
+        return None
+    kept = [(p, v) for p, v in values if v != _UNSUPPORTED]
+    return _combine(node, kept, sizes) if kept else _UNSUPPORTED
+
+
+def _combine(node: Mix, parts: list[tuple[str | Mix, float]], sizes: Mapping[str, int]) -> float:
+    if node.how == "size":
+        return sum(v * sizes[p] for p, v in parts) / sum(sizes[p] for p, _ in parts)
+    return sum(v for _, v in parts) / len(parts)
+
+
+def leaderboard_scores(board: Leaderboard, results: Mapping[str, float], sizes: Mapping[str, int]) -> dict:
+    """A version's summary columns and Overall Acc from per-category accuracies (fractions in [0, 1]) and the
+    categories' full sizes (`category_size`; only the size-weighted live categories need one).
+
+    Each value comes twice. `over_run`: the leaderboard's formula over the categories this runner supports; None
+    when a supported category of the column was not run, "not run" for a column made only of unsupported ones.
+    `not_run_as_0`: the number the leaderboard's code uses for the same results, scoring every category not run as 0
+    (its tables print N/A for such a column, but its Overall Acc adds the 0 in).
+    The overall `over_run` is the weighted mean of the columns that have a value, their weights renormalised;
+    `over_columns` names them and `weight_share` is their share of the full weight.
+
+    Sizes are the full categories' even when `limit` or `sample` scored fewer entries, so that a sample estimates
+    the full-set column (the leaderboard weighs by the entries scored, which on a full run are the same). The v3
+    formula is applied to the v4 data files, the only ones bfcl-eval ships (v4 fixed some v3 entries and answers);
+    v3 before Apr 9, 2025 also averaged four executable categories into Non-Live Overall (retired since).
     """
-    summary = {}
-    if all(c in results for c in NON_LIVE_AST):
-        summary["non_live_ast_python_simple"] = sum(results[c] for c in NON_LIVE_AST) / len(NON_LIVE_AST)
-    if all(c in results for c in LIVE_AST):
-        total = sum(counts[c] for c in LIVE_AST)
-        summary["live_ast"] = sum(results[c] * counts[c] for c in LIVE_AST) / total if total else 0.0
-    if results:
-        summary["categories_mean"] = sum(results.values()) / len(results)
-    return summary
+    columns = {name: {"over_run": _over_run(node, results, sizes), "not_run_as_0": _not_run_as_0(node, results, sizes)}
+               for name, node in board.columns.items()}
+    weights = board.overall
+    entered = [c for c in weights if columns[c]["over_run"] not in (None, _UNSUPPORTED)]
+    weight = sum(weights[c] for c in entered)
+    return {"version": board.version, "source": board.source, "columns": columns, "overall": {
+        "over_run": sum(weights[c] * columns[c]["over_run"] for c in entered) / weight if entered else None,
+        "not_run_as_0": sum(w * columns[c]["not_run_as_0"] for c, w in weights.items()) / sum(weights.values()),
+        "over_columns": entered, "weight_share": weight / sum(weights.values())}}
+
+
+def not_run(results: Mapping[str, float]) -> dict[str, str]:
+    """Every category the leaderboards score that has no result, with why: unsupported here, or not selected."""
+    def leaves(node: str | Mix) -> list[str]:
+        return [node] if isinstance(node, str) else [c for p in node.parts for c in leaves(p)]
+
+    scored = dict.fromkeys(c for b in LEADERBOARDS.values() for node in b.columns.values() for c in leaves(node))
+    return {c: _REASON.get(c, "not selected (categories=)") for c in scored if c not in results}
+
+
+def summarize(results: Mapping[str, float], sizes: Mapping[str, int]) -> dict:
+    """The summary of a run: each leaderboard version's columns and overall, and the categories not run."""
+    return {**{v: leaderboard_scores(b, results, sizes) for v, b in LEADERBOARDS.items()}, "not_run": not_run(results)}
 
 
 def format_table(results: Mapping[str, float], counts: Mapping[str, int]) -> str:
-    """Per-category accuracies (%) with entry counts, then the summary scores of `aggregate`."""
+    """Per-category accuracies (%) with entry counts."""
     order = [c for c in CATEGORIES if c in results] + sorted(set(results) - set(CATEGORIES))
-    width = max([len(c) for c in order] + [len("non_live_ast_python_simple")])
+    width = max(len(c) for c in order + ["category"])
     lines = [f"{'category':<{width}}  {'n':>5}  {'accuracy':>8}"]
-    lines += [f"{c:<{width}}  {counts.get(c, 0):>5}  {100 * results[c]:>8.2f}" for c in order]
-    summary = aggregate(results, counts)
-    if summary:
-        lines.append("-" * (width + 17))
-        sizes = {"non_live_ast_python_simple": sum(counts.get(c, 0) for c in NON_LIVE_AST),
-                 "live_ast": sum(counts.get(c, 0) for c in LIVE_AST),
-                 "categories_mean": sum(counts.get(c, 0) for c in order)}
-        lines += [f"{k:<{width}}  {sizes[k]:>5}  {100 * v:>8.2f}" for k, v in summary.items()]
+    return "\n".join(lines + [f"{c:<{width}}  {counts.get(c, 0):>5}  {100 * results[c]:>8.2f}" for c in order])
+
+
+def format_summary(summary: dict) -> str:
+    """Each version's leaderboard columns side by side (over the categories run), what each Overall Acc covers
+    and the number the leaderboard's own code prints, then the categories not run with why."""
+    versions = [v for v in LEADERBOARDS if v in summary]
+    names = list(dict.fromkeys(c for v in versions for c in ("Overall Acc", *summary[v]["columns"])))
+    width = max(len(n) for n in names)
+
+    def cell(version: str, name: str) -> str:
+        if name == "Overall Acc":
+            value = summary[version]["overall"]["over_run"]
+        elif name in summary[version]["columns"]:
+            value = summary[version]["columns"][name]["over_run"]
+        else:
+            return "-"
+        return "incomplete" if value is None else value if isinstance(value, str) else f"{100 * value:.2f}"
+
+    lines = ["leaderboard columns: the leaderboard's formulas over the categories run",
+             f"{'column':<{width + 2}}" + "".join(f"  {v:>10}" for v in versions)]
+    for n in names:
+        label = f"{n} *" if n == "Overall Acc" else n
+        lines.append(f"{label:<{width + 2}}" + "".join(f"  {cell(v, n):>10}" for v in versions))
+    for v in versions:
+        overall = summary[v]["overall"]
+        lines.append(_fill(f"* {v}: over {', '.join(overall['over_columns']) or 'nothing'}, "
+                          f"{100 * overall['weight_share']:.0f}% of its weight; the leaderboard's own code, which "
+                          f"scores the categories not run as 0, prints {100 * overall['not_run_as_0']:.2f} "
+                          f"({summary[v]['source']})", "", "    "))
+    missing = summary["not_run"]
+    if missing:
+        lines.append("not run:")
+        for reason in dict.fromkeys(missing.values()):
+            lines.append(_fill(f"{', '.join(c for c, r in missing.items() if r == reason)}: {reason}", "  ", "    "))
     return "\n".join(lines)
+
+
+def _fill(text: str, first: str, rest: str) -> str:
+    return textwrap.fill(text, width=116, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False)

@@ -12,6 +12,13 @@ model's best prompt.
 `bfcl` outputs are decoded as the leaderboard decodes them (`decode=official`, bfcl-eval's decoder: a
 ```python fence or prose around the list is not a call); `decode=lenient` reads fenced lists too and is named
 as such in the report header, since its scores are not the leaderboard's.
+
+The report gives the per-category accuracies, then the leaderboard's summary columns (Non-Live, Live, Multi Turn,
+Relevance, Irrelevance, Overall Acc) computed as its own code aggregates them, for v4 (bfcl-eval 2026.3.23, whose
+data this runs) and v3 (the version ToolRL reports). The multi-turn, agentic and Java / JavaScript categories do not
+run here (`bfcl.NOT_SUPPORTED` says why): each Overall Acc is given over the columns that ran, with their share of
+its weight, beside the number the leaderboard's code prints, which scores what did not run as 0. Neither is the
+leaderboard's full Overall: compare Overall numbers only with others over the same columns.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .bfcl import (CATEGORIES, DECODES, aggregate, check, decode_python_calls, decode_toolrl_calls, format_table,
-                   load_category)
+from .bfcl import (CATEGORIES, DECODES, category_size, check, decode_python_calls, decode_toolrl_calls, format_summary,
+                   format_table, load_category, summarize)
 from .evaluate import load_for_inference
 from .model import ModelConfig
 from .prompts import fill, render_prompt
@@ -118,7 +125,8 @@ def bfcl_messages(entry, prompt: str) -> list[dict[str, str]]:
 
 
 def run_bfcl(cfg: BfclConfig, progress: bool = True) -> dict:
-    """Generate and score every entry; writes the JSONL of outputs; returns accuracies, counts and aggregates."""
+    """Generate and score every entry; writes the JSONL of outputs; returns accuracies, counts and the
+    leaderboard summary (`bfcl.summarize`: v4 and v3 columns and Overall Acc, the categories not run and why)."""
     cfg.validate()
     entries = {c: pick(load_category(c, limit=cfg.limit or None), cfg.sample, cfg.seed) for c in cfg.categories}
     model, tokenizer, source = load_for_inference(cfg.checkpoint, cfg.model)
@@ -154,7 +162,8 @@ def run_bfcl(cfg: BfclConfig, progress: bool = True) -> dict:
             accuracy[category], counts[category] = correct / max(1, len(items)), len(items)
             bar.set_postfix({category: f"{accuracy[category]:.3f}"})
     bar.close()
-    return {"accuracy": accuracy, "counts": counts, "aggregate": aggregate(accuracy, counts), "records": str(output),
+    sizes = {c: category_size(c) for c in CATEGORIES}  # full sizes weigh the live columns, also for a sample
+    return {"accuracy": accuracy, "counts": counts, "summary": summarize(accuracy, sizes), "records": str(output),
             "seconds": time.time() - started, "prompt": cfg.prompt, "decode": cfg.decode}
 
 
@@ -198,7 +207,9 @@ def jsonable(value):
 
 
 def format_report(report: dict) -> str:
-    """The header (prompt, decoding), the table of `bfcl.format_table`, and where the records are."""
+    """The header (prompt, decoding), the per-category table, the leaderboard columns with the categories not run
+    (`bfcl.format_summary`), and where the records are."""
     return "\n".join([report_header(report["prompt"], report["decode"]),
-                      format_table(report["accuracy"], report["counts"]),
+                      format_table(report["accuracy"], report["counts"]), "",
+                      format_summary(report["summary"]), "",
                       f"records: {report['records']}  ({report['seconds']:.0f} s)"])

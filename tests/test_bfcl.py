@@ -5,22 +5,32 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import random
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
 from icrl_lite.bfcl import (
     CATEGORIES,
+    LEADERBOARDS,
+    MEMORY,
+    MULTI_TURN,
+    WEB_SEARCH,
     Entry,
-    aggregate,
+    category_size,
     check,
     decode_python_calls,
     decode_toolrl_calls,
+    format_summary,
     format_table,
+    leaderboard_scores,
     load_category,
+    not_run,
     standardize_string,
+    summarize,
 )
 
 AREA = {
@@ -338,27 +348,169 @@ def test_live_relevance_needs_a_call():
 # ---- scores -------------------------------------------------------------------------------------------------
 
 
-def test_aggregate_non_live_unweighted_live_count_weighted():
-    results = {"simple_python": 0.8, "multiple": 0.6, "parallel": 0.4, "parallel_multiple": 0.2,
-               "live_simple": 1.0, "live_multiple": 0.5, "live_parallel": 0.0, "live_parallel_multiple": 0.0}
-    counts = {"simple_python": 400, "multiple": 200, "parallel": 200, "parallel_multiple": 200,
-              "live_simple": 100, "live_multiple": 200, "live_parallel": 50, "live_parallel_multiple": 50}
-    summary = aggregate(results, counts)
-    assert summary["non_live_ast_python_simple"] == pytest.approx(0.5)  # (0.8 + 0.6 + 0.4 + 0.2) / 4
-    assert summary["live_ast"] == pytest.approx(0.5)  # (100 * 1.0 + 200 * 0.5) / 400
-    assert summary["categories_mean"] == pytest.approx(3.5 / 8)
+# Hand-made accuracies of the Python categories and sizes, for the formulas worked out by hand below.
+PYTHON_RESULTS = {"simple_python": 0.8, "multiple": 0.6, "parallel": 0.4, "parallel_multiple": 0.2, "irrelevance": 1.0,
+                  "live_simple": 1.0, "live_multiple": 0.5, "live_parallel": 0.0, "live_parallel_multiple": 0.0,
+                  "live_irrelevance": 0.5, "live_relevance": 0.25}
+SIZES = {"live_simple": 100, "live_multiple": 200, "live_parallel": 50, "live_parallel_multiple": 50,
+         "live_irrelevance": 100, "live_relevance": 100}
+OTHER_RESULTS = {"simple_java": 0.3, "simple_javascript": 0.1, "multi_turn_base": 0.2, "multi_turn_miss_func": 0.3,
+                 "multi_turn_miss_param": 0.4, "multi_turn_long_context": 0.5, "web_search_base": 0.6,
+                 "web_search_no_snippet": 0.7, "memory_kv": 0.1, "memory_vector": 0.2, "memory_rec_sum": 0.3}
 
 
-def test_aggregate_leaves_out_incomplete_groups():
-    assert aggregate({"multiple": 0.5}, {"multiple": 10}) == {"categories_mean": 0.5}
+def value(scores: dict, column: str, reading: str = "over_run"):
+    return scores["overall"][reading] if column == "Overall Acc" else scores["columns"][column][reading]
 
 
-def test_format_table_lists_categories_and_summary():
-    table = format_table({"multiple": 0.5, "irrelevance": 0.25}, {"multiple": 10, "irrelevance": 4})
-    lines = table.splitlines()
+def test_v4_columns_and_overall_worked_by_hand():
+    v4 = leaderboard_scores(LEADERBOARDS["v4"], PYTHON_RESULTS, SIZES)
+    assert value(v4, "Non-Live AST Acc") == pytest.approx(0.5)  # (0.8 + 0.6 + 0.4 + 0.2) / 4, simple = python only
+    assert value(v4, "Non-Live Overall Acc") == pytest.approx(0.5)  # v4: AST only, no irrelevance
+    assert value(v4, "Live Acc") == pytest.approx(0.5)  # (100 * 1.0 + 200 * 0.5 + 50 * 0 + 50 * 0) / 400
+    assert value(v4, "Irrelevance Detection") == pytest.approx(0.75)  # (1.0 + 0.5) / 2, unweighted
+    assert value(v4, "Relevance Detection") == pytest.approx(0.25)
+    for column in ("Multi Turn Acc", "Web Search Acc", "Memory Acc", "Agentic Overall Acc"):
+        assert value(v4, column) == "not run"
+    # Overall = (10 Non-Live + 10 Live + 10 Irrelevance + 30 Multi Turn + 40 Agentic) / 100, over the first three
+    assert value(v4, "Overall Acc") == pytest.approx((0.5 + 0.5 + 0.75) / 3)
+    assert v4["overall"]["over_columns"] == ["Non-Live Overall Acc", "Live Acc", "Irrelevance Detection"]
+    assert v4["overall"]["weight_share"] == pytest.approx(0.3)
+    # as the leaderboard's code: Java and JavaScript are 0 in simple, multi-turn and agentic 0 in the overall
+    assert value(v4, "Non-Live AST Acc", "not_run_as_0") == pytest.approx((0.8 / 3 + 0.6 + 0.4 + 0.2) / 4)  # 11/30
+    assert value(v4, "Overall Acc", "not_run_as_0") == pytest.approx((10 * 11 / 30 + 10 * 0.5 + 10 * 0.75) / 100)
+
+
+def test_v3_columns_and_overall_worked_by_hand():
+    v3 = leaderboard_scores(LEADERBOARDS["v3"], PYTHON_RESULTS, SIZES)
+    assert value(v3, "Non-Live AST Acc") == pytest.approx(0.5)
+    assert value(v3, "Non-Live Overall Acc") == pytest.approx(0.6)  # v3 adds irrelevance: (0.8 + ... + 1.0) / 5
+    # v3's Live Acc weighs the two (ir)relevance categories in too: (100 + 100 + 0 + 0 + 50 + 25) / 600
+    assert value(v3, "Live Acc") == pytest.approx(275 / 600)
+    assert value(v3, "Multi Turn Acc") == "not run"
+    assert "Web Search Acc" not in v3["columns"]
+    # Overall = the unweighted mean of Non-Live Overall, Live and Multi Turn, over the first two
+    assert value(v3, "Overall Acc") == pytest.approx((0.6 + 275 / 600) / 2)
+    assert v3["overall"]["weight_share"] == pytest.approx(2 / 3)
+    assert value(v3, "Overall Acc", "not_run_as_0") == pytest.approx(((0.8 / 3 + 2.2) / 5 + 275 / 600 + 0) / 3)
+
+
+def test_given_every_category_both_readings_agree():
+    for board in LEADERBOARDS.values():
+        scores = leaderboard_scores(board, {**PYTHON_RESULTS, **OTHER_RESULTS}, SIZES)
+        for column, reading in scores["columns"].items():
+            assert reading["over_run"] == pytest.approx(reading["not_run_as_0"]), column
+        assert scores["overall"]["over_run"] == pytest.approx(scores["overall"]["not_run_as_0"])
+        assert scores["overall"]["weight_share"] == 1
+    v4 = leaderboard_scores(LEADERBOARDS["v4"], {**PYTHON_RESULTS, **OTHER_RESULTS}, SIZES)
+    assert value(v4, "Multi Turn Acc") == pytest.approx(0.35)
+    assert value(v4, "Agentic Overall Acc") == pytest.approx((0.65 + 0.2) / 2)  # mean of web search and memory means
+
+
+def test_a_column_missing_a_selected_category_is_incomplete_and_leaves_the_overall():
+    non_live = {c: PYTHON_RESULTS[c] for c in ("simple_python", "multiple", "parallel", "parallel_multiple")}
+    v4 = leaderboard_scores(LEADERBOARDS["v4"], non_live, SIZES)
+    assert value(v4, "Live Acc") is None and value(v4, "Irrelevance Detection") is None
+    assert value(v4, "Overall Acc") == pytest.approx(0.5) and v4["overall"]["weight_share"] == pytest.approx(0.1)
+    nothing = leaderboard_scores(LEADERBOARDS["v4"], {"multiple": 0.5}, SIZES)
+    assert value(nothing, "Overall Acc") is None and nothing["overall"]["over_columns"] == []
+
+
+def test_not_run_gives_each_missing_category_with_why():
+    missing = not_run(PYTHON_RESULTS)
+    assert set(missing) == {"simple_java", "simple_javascript", *MULTI_TURN, *WEB_SEARCH, *MEMORY}
+    assert "stateful" in missing["multi_turn_base"] and "Java" in missing["simple_java"]
+    assert not_run({**PYTHON_RESULTS, **OTHER_RESULTS}) == {}
+    assert not_run({"multiple": 0.5})["live_simple"].startswith("not selected")
+
+
+def test_format_table_lists_categories():
+    lines = format_table({"multiple": 0.5, "irrelevance": 0.25}, {"multiple": 10, "irrelevance": 4}).splitlines()
     assert lines[1].split() == ["multiple", "10", "50.00"]
     assert lines[2].split() == ["irrelevance", "4", "25.00"]
-    assert lines[-1].split() == ["categories_mean", "14", "37.50"]
+    assert len(lines) == 3
+
+
+def test_format_summary_shows_both_versions_the_overalls_cover_and_what_did_not_run():
+    text = format_summary(summarize(PYTHON_RESULTS, SIZES))
+    rows = {line[:24].strip(): line[24:].split() for line in text.splitlines()[2:12]}
+    assert rows["Overall Acc *"] == [f"{100 * (0.5 + 0.5 + 0.75) / 3:.2f}", f"{100 * (0.6 + 275 / 600) / 2:.2f}"]
+    assert rows["Non-Live Overall Acc"] == ["50.00", "60.00"]
+    assert rows["Multi Turn Acc"] == ["not", "run", "not", "run"]
+    assert rows["Web Search Acc"] == ["not", "run", "-"]
+    assert "* v4: over Non-Live Overall Acc, Live Acc, Irrelevance Detection, 30% of its weight" in text
+    v4_as_its_code = 10 * 11 / 30 + 10 * 0.5 + 10 * 0.75  # % (not run = 0)
+    assert f"prints {v4_as_its_code:.2f}" in " ".join(text.split())
+    assert "multi_turn_base, multi_turn_miss_func, multi_turn_miss_param, multi_turn_long_context:" in text
+    assert "incomplete" in format_summary(summarize({"multiple": 0.5}, SIZES))
+
+
+@pytest.fixture(scope="module")
+def official_scores(tmp_path_factory):
+    """bfcl-eval's own aggregation, `generate_leaderboard_csv`: returns the first row of each table it would write,
+    by file and column, with the values it computes (before they become percentages). Its module imports every model
+    handler through `constants.model_config`; that module is stubbed with one model's config while importing, its
+    score and result folders go to a temporary root, and sys.modules is restored afterwards."""
+    if importlib.util.find_spec("bfcl_eval") is None:
+        pytest.skip("pip install --no-deps bfcl-eval")
+    config = types.SimpleNamespace(display_name="icrl-lite", url="", org="", license="", input_price=None,
+                                   output_price=None)
+    stub = types.ModuleType("bfcl_eval.constants.model_config")
+    stub.MODEL_CONFIG_MAPPING = {"icrl/lite": config}
+    before, root = dict(sys.modules), os.environ.get("BFCL_PROJECT_ROOT")
+    os.environ["BFCL_PROJECT_ROOT"] = str(tmp_path_factory.mktemp("bfcl_root"))
+    try:
+        sys.modules[stub.__name__] = stub
+        helper = importlib.import_module("bfcl_eval.eval_checker.eval_runner_helper")
+    finally:
+        for name in set(sys.modules) - set(before):
+            del sys.modules[name]
+        sys.modules.update(before)
+        if root is None:
+            del os.environ["BFCL_PROJECT_ROOT"]
+        else:
+            os.environ["BFCL_PROJECT_ROOT"] = root
+
+    def scores(results: dict[str, float], sizes: dict[str, int]) -> dict[str, dict]:
+        tables = {}
+
+        def capture(data, file_path, header, *args, **kwargs):
+            tables[Path(file_path).name] = dict(zip(header, data[0]))
+
+        table = {"icrl_lite": {c: {"accuracy": a, "total_count": sizes.get(c, 100)} for c, a in results.items()}}
+        helper.write_score_csv_file, write = capture, helper.write_score_csv_file
+        try:
+            helper.generate_leaderboard_csv(table, Path("unused"))
+        finally:
+            helper.write_score_csv_file = write
+        return tables
+
+    return scores
+
+
+OFFICIAL_TABLE = {"Non-Live Overall Acc": "data_non_live.csv", "Agentic Overall Acc": "data_agentic.csv"}
+
+
+@pytest.mark.parametrize("run", ["every category", "python", "python but live_parallel and simple_python"])
+def test_v4_is_bfcl_evals_own_aggregation(official_scores, run):
+    """Our v4 numbers (categories not run as 0) equal those bfcl-eval computes from the same per-category scores;
+    a category not run is weighed by bfcl-eval's own count of its entries, so the sizes are `category_size`'s."""
+    results = {**PYTHON_RESULTS, **OTHER_RESULTS} if run == "every category" else dict(PYTHON_RESULTS)
+    if run.startswith("python but"):
+        del results["live_parallel"], results["simple_python"]
+    sizes = {c: category_size(c) for c in CATEGORIES}
+    tables = official_scores(results, sizes)
+    ours = leaderboard_scores(LEADERBOARDS["v4"], results, sizes)
+    assert tables["data_overall.csv"]["Overall Acc"] == pytest.approx(ours["overall"]["not_run_as_0"])
+    compared = set()
+    for column, reading in ours["columns"].items():
+        theirs = tables[OFFICIAL_TABLE.get(column, "data_overall.csv")][column]
+        if theirs != "N/A":  # bfcl-eval shows N/A for a column with a category not run (and adds it in as 0)
+            assert theirs == pytest.approx(reading["not_run_as_0"]), column
+            compared.add(column)
+    # the columns the overall averages are always numbers there; given every category, all are
+    assert compared >= {"Non-Live Overall Acc", "Live Acc", "Multi Turn Acc", "Agentic Overall Acc"}
+    assert run != "every category" or compared == set(ours["columns"])
 
 
 # ---- the installed data ----------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from icrl_lite.bfcl import Entry
+from icrl_lite.bfcl import CATEGORIES, Entry, category_size, summarize
 from icrl_lite.bfcl_eval import (BFCL_SYSTEM_PROMPT, BfclConfig, bfcl_messages, format_report, jsonable, length_batches,
                                 pick, run_bfcl)
 from icrl_lite.model import ModelConfig
@@ -96,8 +96,9 @@ def test_limit_and_sample_together_are_refused():
 
 
 def report(prompt: str, decode: str) -> dict:
-    return {"accuracy": {"multiple": 0.5}, "counts": {"multiple": 2}, "records": "r.jsonl", "seconds": 1.0,
-            "prompt": prompt, "decode": decode}
+    return {"accuracy": {"multiple": 0.5}, "counts": {"multiple": 2},
+            "summary": summarize({"multiple": 0.5}, dict.fromkeys(CATEGORIES, 1)), "records": "r.jsonl",
+            "seconds": 1.0, "prompt": prompt, "decode": decode}
 
 
 def test_report_header_names_the_decoding_and_says_when_it_is_not_the_leaderboards():
@@ -122,3 +123,26 @@ def test_records_hold_decoded_values_json_lacks():
     assert json.loads(json.dumps(jsonable(calls))) == [{"name": "f", "arguments": {
         "b": "b'x'", "c": "1j", "s": "{1}", "d": {"(1, 2)": 3}, "None": "rest", "t": [1, 2]}}]
     assert jsonable(None) is None
+
+
+def test_a_run_reports_the_leaderboard_summary_with_full_category_sizes(tiny_model_dir, tmp_path):
+    cfg = BfclConfig(categories=["live_irrelevance"], limit=2, batch_size=2, max_new_tokens=4,
+                     output=str(tmp_path / "bfcl.jsonl"), model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"))
+    result = run_bfcl(cfg, progress=False)
+    assert result["summary"] == summarize(result["accuracy"], {c: category_size(c) for c in CATEGORIES})
+    assert result["summary"]["not_run"]["multi_turn_base"] == result["summary"]["not_run"]["multi_turn_long_context"]
+    json.dumps(result["summary"])  # the summary is plain data, ready for a JSON report
+
+
+def test_format_report_prints_the_leaderboard_columns_and_what_did_not_run():
+    accuracy = {c: 0.5 for c in CATEGORIES}
+    text = format_report({**report("bfcl", "official"), "accuracy": accuracy, "counts": {c: 4 for c in CATEGORIES},
+                          "summary": summarize(accuracy, {c: category_size(c) for c in CATEGORIES})})
+    table, summary = text.split("leaderboard columns")
+    assert "live_relevance" in table and "Overall Acc" not in table
+    overall = next(line for line in summary.splitlines() if line.startswith("Overall Acc"))
+    assert overall.split()[-2:] == ["50.00", "50.00"]  # every column 0.5 over what ran, in v4 and in v3
+    assert "* v4: over Non-Live Overall Acc, Live Acc, Irrelevance Detection, 30% of its weight" in summary
+    assert "* v3: over Non-Live Overall Acc, Live Acc, 67% of its weight" in summary
+    assert "not run:" in summary and "multi_turn_base" in summary and "simple_java" in summary
+    assert "not selected" not in summary  # every Python category ran
