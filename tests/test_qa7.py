@@ -149,7 +149,7 @@ def test_search_r1s_training_mix_is_nq_and_hotpotqa_with_distinct_ids(monkeypatc
     fixture_hub(monkeypatch)
     mix = load_qa(SEARCH_R1_TRAIN, split="train")
     assert [q["id"] for q in mix] == [f"{name}/train_{i}" for name in ("nq", "hotpotqa") for i in range(3)]
-    assert mix[3]["question"].startswith("hotpotqa") and load_qa(SEARCH_R1_TRAIN, split="train", limit=4)[-1] == mix[3]
+    assert mix[3]["answers"] == ["Mars"] and load_qa(SEARCH_R1_TRAIN, split="train", limit=4)[-1] == mix[3]
 
 
 def test_a_hub_dataset_that_cannot_be_reached_is_one_line_naming_the_fix(monkeypatch):
