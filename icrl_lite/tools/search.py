@@ -8,12 +8,14 @@ Corpus records are `{"id", "title", "text"}`; FlashRAG records `{"id", "contents
 first line of `contents` being the title (its surrounding quotes stripped; Search-R1 shows them: `Doc 1(Title: "T") ...`).
 
 Two ways to hold a corpus (`store=`): in memory (the documents as Python dicts, the index as numpy arrays) or on
-disk (Wikipedia scale: the documents in a `CorpusStore`, SQLite, the index built by streaming and memory-mapped,
-the vocabulary in SQLite), with the same ranking, bit for bit. `store="auto"` picks disk above `DISK_STORE_BYTES`.
+disk (Wikipedia scale: the documents in a `CorpusStore`, SQLite, the index built by streaming, resumable after a
+kill, and memory-mapped, the vocabulary in SQLite), with the same ranking, bit for bit. `store="auto"` picks disk
+above `DISK_STORE_BYTES`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -21,9 +23,11 @@ import math
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import bm25s
@@ -33,6 +37,11 @@ from tqdm.auto import tqdm
 from icrl_lite.data import document, load_corpus
 from icrl_lite.tools.base import Tool
 from icrl_lite.tools.store import CorpusStore
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: concurrent builds of one disk index are not serialised
+    fcntl = None
 
 try:  # stemming only when PyStemmer is installed; the cache key records which was used
     import Stemmer
@@ -51,7 +60,7 @@ DISK_STORE_BYTES = 200 * 2**20
 document dicts plus the token lists while indexing (5-10x in all: 1-2 GB of RAM at 200 MB, ~300k passages), while
 the disk path's first build streams the corpus twice (minutes at this size) and its queries read from SQLite."""
 
-_RUN_DOCS = 50_000  # documents tokenised at a time in the disk index's first pass
+_RUN_DOCS = 50_000  # documents tokenised at a time in the disk index's first pass (a killed build redoes one run)
 _SLICE_POSTINGS = 1 << 23  # postings weighted at a time in its second pass (~40 bytes each: ~0.3 GB)
 
 
@@ -82,10 +91,39 @@ def _sha256_file(path: Path) -> str:
 
 def _prune(cache_root: Path, key: str) -> None:
     """Delete the indexes in `cache_root` other than `key` (a default cache folder belongs to one corpus file,
-    whose older indexes are of stale contents); unfinished `.tmp-` folders may be another process's build."""
+    whose older indexes are of stale contents) with the pieces of their unfinished builds, but for those another
+    process is building now: its `.tmp-` folder (in memory) or its locked `<key>.lock` (on disk)."""
     for entry in cache_root.iterdir():
-        if entry.name != key and not entry.name.startswith(".tmp-"):
-            shutil.rmtree(entry, ignore_errors=True)
+        other = entry.name.split(".")[0]
+        if entry.name.startswith(".tmp-") or other == key or _locked(cache_root / f"{other}.lock"):
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on the file `lock` (dropped by the kernel however the process ends); while another
+    process holds it, say so and wait."""
+    with lock.open("a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"[icrl-lite] waiting for another process to build {lock.with_suffix('')}", file=sys.stderr)
+                fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _locked(lock: Path) -> bool:
+    """Whether another process holds the `flock` of the file `lock` now."""
+    if fcntl is None or not lock.is_file():
+        return False
+    with lock.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
 
 
 def _tokenize(texts: list[str]) -> list[list[str]]:
@@ -107,12 +145,13 @@ def _build_index(docs: list[dict]) -> bm25s.BM25:
 
 
 def _build_disk_index(store: CorpusStore, out: Path, progress: bool = True) -> None:
-    """Write a bm25s index of every document of `store` into the empty folder `out`, streaming the texts.
+    """Write a bm25s index of every document of `store` into the folder `out`, streaming the texts; a build
+    killed earlier continues from what it left in `out`.
 
     `bm25s.BM25.index` needs every document's token list at once (Python lists: ~50 GB for Wikipedia-18), so
     this builds bm25s's arrays itself, in two passes whose memory grows with the vocabulary, not the corpus:
       1. the texts are tokenised `_RUN_DOCS` at a time, exactly as the in-memory index tokenises them; each
-         chunk's postings (token id, row, term frequency), sorted by token then row, go to temporary files as a
+         chunk's postings (token id, row, term frequency), sorted by token then row, go to a file of its own as a
          "run"; document lengths (int32 per document), document frequencies (int64 per term) and the vocabulary
          (a dict str -> id) stay in memory;
       2. the vocabulary is walked in slices of about `_SLICE_POSTINGS` postings: each slice is gathered from
@@ -121,6 +160,15 @@ def _build_disk_index(store: CorpusStore, out: Path, progress: bool = True) -> N
          CSC arrays: `data` (float32 weights) and `indices` (int32 rows) grouped by term, `indptr` (int64).
     The vocabulary goes to `vocab.sqlite`, looked up per query, instead of bm25s's `vocab.index.json`: a loaded
     index then holds no per-term Python objects (bm25s would hold a dict and a set of V entries).
+
+    Resuming. Every piece goes through a temporary file renamed into place, so a kill leaves whole pieces or none:
+    run i is `build/run-<i>.bin` (its arrays), then `build/run-<i>.json` (its sizes and the terms it added to the
+    vocabulary), and counts as done once the .json exists; pass 1 rebuilds the vocabulary, lengths and frequencies
+    from the finished runs and tokenises from the first document of the first unfinished one. Pass 2 writes a slice,
+    flushes the arrays and then records the first term not yet weighted (`build/weighed.json`): a kill redoes at
+    most the slice it cut short. `params.index.json`, written last, marks the index complete; `build/` goes then.
+    Pieces from other settings (`_RUN_DOCS`, the number of documents) are deleted and the build starts over. The
+    result is the same, byte for byte, however often the build was killed.
 
     Wikipedia-18 (N = 21M passages of 100 words, ~45 distinct indexed terms each: P ~ 1e9 postings; a
     vocabulary of V ~ 5-10M terms) takes ~120 bytes a term for the vocabulary dict (~1 GB), 4N = 84 MB of
@@ -132,111 +180,199 @@ def _build_disk_index(store: CorpusStore, out: Path, progress: bool = True) -> N
     if (model.method, model.idf_method) != ("lucene", "lucene"):
         raise RuntimeError(f"bm25s's default scoring is now {model.method!r}, and the disk index computes 'lucene': "
                            "install the bm25s of constraints.txt, or use search.store=memory")
-    vocab, doc_len, df, runs = _write_runs(store, out, progress)
-    _write_postings(out, runs, doc_len, df, model.k1, model.b, progress)
-    params = {"k1": model.k1, "b": model.b, "delta": model.delta, "method": model.method,
-              "idf_method": model.idf_method, "dtype": model.dtype, "int_dtype": model.int_dtype,
-              "num_docs": len(store), "version": bm25s.__version__, "backend": model.backend}
-    (out / "params.index.json").write_text(json.dumps(params, indent=4), encoding="utf-8")
-    db = sqlite3.connect(out / "vocab.sqlite")
-    with db:
-        db.execute("CREATE TABLE vocab (token TEXT PRIMARY KEY, id INTEGER NOT NULL) WITHOUT ROWID")
-        db.executemany("INSERT INTO vocab VALUES (?, ?)", vocab.items())
-    db.close()
+    params_path = out / "params.index.json"
+    if not params_path.exists():
+        build = _build_folder(out, {"format": _DISK_FORMAT, "docs": len(store), "run_docs": _RUN_DOCS})
+        vocab, doc_len, df, runs = _write_runs(store, build, progress)
+        _write_postings(out, build, runs, doc_len, df, model.k1, model.b, progress)
+        del runs  # their memory maps, before `build/` is deleted
+        _write_vocab(out / "vocab.sqlite", vocab)
+        params = {"k1": model.k1, "b": model.b, "delta": model.delta, "method": model.method,
+                  "idf_method": model.idf_method, "dtype": model.dtype, "int_dtype": model.int_dtype,
+                  "num_docs": len(store), "version": bm25s.__version__, "backend": model.backend}
+        _write_atomic(params_path, json.dumps(params, indent=4).encode())
+    shutil.rmtree(out / "build", ignore_errors=True)
 
 
-_RUN_FILES = {"rows": np.int32, "tf": np.float32, "tokens": np.int32, "ends": np.int64}
+def _write_atomic(path: Path, *chunks: bytes | np.ndarray) -> None:
+    """Write `chunks` (bytes, C-contiguous arrays) to `path` by way of `<path>.tmp`, synced, then renamed: a kill
+    leaves the old file or the new one, never a part."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
-def _write_runs(store: CorpusStore, out: Path, progress: bool) -> tuple[dict[str, int], np.ndarray, np.ndarray, list]:
-    """Pass 1: the postings of each `_RUN_DOCS` documents, sorted by term then row, appended to `out/run_*.bin`
-    (`rows`, `tf`: one entry a posting; `tokens`, `ends`: each run's terms and where their postings end).
+def _build_folder(out: Path, settings: dict) -> Path:
+    """`out/build`, holding the pieces of an earlier build with these `settings`, or emptied for a new one."""
+    build, record = out / "build", out / "build" / "settings.json"
+    if out.exists() and not (record.is_file() and json.loads(record.read_text()) == settings):
+        shutil.rmtree(out)  # another corpus size or run size: its runs do not fit
+    build.mkdir(parents=True, exist_ok=True)
+    if not record.exists():
+        _write_atomic(record, json.dumps(settings).encode())
+    return build
+
+
+_RUN_ARRAYS = (("ends", np.int64), ("rows", np.int32), ("tf", np.float32), ("tokens", np.int32), ("lengths", np.int32))
+"""A run file's arrays in order (each starts aligned): per term of the run, where its postings end, its id; per
+posting, row and term frequency; per document, its length in tokens."""
+
+
+def _write_runs(store: CorpusStore, build: Path, progress: bool) -> tuple[dict[str, int], np.ndarray, np.ndarray,
+                                                                         list[dict[str, np.ndarray]]]:
+    """Pass 1: the postings of each `_RUN_DOCS` documents, sorted by term then row, each run in `build/run-<i>.bin`
+    with its record `build/run-<i>.json`; the runs an earlier build finished are read back, not redone.
 
     Returns the vocabulary (term -> id, in order of first appearance), the documents' lengths in tokens (N,),
-    the terms' document frequencies (V,) and, per run, (first posting, first and end entry in `tokens`).
+    the terms' document frequencies (V,) and each run's arrays (`_RUN_ARRAYS`, memory-mapped).
     """
     vocab: dict[str, int] = {}
     doc_len = np.zeros(len(store), dtype=np.int32)  # (N,)
     df = np.zeros(1 << 16, dtype=np.int64)  # (capacity,) grown with the vocabulary
-    runs = []
-    files = {name: (out / f"run_{name}.bin").open("wb") for name in _RUN_FILES}
-    postings = terms_written = start = 0
-    with tqdm(total=len(store), unit="doc", desc="BM25 index 1/2: tokenise", disable=not progress) as bar:
-        for texts in store.iter_texts(_RUN_DOCS):
-            ids, local_vocab = _tokenize_ids(texts)
-            to_global = np.empty(len(local_vocab), dtype=np.int64)
-            for token, local in local_vocab.items():
-                to_global[local] = vocab.setdefault(token, len(vocab))
-            n = len(ids)
-            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n)  # (n,)
-            flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-            doc_len[start:start + n] = lengths
-            key = to_global[flat] * n + np.repeat(np.arange(n), lengths)  # sorts by term, then row
-            key, tf = np.unique(key, return_counts=True)  # (p,) one posting per distinct (term, document)
-            terms, rows = np.divmod(key, n)
-            run_terms, first = np.unique(terms, return_index=True)  # (t,)
-            counts = np.diff(np.append(first, len(terms)))  # (t,) postings of each term in this run
-            if len(vocab) > len(df):
-                df = np.concatenate([df, np.zeros(max(len(vocab), 2 * len(df)) - len(df), dtype=np.int64)])
-            df[run_terms] += counts
-            for name, values in (("rows", rows + start), ("tf", tf), ("tokens", run_terms),
-                                 ("ends", postings + np.cumsum(counts))):
-                files[name].write(values.astype(_RUN_FILES[name]).tobytes())
-            runs.append((postings, terms_written, terms_written + len(run_terms)))
-            postings += len(terms)
-            terms_written += len(run_terms)
-            start += n
-            bar.update(n)
-    for f in files.values():
-        f.close()
-    if postings == 0:
+    runs: list[dict[str, np.ndarray]] = []
+    finished = 0
+    while (build / f"run-{finished:05d}.json").exists():
+        finished += 1
+    start = 0
+
+    def add(record: dict) -> None:
+        nonlocal df, start
+        run = _open_run(build / f"run-{len(runs):05d}.bin", record)
+        n = len(run["lengths"])
+        doc_len[start:start + n] = run["lengths"]
+        if len(vocab) > len(df):
+            df = np.concatenate([df, np.zeros(max(len(vocab), 2 * len(df)) - len(df), dtype=np.int64)])
+        df[run["tokens"]] += np.diff(run["ends"], prepend=0)  # each term's postings in this run
+        runs.append(run)
+        start += n
+
+    with tqdm(total=len(store), initial=min(finished * _RUN_DOCS, len(store)), unit="doc",
+              desc="BM25 index 1/2: tokenise", disable=not progress) as bar:
+        for i in range(finished):
+            record = json.loads((build / f"run-{i:05d}.json").read_text(encoding="utf-8"))
+            for token in record["new_tokens"]:
+                vocab[token] = len(vocab)
+            add(record)
+        for texts in store.iter_texts(_RUN_DOCS, start):
+            add(_write_run(texts, vocab, start, build / f"run-{len(runs):05d}"))
+            bar.update(len(texts))
+    if not any(len(run["rows"]) for run in runs):
         raise ValueError(f"no document of {store.path} has a word to index (all are empty or stopwords)")
     return vocab, doc_len, df[:len(vocab)], runs
 
 
-def _write_postings(out: Path, runs: list, doc_len: np.ndarray, df: np.ndarray, k1: float, b: float,
-                    progress: bool) -> None:
-    """Pass 2: bm25s's CSC arrays from the runs, `_SLICE_POSTINGS` postings at a time; deletes the runs."""
+def _write_run(texts: list[str], vocab: dict[str, int], start: int, stem: Path) -> dict:
+    """Tokenise the documents `start`, `start + 1`, ... (`texts`), add their new terms to `vocab`, write the run to
+    `<stem>.bin` and then its record to `<stem>.json`; returns the record."""
+    ids, local_vocab = _tokenize_ids(texts)
+    to_global = np.empty(len(local_vocab), dtype=np.int64)
+    new_tokens = []
+    for token, local in local_vocab.items():
+        if token not in vocab:
+            vocab[token] = len(vocab)
+            new_tokens.append(token)
+        to_global[local] = vocab[token]
+    n = len(ids)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n)  # (n,)
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    key = to_global[flat] * n + np.repeat(np.arange(n), lengths)  # sorts by term, then row
+    key, tf = np.unique(key, return_counts=True)  # (p,) one posting per distinct (term, document)
+    terms, rows = np.divmod(key, n)
+    run_terms, first = np.unique(terms, return_index=True)  # (t,)
+    ends = np.cumsum(np.diff(np.append(first, len(terms))))  # (t,) where each term's postings end in this run
+    arrays = {"ends": ends, "rows": rows + start, "tf": tf, "tokens": run_terms, "lengths": lengths}
+    _write_atomic(stem.with_suffix(".bin"), *(arrays[name].astype(dtype) for name, dtype in _RUN_ARRAYS))
+    record = {"docs": n, "postings": len(terms), "terms": len(run_terms), "new_tokens": new_tokens}
+    _write_atomic(stem.with_suffix(".json"), json.dumps(record, ensure_ascii=False).encode())
+    return record
+
+
+def _open_run(path: Path, record: dict) -> dict[str, np.ndarray]:
+    """The arrays of a run file, memory-mapped, by name."""
+    sizes = {"ends": record["terms"], "rows": record["postings"], "tf": record["postings"],
+             "tokens": record["terms"], "lengths": record["docs"]}
+    buffer = np.memmap(path, dtype=np.uint8, mode="r")
+    arrays, offset = {}, 0
+    for name, dtype in _RUN_ARRAYS:
+        nbytes = sizes[name] * np.dtype(dtype).itemsize
+        arrays[name] = buffer[offset:offset + nbytes].view(dtype)
+        offset += nbytes
+    if offset != len(buffer):
+        raise RuntimeError(f"{path} holds {len(buffer)} bytes, its record says {offset}: delete {path.parent.parent} "
+                           "to build the index from scratch")
+    return arrays
+
+
+def _write_postings(out: Path, build: Path, runs: list[dict[str, np.ndarray]], doc_len: np.ndarray, df: np.ndarray,
+                    k1: float, b: float, progress: bool) -> None:
+    """Pass 2: bm25s's CSC arrays from the runs, `_SLICE_POSTINGS` postings at a time, from the first term that
+    `build/weighed.json` says is not weighted yet."""
     n_docs, n_terms = len(doc_len), len(df)
     avg_len = np.float64(int(doc_len.sum(dtype=np.int64))) / n_docs  # == np.mean of the lengths, as bm25s has it
     idf = np.fromiter((math.log(1 + (n_docs - d + 0.5) / (d + 0.5)) for d in df.tolist()),  # math.log, as bm25s
                       dtype=np.float32, count=n_terms)
     indptr = np.zeros(n_terms + 1, dtype=np.int64)  # (V + 1,)
     np.cumsum(df, out=indptr[1:])
-    np.save(out / "indptr.csc.index.npy", indptr)
     postings = int(indptr[-1])  # a numpy integer would be written into the .npy header as "np.int64(...)"
-    data = np.lib.format.open_memmap(out / "data.csc.index.npy", mode="w+", dtype=np.float32, shape=(postings,))
-    indices = np.lib.format.open_memmap(out / "indices.csc.index.npy", mode="w+", dtype=np.int32, shape=(postings,))
-    run = {name: np.memmap(out / f"run_{name}.bin", mode="r", dtype=dtype) for name, dtype in _RUN_FILES.items()}
-    with tqdm(total=postings, unit="posting", unit_scale=True, desc="BM25 index 2/2: weigh",
-              disable=not progress) as bar:
+    record = build / "weighed.json"
+    if record.exists():  # the arrays exist, weighted up to this term
+        c0 = json.loads(record.read_text())["next_term"]
+        data = np.load(out / "data.csc.index.npy", mmap_mode="r+")
+        indices = np.load(out / "indices.csc.index.npy", mmap_mode="r+")
+    else:
+        np.save(out / "indptr.csc.index.npy", indptr)
+        data = np.lib.format.open_memmap(out / "data.csc.index.npy", mode="w+", dtype=np.float32, shape=(postings,))
+        indices = np.lib.format.open_memmap(out / "indices.csc.index.npy", mode="w+", dtype=np.int32,
+                                            shape=(postings,))
         c0 = 0
+        _write_atomic(record, json.dumps({"next_term": c0}).encode())
+    with tqdm(total=postings, initial=int(indptr[c0]), unit="posting", unit_scale=True,
+              desc="BM25 index 2/2: weigh", disable=not progress) as bar:
         while c0 < n_terms:  # terms c0 .. c1 - 1, whose postings are data[indptr[c0]:indptr[c1]]
             c1 = int(np.searchsorted(indptr, indptr[c0] + _SLICE_POSTINGS, side="right")) - 1
             c1 = min(max(c1, c0 + 1), n_terms)
-            parts = []
-            for first_posting, t0, t1 in runs:
-                run_terms = run["tokens"][t0:t1]
-                a, z = np.searchsorted(run_terms, [c0, c1])
-                if a == z:
-                    continue
-                lo = first_posting if a == 0 else int(run["ends"][t0 + a - 1])
-                ends = run["ends"][t0 + a:t0 + z]
-                parts.append((np.repeat(run_terms[a:z], np.diff(ends, prepend=lo)), run["rows"][lo:ends[-1]],
-                              run["tf"][lo:ends[-1]]))
-            terms, rows, tf = (np.concatenate(column) for column in zip(*parts))
-            order = np.argsort(terms, kind="stable")  # runs are in row order: rows stay ascending per term
-            terms, rows, tf = terms[order], rows[order], tf[order]
+            terms, rows, tf = _gather(runs, c0, c1)
             weights = idf[terms] * (tf / (k1 * ((1 - b) + b * doc_len[rows] / avg_len) + tf))  # float64, as bm25s
             data[indptr[c0]:indptr[c1]] = weights  # rounded to float32, as bm25s
             indices[indptr[c0]:indptr[c1]] = rows
+            data.flush()  # on disk before the record says so
+            indices.flush()
+            _write_atomic(record, json.dumps({"next_term": c1}).encode())
             bar.update(len(rows))
             c0 = c1
-    data.flush()
-    indices.flush()
-    del data, indices, run
-    for name in _RUN_FILES:
-        (out / f"run_{name}.bin").unlink()
+    del data, indices
+
+
+def _gather(runs: list[dict[str, np.ndarray]], c0: int, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The postings of terms c0 .. c1 - 1 from every run: (terms, rows, tf), each (p,), sorted by term then row."""
+    parts = []
+    for run in runs:
+        a, z = np.searchsorted(run["tokens"], [c0, c1])
+        if a == z:
+            continue
+        lo = 0 if a == 0 else int(run["ends"][a - 1])
+        ends = run["ends"][a:z]
+        parts.append((np.repeat(run["tokens"][a:z], np.diff(ends, prepend=lo)), run["rows"][lo:ends[-1]],
+                      run["tf"][lo:ends[-1]]))
+    terms, rows, tf = (np.concatenate(column) for column in zip(*parts))
+    order = np.argsort(terms, kind="stable")  # runs are in row order: rows stay ascending per term
+    return terms[order], rows[order], tf[order]
+
+
+def _write_vocab(path: Path, vocab: dict[str, int]) -> None:
+    """The vocabulary as an SQLite table (token -> id), written to `<path>.tmp` and renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    db = sqlite3.connect(tmp)
+    with db:
+        db.execute("CREATE TABLE vocab (token TEXT PRIMARY KEY, id INTEGER NOT NULL) WITHOUT ROWID")
+        db.executemany("INSERT INTO vocab VALUES (?, ?)", vocab.items())
+    db.close()
+    os.replace(tmp, path)
 
 
 class BM25Search:
@@ -252,10 +388,10 @@ class BM25Search:
     memory and a warning says why.
 
     On disk the corpus is never loaded: it is streamed into a `CorpusStore` `<corpus file>.store.sqlite`
-    (resumable), the index is built from the store by streaming (`_build_disk_index`) into
-    `<corpus file>.bm25-disk/<key>/`, the key covering the store's source fingerprint, and loaded memory-mapped;
-    a query reads its terms' postings and its top-k documents only. With `cache_dir`, both go there instead.
-    Same results as in memory (ids, order and scores).
+    (resumable), the index is built from the store by streaming (`_build_disk_index`, resumable too: in
+    `<key>.partial/`, renamed when complete) into `<corpus file>.bm25-disk/<key>/`, the key covering the store's
+    source fingerprint, and loaded memory-mapped; a query reads its terms' postings and its top-k documents only.
+    With `cache_dir`, both go there instead. Same results as in memory (ids, order and scores).
     """
 
     def __init__(self, corpus: str | Path | list[dict], top_k: int = 3, cache_dir: str | Path | None = None,
@@ -308,16 +444,13 @@ class BM25Search:
         self.loaded_from_cache = self.index_path.is_dir()
         if not self.loaded_from_cache:
             cache_root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache_root))
-            try:
-                _build_disk_index(self.store, tmp)
-                tmp.chmod(0o755)  # mkdtemp makes it private to this user
-                os.replace(tmp, self.index_path)
-            except OSError:
-                if not self.index_path.is_dir():  # else another process wrote the same index first
-                    raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)  # the runs of an interrupted build; gone once renamed
+            lock = cache_root / f"{key}.lock"
+            with _exclusive(lock):  # a second process wanting this index waits for the first to build it
+                if not self.index_path.is_dir():
+                    partial = cache_root / f"{key}.partial"
+                    _build_disk_index(self.store, partial)  # continues the build a kill left there
+                    os.replace(partial, self.index_path)
+                lock.unlink(missing_ok=True)  # whoever waits on it finds the index
             if own_cache_dir:
                 _prune(cache_root, key)
         self.retriever = bm25s.BM25.load(self.index_path, mmap=True, load_vocab=False, show_progress=False)

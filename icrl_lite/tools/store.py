@@ -119,10 +119,11 @@ class CorpusStore:
             raise IndexError(f"rows {missing[:5]} are not in {self.path} (rows 0 to {len(self) - 1})")
         return [dict(found[row]) for row in rows]
 
-    def iter_texts(self, batch: int = 10_000) -> Iterator[list[str]]:
-        """Every document as "title\\ntext" (the text BM25 indexes), in row order, `batch` at a time."""
+    def iter_texts(self, batch: int = 10_000, start: int = 0) -> Iterator[list[str]]:
+        """Every document from row `start` on as "title\\ntext" (the text BM25 indexes), in row order, `batch` at a
+        time."""
         cursor = self._db.cursor()  # its own cursor: `get` may run meanwhile
-        cursor.execute("SELECT title, text FROM docs ORDER BY row")
+        cursor.execute("SELECT title, text FROM docs WHERE row >= ? ORDER BY row", (start,))
         while chunk := cursor.fetchmany(batch):
             yield [f"{title}\n{text}" for title, text in chunk]
 
