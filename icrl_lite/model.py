@@ -7,7 +7,8 @@ The KL reference policy is the same model with its adapter disabled (`reference_
 a second copy of the weights in memory. Rollouts can run on a temporarily merged adapter
 (`merged_adapter`), which is ~2x faster to decode; the base weights are restored bit-exactly afterwards.
 Rollouts run inside `generation_mode` (eval mode; unsloth's inference mode for unsloth models). Training in
-fp16 (GPUs before Ampere, e.g. a T4) scales its loss with `LossScaler`.
+fp16 (GPUs before Ampere, e.g. a T4) scales its loss with `LossScaler`. The policy's attention (`sdpa_gqa`, on every
+device) does not copy grouped KV heads once per query head where transformers' sdpa path would.
 """
 
 from __future__ import annotations
@@ -194,12 +195,17 @@ def load_tokenizer(name: str):
 
 
 def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """transformers' sdpa attention, but grouped KV heads go to the kernel as they are (`enable_gqa`).
+    """The policy's attention on every device: grouped KV heads are never copied once per query head where that
+    can be avoided. transformers' sdpa path copies them (`repeat_kv`) whenever it is given a mask, and the rollout
+    engine always gives one (its rows hold holes).
 
-    transformers copies each KV head once per query head on CPU (`repeat_kv`); at SmolLM2's 9:3 heads that
-    copy made attention ~10x slower than the kernel's own grouped path (measured: 29 ms vs 2.2 ms per call at
-    16 x 1500 tokens).
+    On a CPU, grouped heads go to torch's kernel as they are (`enable_gqa`): at SmolLM2's 9:3 heads the copy made
+    attention ~10x slower than the kernel's own grouped path (measured: 29 ms vs 2.2 ms per call at 16 x 1500
+    tokens); half precision has faster paths of its own (`HalfAttention`, `grouped_attention`). Elsewhere (CUDA)
+    see `gpu_attention`.
     """
+    if not attends_on_cpu(query):
+        return gpu_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
     causal = bool(is_causal if is_causal is not None else True) and attention_mask is None and query.shape[2] > 1
     plain = attention_mask is not None or causal or query.shape[2] == 1  # no mask and not causal: the kernel
     if plain and half_attention_on_cpu(query, key, attention_mask, dropout if module.training else 0.0):
@@ -219,6 +225,45 @@ def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
         scale=scaling, is_causal=causal, enable_gqa=True,
     )  # (B, heads, q, d)
     return out.transpose(1, 2).contiguous().to(dtype), None
+
+
+def attends_on_cpu(query: torch.Tensor) -> bool:
+    """Which path `sdpa_gqa` takes: the CPU's kernels or `gpu_attention` (tests force the latter on a CPU)."""
+    return query.device.type == "cpu"
+
+
+def gpu_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """`sdpa_gqa` off the CPU: decode steps and short forced chunks grouped, longer queries by torch's fused kernel.
+
+    With a mask, transformers copies each KV head once per query head before torch's kernel (`repeat_kv`), and it
+    is right to for long queries: with a mask and `enable_gqa`, torch's CUDA dispatcher may leave its fused kernels
+    for the math backend (the memory-efficient kernel takes grouped heads only in recent versions), which writes
+    the whole (q x L) score matrix. For one query position per row the copy is most of the step's attention
+    traffic: the kernel needs to read the cache once, the copy reads it, writes it g times and the kernel reads
+    the g copies (Qwen2.5-3B, 16 query heads on 2 KV heads: 17x the cache's bytes, every layer, every step).
+    So up to `SHORT_QUERY` positions without gradients (decode steps, short tool outputs) go to
+    `grouped_attention`: one matmul per KV head with its query heads stacked, an fp32 softmax, no copy. Its fp32
+    scores for 32 queries (with the softmax's output and the cast probabilities, ~10 bytes a query and key) stay
+    below the K/V copy they replace (2 x 2 x head_dim bytes a key: 512 at head_dim 128 in bf16). Longer queries
+    (prompts, long tool outputs, the update's scoring with gradients) keep transformers' sdpa path: the fused
+    kernel never writes the (q x L) scores, which from ~head_dim queries on outweighs the copy (one layer's K/V
+    at a time).
+
+    Numerically it is transformers' eager attention (scores in the input dtype, softmax in fp32); in fp16 the
+    query is scaled before the matmul, as torch's kernels do, so the scores cannot overflow where the unscaled
+    dot products would (> 65,504).
+    """
+    queries = query.shape[2]
+    grouped = (queries <= SHORT_QUERY and not module.training and not torch.is_grad_enabled()
+               and (attention_mask.dtype == torch.bool if attention_mask is not None else queries == 1))
+    if not grouped:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if query.dtype == torch.float16:
+        query, scaling = query * (scaling if scaling is not None else query.shape[-1] ** -0.5), 1.0
+    return grouped_attention(query, key, value, attention_mask, scaling), None
 
 
 def half_on_cpu(query: torch.Tensor) -> bool:
@@ -384,6 +429,7 @@ def grouped_attention(query, key, value, attention_mask, scaling=None) -> torch.
 
 
 def register_attention() -> str:
+    """Register `sdpa_gqa` (with sdpa's boolean masks) with transformers; returns its `attn_implementation` name."""
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
@@ -434,9 +480,7 @@ def load_policy(cfg: ModelConfig, adapter: str | Path | None = None, max_seq_len
             "their inputs (measured with bitsandbytes 0.50: only o_proj/down_proj adapters got gradients), so "
             "QLoRA would silently train the wrong thing. On CPU use model.load_in_4bit=false (bf16 is fast with AMX)."
         )
-    kwargs: dict = {"dtype": dtype}
-    if device.type == "cpu":
-        kwargs["attn_implementation"] = register_attention()
+    kwargs: dict = {"dtype": dtype, "attn_implementation": register_attention()}
     if cfg.load_in_4bit:
         from transformers import BitsAndBytesConfig
 

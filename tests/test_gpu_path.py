@@ -384,3 +384,110 @@ def test_load_policy_sets_the_allocator_before_loading_on_cuda(monkeypatch):
     with pytest.raises(RuntimeError, match="stop"):
         model_module.load_policy(model_module.ModelConfig(dtype="fp32"))
     assert calls == ["allocator", "dtype"]
+
+
+# ---- attention on a GPU: grouped KV heads, never copied per query head in decode steps -------------------
+@pytest.fixture
+def gpu_attention_path(monkeypatch, tiny_model_dir):
+    """The tiny base in fp32 with the policy's attention forced onto its GPU path, and an eager copy (the
+    reference); records the KV heads each attention call receives: ("grouped" | "fused", KV heads, queries)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import sdpa_attention
+
+    calls = []
+    grouped, fused = model_module.grouped_attention, sdpa_attention.sdpa_attention_forward
+
+    def spy_grouped(query, key, *args, **kwargs):
+        calls.append(("grouped", key.shape[1], query.shape[2]))
+        return grouped(query, key, *args, **kwargs)
+
+    def spy_fused(module, query, key, *args, **kwargs):
+        calls.append(("fused", key.shape[1], query.shape[2]))
+        return fused(module, query, key, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "attends_on_cpu", lambda query: False)
+    monkeypatch.setattr(model_module, "grouped_attention", spy_grouped)
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy_fused)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                  attn_implementation=model_module.register_attention())
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
+    return policy.eval(), eager.eval(), calls
+
+
+def prefill_and_decode(model, prompts: list[list[int]], token: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, V) after a left-padded prefill of `prompts`, then after one decode step of `token` per row,
+    run as the rollout engine runs them (a mask over the cache, per-row positions)."""
+    from transformers import DynamicCache
+
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])  # (B, P)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (B, P)
+    cache = DynamicCache()
+    with torch.no_grad():
+        first = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                      **{model_module.cache_keyword(type(model)): cache}).logits[:, -1]
+        mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=torch.long)], dim=1)  # (B, P + 1)
+        step = model(input_ids=torch.full((len(prompts), 1), token), attention_mask=mask,
+                     position_ids=torch.tensor([[len(p)] for p in prompts]),
+                     **{model_module.cache_keyword(type(model)): cache}).logits[:, -1]
+    return first, step
+
+
+def test_gpu_path_decodes_on_unrepeated_kv_heads_as_eager_attention_does(gpu_attention_path):
+    policy, eager, calls = gpu_attention_path
+    prompts = [list(range(5, 17)), list(range(40, 47))]  # 12 and 7 tokens: a padded, masked prefill
+    got = prefill_and_decode(policy, prompts, token=99)
+    assert [c[0] for c in calls] == ["grouped"] * 4  # 2 layers x (prefill, decode step)
+    assert {c[1] for c in calls} == {policy.config.num_key_value_heads} != {policy.config.num_attention_heads}
+    expected = prefill_and_decode(eager, prompts, token=99)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_path_keeps_the_fused_kernel_for_long_queries(gpu_attention_path):
+    policy, eager, calls = gpu_attention_path
+    prompts = [list(range(5, 5 + model_module.SHORT_QUERY + 8)), list(range(100, 135))]  # past SHORT_QUERY, padded
+    got = prefill_and_decode(policy, prompts, token=7)
+    assert [c[0] for c in calls] == ["fused", "fused", "grouped", "grouped"]  # the prefill, then the decode step
+    assert all(c[1] == policy.config.num_key_value_heads for c in calls if c[0] == "grouped")
+    expected = prefill_and_decode(eager, prompts, token=7)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_path_scores_with_gradients_through_the_fused_kernel(gpu_attention_path):
+    policy, _, calls = gpu_attention_path
+    policy.train()
+    policy(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor([[0, 1, 1]])).logits.sum().backward()
+    assert [c[0] for c in calls] == ["fused", "fused"]  # the update's backward: the kernel's, not two matmuls'
+
+
+def decode_attention_inputs(scale: float) -> tuple[torch.Tensor, ...]:
+    """query (3, 8, 1, 64), key/value (3, 2, 20, 64) with entries of about `scale`, a bool mask (3, 1, 1, 20)."""
+    generator = torch.Generator().manual_seed(0)
+    query, key = (torch.randn(shape, generator=generator) * scale for shape in [(3, 8, 1, 64), (3, 2, 20, 64)])
+    value = torch.randn(3, 2, 20, 64, generator=generator)
+    mask = torch.rand(3, 1, 1, 20, generator=generator) > 0.3  # True = attend
+    mask[..., 0] = True
+    return query, key, value, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_path_decode_attention_in_half_precision_matches_fp32(monkeypatch, dtype):
+    monkeypatch.setattr(model_module, "attends_on_cpu", lambda query: False)
+    query, key, value, mask = (t.to(dtype) if t.is_floating_point() else t for t in decode_attention_inputs(1.0))
+    with torch.no_grad():
+        got, _ = model_module.sdpa_gqa(types.SimpleNamespace(training=False), query, key, value, mask)  # (B, 1, H, d)
+    expected = torch.nn.functional.scaled_dot_product_attention(query.float(), key.float(), value.float(),
+                                                                attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, rtol=0.02, atol=0.02)
+
+
+def test_gpu_path_fp16_scores_do_not_overflow_where_the_unscaled_dot_products_would(monkeypatch):
+    monkeypatch.setattr(model_module, "attends_on_cpu", lambda query: False)
+    query, key, value, mask = (t.half() if t.is_floating_point() else t for t in decode_attention_inputs(100.0))
+    assert torch.isinf(query @ key.repeat_interleave(4, dim=1).transpose(-1, -2)).any()  # q.k past 65,504
+    with torch.no_grad():
+        got, _ = model_module.sdpa_gqa(types.SimpleNamespace(training=False), query, key, value, mask)
+    assert torch.isfinite(got).all()
