@@ -6,7 +6,7 @@ and Search-R1 corpora (`contents` = '"Title"\\ntext') are normalised to one shap
 questions {"id", "question", "answers": list[str], ...}, documents {"id", "title", "text"}.
 Math problems (`load_math`) come in our format, GSM8K's (`answer` ending "#### 42") or MATH's (`problem`,
 `solution` with a final \\boxed{...}, or `answer`) and are normalised to the same question shape.
-Function-calling examples (`load_fc`) come in our format, xLAM's or ToolACE's and are normalised to
+Function-calling examples (`load_fc`) come in our format, xLAM's, ToolACE's or ToolRL's (its rlla_4k mix) and are normalised to
 {"id", "question", "functions": [JSON schema], "ground_truth": [{"name", "arguments"}]}.
 The bundled closed-world task lives in data/qa/ (made by scripts/make_qa_task.py), the bundled math task in
 data/math/ (made by scripts/make_math_task.py), the bundled function-calling task in data/fc/ (made by
@@ -112,12 +112,9 @@ def load_qa(source: str | Path, split: str = "train", limit: int | None = None) 
     "+" are concatenated, each question's id prefixed with its source's config (or name), e.g. Search-R1's
     training mix `SEARCH_R1_TRAIN`; `limit` then caps the whole.
     """
+    if is_mix(source):
+        return mixed(source, load_qa, split, limit)
     path = Path(source)
-    if "+" in str(source) and not path.exists():
-        parts = [part.strip() for part in str(source).split("+")]
-        mixed = [dict(q, id=f"{part.rpartition(':')[2] or part}/{q['id']}") for part in parts
-                 for q in load_qa(part, split, limit)]
-        return mixed[:limit]
     if path.is_dir():
         records = _saved_dataset(path, split, limit)
     elif path.exists() or path.suffix in (".json", ".jsonl"):
@@ -161,6 +158,8 @@ def load_math(source: str | Path, split: str = "train", limit: int | None = None
     e.g. "openai/gsm8k:main", "HuggingFaceH4/MATH-500" with split="test"); `split` is used for the last two.
     The consumed fields (`problem`, `answer`, `solution`) are dropped; others (`level`, `type`, ...) are kept.
     """
+    if is_mix(source):
+        return mixed(source, load_math, split, limit)
     return [_math_problem(record, i, where) for i, (where, record) in enumerate(_locate(source, split, limit))]
 
 
@@ -176,11 +175,33 @@ def load_fc(source: str | Path, split: str = "train", limit: int | None = None) 
       - ToolACE: `conversations` [{"from": "user" | "assistant" | "tool", "value"}] (a list or a JSON string) with
         the tools as the JSON list inside the `system` text (or in a `tools` field). The first user turn is the
         question; the assistant turn after it is the calls, written `[get_weather(city="Paris"), ...]`; an
-        assistant turn in plain text means no call.
-    `source` is a .jsonl / .json file, a `save_to_disk` directory or a hub name ("name" or "name:config");
-    `split` is used for the last two. The consumed fields are dropped; others (`kind`, a demo's `solution`) are kept.
+        assistant turn in plain text means no call;
+      - ToolRL's training set (rlla_4k: 2k ToolACE, 1k Hammer, 1k xLAM examples, filtered by its authors; the raw
+        JSON's `instruction` + `input` + `output`, or the processed parquet's `prompt` + `reward_model`): the tools
+        are the "N. Name: ... Parameters: {...}" list of the system text, the question is the dialogue record, the
+        gold calls are the <tool_call> lines of the output ([] for a <response> alone).
+    `source` is a .jsonl / .json / .parquet file, a `save_to_disk` directory or a hub name ("name" or
+    "name:config"); `split` is used for the last two; several joined by "+" are mixed. The consumed fields are
+    dropped; others (`kind`, a demo's `solution`) are kept.
     """
+    if is_mix(source):
+        return mixed(source, load_fc, split, limit)
     return [_fc_example(record, i, where) for i, (where, record) in enumerate(_locate(source, split, limit))]
+
+
+def is_mix(source: str | Path) -> bool:
+    """Whether `source` names several sources joined by "+" (and is not itself a file with "+" in its name)."""
+    return "+" in str(source) and not Path(source).exists()
+
+
+def mixed(source: str | Path, load: Callable[..., list[dict]], split: str, limit: int | None) -> list[dict]:
+    """The records of every "+"-joined part of `source`, in order, each id prefixed with its part's config (or
+    name, or file stem) so that ids stay distinct; `limit` caps the whole."""
+    records = []
+    for part in (p.strip() for p in str(source).split("+")):
+        prefix = Path(part).stem if Path(part).exists() else (part.rpartition(":")[2] or part)
+        records += [dict(r, id=f"{prefix}/{r['id']}") for r in load(part, split, limit)]
+    return records[:limit]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -207,7 +228,15 @@ def _read_records(path: Path) -> list[dict]:
 
 
 def _located_records(path: Path) -> list[tuple[str, dict]]:
-    """(where, record) pairs; `where` is "file:line" for JSON Lines and "file record i" for a JSON list."""
+    """(where, record) pairs; `where` is "file:line" for JSON Lines, "file record i" for a JSON list, "file row i"
+    for Parquet."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as parquet
+        except ImportError:
+            raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow (or pip install datasets)") from None
+        rows = parquet.read_table(_existing_file(path)).to_pylist()
+        return [(f"{path} row {i}", row) for i, row in enumerate(rows)]
     if path.suffix != ".json":
         return [(f"{path}:{line_no}", record) for line_no, record in _numbered_jsonl(path)]
     try:
@@ -276,10 +305,19 @@ def _fc_example(record: dict, index: int, where: str) -> dict:
         calls = _json_list(record["answers"], "answers", where)
     elif "conversations" in record and ("system" in record or "tools" in record):
         (question, functions, calls), consumed = _toolace(record, where), ("system", "tools", "conversations")
+    elif {"instruction", "input", "output"} <= set(record):
+        question, functions, calls = _toolrl(record["instruction"], record["input"], record["output"], where)
+        consumed = ("instruction", "input", "output")
+    elif {"prompt", "reward_model"} <= set(record):
+        system, user = _toolrl_prompt(record["prompt"], where)
+        ground_truth = record["reward_model"].get("ground_truth", "") if isinstance(record["reward_model"], dict) else ""
+        question, functions, calls = _toolrl(system, user, ground_truth, where)
+        consumed = ("prompt", "reward_model", "extra_info", "data_source", "ability")
     else:
         raise ValueError(f"{where}: not a function-calling record; expected 'question' + 'functions' + "
-                         f"'ground_truth' (bundled), 'query' + 'tools' + 'answers' (xLAM) or 'system' + "
-                         f"'conversations' (ToolACE); found fields {sorted(record)}")
+                         f"'ground_truth' (bundled), 'query' + 'tools' + 'answers' (xLAM), 'system' + "
+                         f"'conversations' (ToolACE) or 'instruction' + 'input' + 'output' (ToolRL); "
+                         f"found fields {sorted(record)}")
     for function in functions:
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise ValueError(f"{where}: every function must be a JSON schema with a 'name'; got {function!r:.80}")
@@ -366,6 +404,38 @@ def _toolace(record: dict, where: str) -> tuple[str, list, list]:
                              '[func(param=value, ...), ...] with literal values')
         calls = []  # a plain-text answer: no call
     return question, functions, calls
+
+
+_TOOLRL_TOOL = re.compile(r"^\d+\. Name: (.+)\nDescription: (.*)\nParameters: (.*)$", re.MULTILINE)
+
+
+def _toolrl(system: str, dialogue: str, output: str, where: str) -> tuple[str, list, list]:
+    """(question, functions, calls) of a ToolRL record: the system text's numbered tool list (xLAM-style
+    parameter specs), the dialogue record without its heading, and the output's <tool_call> JSON lines."""
+    from .function_calls import parse_response  # pure parsing, no model
+
+    functions = []
+    for name, description, parameters in _TOOLRL_TOOL.findall(str(system)):
+        spec = _loads(parameters, f"{where}: the parameters of tool {name.strip()!r} are not valid JSON")
+        functions.append(_schema_from_xlam({"name": name.strip(), "description": description.strip(),
+                                            "parameters": spec}, where))
+    if not functions:
+        raise ValueError(f"{where}: no tools found in the ToolRL instruction (expected lines '1. Name: ...', "
+                         "'Description: ...', 'Parameters: {...}')")
+    parsed = parse_response(str(output))
+    if "tool_call" in parsed.blocks and parsed.calls is None:
+        raise ValueError(f"{where}: the <tool_call> block of the output is not JSON call lines: {str(output)[:120]!r}")
+    question = str(dialogue).replace("**Dialogue Records History**", "", 1).strip()
+    return question, functions, parsed.calls or []
+
+
+def _toolrl_prompt(prompt: Any, where: str) -> tuple[str, str]:
+    """(system, user) text of a processed ToolRL record's chat `prompt`."""
+    turns = list(prompt) if not isinstance(prompt, str) else _json_list(prompt, "prompt", where)
+    text = {str(t.get("role")): str(t.get("content", "")) for t in turns if isinstance(t, dict)}
+    if "system" not in text or "user" not in text:
+        raise ValueError(f"{where}: a ToolRL 'prompt' needs a system and a user message; got roles {sorted(text)}")
+    return text["system"], text["user"]
 
 
 def _tool_list_in(text: str, where: str) -> list:

@@ -40,7 +40,7 @@ class EvalConfig:
     split: str = "test"
     """Bundled split (train | dev | test) or, with `dataset`, the split of a hub dataset."""
     dataset: str = ""
-    """Question file (JSONL/JSON) or HF dataset name; qa: question + answers (or FlashRAG golden_answers), math: ours, GSM8K or MATH format, fc: ours, xLAM or ToolACE format; empty = the bundled task."""
+    """Question file (JSONL/JSON) or HF dataset name; qa: question + answers (or FlashRAG golden_answers), math: ours, GSM8K or MATH format, fc: ours, xLAM, ToolACE or ToolRL (rlla, .json or .parquet) format; empty = the bundled task."""
     corpus: str = ""
     """Corpus JSONL (id, title, text) for search; empty = the bundled corpus."""
     tools: list[str] = field(default_factory=list)

@@ -71,7 +71,7 @@ class TrainConfig:
     reward_variant: str = "fine"
     """fc only: ToolRL's fine-grained reward | coarse (exact match only) | dynamic (correctness range widens over training)."""
     train_data: str = ""
-    """Training questions: JSONL/JSON file or HF dataset name (qa: question + answers or FlashRAG golden_answers, several joined by "+", e.g. Search-R1's mix RUC-NLPIR/FlashRAG_datasets:nq+RUC-NLPIR/FlashRAG_datasets:hotpotqa; math: ours, GSM8K or MATH format; fc: ours, xLAM or ToolACE format); empty = the task's bundled data."""
+    """Training questions: JSONL/JSON file or HF dataset name (qa: question + answers or FlashRAG golden_answers, several joined by "+", e.g. Search-R1's mix RUC-NLPIR/FlashRAG_datasets:nq+RUC-NLPIR/FlashRAG_datasets:hotpotqa; math: ours, GSM8K or MATH format; fc: ours, xLAM, ToolACE or ToolRL (rlla, .json or .parquet) format); empty = the task's bundled data."""
     train_split: str = "train"
     """Split used when train_data is an HF dataset name."""
     eval_data: str = ""

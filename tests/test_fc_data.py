@@ -1,8 +1,9 @@
-"""Tests for the function-calling loader in icrl_lite.data: our format, xLAM's and ToolACE's."""
+"""Tests for the function-calling loader in icrl_lite.data: our format, xLAM's, ToolACE's and ToolRL's, and mixes."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +194,46 @@ def test_load_fc_hub_name_with_config(monkeypatch):
         {"id": "0", "question": "Q", "functions": [], "ground_truth": []}]
     load_fc("someone/tool_data:clean", split="test")
     assert calls == [("Salesforce/xlam-function-calling-60k", None, "train"), ("someone/tool_data", "clean", "test")]
+
+
+TOOLRL = Path(__file__).parent / "fixtures" / "toolrl" / "rlla.json"
+
+
+def test_load_fc_reads_toolrls_training_records():
+    weather, parallel, chat = load_fc(TOOLRL)
+    assert weather["question"] == "<user> What's the weather in Lyon for the next 3 days? </user>"
+    assert [f["name"] for f in weather["functions"]] == ["Weather Forecast", "currency_convert"]
+    assert weather["functions"][0]["parameters"]["properties"]["days"]["type"] == "integer"  # xLAM-style specs
+    assert weather["functions"][1]["parameters"]["required"] == ["amount"]  # "str, optional" is not required
+    assert weather["ground_truth"] == [{"name": "Weather Forecast", "arguments": {"city": "Lyon", "days": 3}}]
+    assert [c["arguments"]["amount"] for c in parallel["ground_truth"]] == [20.0, 35.0]
+    assert chat["ground_truth"] == []  # a <response> alone: no call
+    assert set(weather) == {"id", "question", "functions", "ground_truth"}
+
+
+def test_load_fc_reads_toolrls_processed_parquet(tmp_path):
+    parquet = pytest.importorskip("pyarrow.parquet")
+    pyarrow = pytest.importorskip("pyarrow")
+    raw = json.loads(TOOLRL.read_text())
+    rows = [{"data_source": "rlla", "prompt": [{"role": "system", "content": r["instruction"]},
+                                               {"role": "user", "content": r["input"]}],
+             "ability": "math", "reward_model": {"style": "rule", "ground_truth": r["output"]},
+             "extra_info": {"split": "train", "index": i}} for i, r in enumerate(raw)]
+    parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "train.parquet")
+    assert [{k: e[k] for k in ("question", "functions", "ground_truth")} for e in load_fc(tmp_path / "train.parquet")] == \
+        [{k: e[k] for k in ("question", "functions", "ground_truth")} for e in load_fc(TOOLRL)]
+
+
+def test_a_toolrl_record_with_a_broken_call_names_it(tmp_path):
+    record = dict(json.loads(TOOLRL.read_text())[0], output='<think> x </think>\n<tool_call>\n{"name": "Weather\n</tool_call>')
+    (tmp_path / "bad.json").write_text(json.dumps([record]))
+    with pytest.raises(ValueError, match=r"bad\.json record 0: the <tool_call> block of the output is not JSON"):
+        load_fc(tmp_path / "bad.json")
+
+
+def test_sources_joined_by_plus_are_mixed_with_distinct_ids(tmp_path):
+    xlam = _jsonl(tmp_path / "xlam.jsonl", [{"query": "Weather in Lima?", "tools": json.dumps([WEATHER]),
+                                            "answers": json.dumps([{"name": "get_weather", "arguments": {"city": "Lima"}}])}])
+    mix = load_fc(f"{TOOLRL}+{xlam}")
+    assert [e["id"] for e in mix] == ["rlla/0", "rlla/1", "rlla/2", "xlam/0"]
+    assert mix[3]["ground_truth"][0]["arguments"] == {"city": "Lima"} and len(load_fc(f"{TOOLRL}+{xlam}", limit=2)) == 2
