@@ -1,33 +1,54 @@
 """BM25 search as the corpus grows: in memory (`store="memory"`) vs on disk (`store="disk"`: a CorpusStore and the
-streamed, memory-mapped index).
+streamed, memory-mapped index), and the growth fitted and projected to Wikipedia-18's 21M passages.
 
-    python -m benchmarks.corpus_scale --sizes 100000 1000000 [--queries 100] [--output DIR] [--keep]
+    python -m benchmarks.corpus_scale --sizes 100000 1000000 [--memory-up-to 1000000] [--queries 200]
+        [--batch 16] [--max-rss-gb 8] [--work DIR] [--output DIR] [--keep]
 
 For each size a synthetic Wikipedia-like corpus is written in the FlashRAG / Search-R1 layout
 (`{"id", "contents": '"Title"\\ntext'}`, ~100-word passages of sentences over common English words and made-up
 proper names whose frequencies fall off like a power law, so that the vocabulary keeps growing with the corpus as a
-real one does). It is seeded and written one passage at a time: a million passages never sit in memory.
+real one does; ~590 bytes a passage against wiki18_100w's ~620). It is seeded and written one passage at a time: a
+million passages never sit in memory.
 
-Each method then runs in two fresh processes: `build` (from no cache: build time, peak RSS = VmHWM, size on disk
-of everything it wrote) and `query` (its cache loaded: RSS after loading, then `--queries` searches, their median
-latency and the RSS after them). RSS counts the pages of memory-mapped files the process has touched (the disk
-path's postings and SQLite pages), which the kernel can drop under pressure; the page cache is warm from the
-build. Prints a markdown table; `--output` also writes it with the raw numbers as JSON.
+Every measurement runs in a fresh process, so that their memory does not mix:
+- disk: `store` (the JSONL streamed into SQLite), `index` (the BM25 index built from the store), `query`;
+- memory: `build` (the corpus loaded into dicts, indexed, the index cached), `query` (the cache loaded).
+A build stage reports its wall and CPU time (user + system: less sensitive than wall time to other jobs on a shared
+machine, and the wall time of a single-threaded build on an idle one) and peak RSS (VmHWM, reset after the imports); `query` the load time, RSS after
+loading (split into anonymous memory and pages of mapped files: the disk path's postings and SQLite pages count as
+RSS once touched, and the kernel can drop them under pressure, unlike the anonymous part), then one query alone
+(the first), `--queries` single searches and the same queries in batches of `--batch` (`batch_search`), with their
+latencies' p50 / p95, the postings each query reads, the RSS after them and the process's peak. The page cache is
+warm from the build. The parent kills a stage whose RSS passes `--max-rss-gb` and records it. Each stage records
+the load average when it started and ended (the machine may be shared: compare the methods' ratios, measured side
+by side, rather than absolute times).
+
+Results: a Markdown table and the fits on stdout; with `--output`, corpus_scale.md and corpus_scale.json there.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import json
+import os
+import platform
 import random
+import resource
 import shutil
-import statistics
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+WIKI18_PASSAGES = 21_015_324  # wiki18_100w.jsonl, the corpus of Search-R1 and FlashRAG
 METHODS = ("memory", "disk")
+STAGES = {"memory": ("build", "query"), "disk": ("store", "index", "query")}
 COMMON = ("city town river village school church station bridge island lake mountain valley forest road railway "
           "army battle war king queen prince empire province county district state party election government "
           "album song band film series season episode novel book author poet painter composer singer actor team "
@@ -93,53 +114,103 @@ def make_queries(n: int, seed: int = 1) -> list[str]:
 # ---- measured in a child process ---------------------------------------------------------------------------
 
 
-def rss_mb() -> float:
+def memory_status() -> dict[str, float]:
+    """This process's VmRSS, RssAnon, RssFile and VmHWM (peak RSS), in MiB."""
+    wanted = {"VmRSS": "rss_mb", "RssAnon": "anon_mb", "RssFile": "file_mb", "VmHWM": "peak_mb"}
     with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 1024
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) / 1024
+        fields = dict(line.split(":", 1) for line in f)
+    return {key: int(fields[field].split()[0]) / 1024 for field, key in wanted.items()}
 
 
 def reset_peak_rss() -> None:
-    """Set VmHWM to the current RSS (Linux >= 4.0): the peak read later is the build's, not the imports'."""
+    """Set VmHWM to the current RSS (Linux >= 4.0): the peak read later is the stage's, not the imports'."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 
 
-def child(stage: str, method: str, corpus: Path, n_queries: int) -> dict:
-    from icrl_lite.tools.search import BM25Search
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.array(seconds) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)), "mean_ms": float(ms.mean())}
+
+
+def postings_read(searcher, queries: list[str]) -> list[int]:
+    """How many postings scoring each query reads: the document frequencies of its known terms, repeats counted."""
+    from icrl_lite.tools.search import _tokenize
+
+    indptr = np.asarray(searcher.retriever.scores["indptr"])
+    tokens = _tokenize(queries)
+    if searcher.store is None:
+        known = searcher.retriever.vocab_dict
+    else:
+        words = sorted({token for query_tokens in tokens for token in query_tokens})
+        known = dict(searcher._vocab_db.execute("SELECT token, id FROM vocab WHERE token IN (SELECT value FROM "
+                                                "json_each(?))", (json.dumps(words),)))
+    ids = [[known[t] for t in query_tokens if t in known] for query_tokens in tokens]
+    return [int(sum(indptr[i + 1] - indptr[i] for i in query_ids)) for query_ids in ids]
+
+
+def child(stage: str, method: str, corpus: Path, n_queries: int, batch: int) -> dict:
+    from icrl_lite.tools.search import BM25Search, store_path
+    from icrl_lite.tools.store import CorpusStore
+
+    load_start = os.getloadavg()[0]
+    base = memory_status()
+    if stage != "query":
+        reset_peak_rss()
+        started, cpu = time.perf_counter(), cpu_seconds()
+        if stage == "store":
+            CorpusStore.build(corpus, store_path(corpus), progress=False).close()
+        else:  # memory `build`, or disk `index` (the store is there: this times the index only)
+            assert stage == "build" or store_path(corpus).is_file(), "the index stage needs the store stage first"
+            BM25Search(corpus, store=method)
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        return {"seconds": seconds, "cpu_s": cpu, "base_rss_mb": base["rss_mb"], "peak_rss_mb": memory_status()["peak_mb"],
+                "load_average": [load_start, os.getloadavg()[0]]}
 
     queries = make_queries(n_queries)
-    base = rss_mb()
-    if stage == "build":
-        reset_peak_rss()
-        started = time.perf_counter()
-        BM25Search(corpus, store=method)
-        return {"build_s": time.perf_counter() - started, "base_rss_mb": base, "peak_rss_mb": peak_rss_mb()}
     started = time.perf_counter()
     searcher = BM25Search(corpus, store=method)
-    loaded = {"load_s": time.perf_counter() - started, "base_rss_mb": base, "loaded_rss_mb": rss_mb()}
+    load_s = time.perf_counter() - started
     assert searcher.loaded_from_cache, "the query stage should load what the build stage wrote"
-    latencies, found = [], 0
+    loaded = memory_status()
+    started = time.perf_counter()
+    searcher.search("who founded the first university")  # the first query pays for first-touch costs
+    first_ms = 1000 * (time.perf_counter() - started)
+    single, results = [], []
     for query in queries:
         started = time.perf_counter()
-        found += len(searcher.search(query))
-        latencies.append(time.perf_counter() - started)
-    return {**loaded, "after_queries_rss_mb": rss_mb(), "median_query_ms": 1000 * statistics.median(latencies),
-            "documents_found": found}
+        results.append(searcher.search(query))
+        single.append(time.perf_counter() - started)
+    batched = []
+    for i in range(0, len(queries), batch):
+        started = time.perf_counter()
+        found = searcher.batch_search(queries[i:i + batch])
+        batched.append(time.perf_counter() - started)
+        assert found == results[i:i + batch], "batch_search and search disagree"
+    after = memory_status()
+    postings = postings_read(searcher, queries)
+    answers = json.dumps([[(doc["id"], doc["score"]) for doc in docs] for docs in results])
+    return {"load_s": load_s, "base_rss_mb": base["rss_mb"], "loaded": loaded, "after_queries": after,
+            "first_query_ms": first_ms, "single": percentiles(single), "batched": percentiles(batched),
+            "batch": batch, "single_s": [round(s, 6) for s in single], "postings": postings,
+            "documents_found": sum(map(len, results)), "results_sha256": hashlib.sha256(answers.encode()).hexdigest(),
+            "load_average": [load_start, os.getloadavg()[0]]}
 
 
 # ---- the parent --------------------------------------------------------------------------------------------
 
 
-def outputs(corpus: Path, method: str) -> list[Path]:
-    """Everything the method writes next to the corpus."""
+def outputs(corpus: Path, method: str, stage: str | None = None) -> list[Path]:
+    """What the method (or one of its stages) writes next to the corpus."""
     if method == "memory":
         return [corpus.with_name(corpus.name + ".bm25")]
-    return [corpus.with_name(corpus.name + ".store.sqlite"), corpus.with_name(corpus.name + ".bm25-disk")]
+    store, index = corpus.with_name(corpus.name + ".store.sqlite"), corpus.with_name(corpus.name + ".bm25-disk")
+    return {"store": [store], "index": [index]}.get(stage, [store, index])
 
 
 def size_mb(paths: list[Path]) -> float:
@@ -147,73 +218,256 @@ def size_mb(paths: list[Path]) -> float:
     return sum(f.stat().st_size for f in files) / 2**20
 
 
-def run_child(stage: str, method: str, corpus: Path, n_queries: int) -> dict:
+def run_child(stage: str, method: str, corpus: Path, args: argparse.Namespace) -> dict:
+    """One stage in a fresh process, killed if its RSS passes `args.max_rss_gb`."""
     command = [sys.executable, "-m", "benchmarks.corpus_scale", "--child", stage, method, str(corpus),
-               "--queries", str(n_queries)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    if done.returncode != 0:
-        raise RuntimeError(f"{stage} {method} on {corpus} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+               "--queries", str(args.queries), "--batch", str(args.batch)]
+    limit_kb = args.max_rss_gb * 2**20
+    log_file = tempfile.TemporaryFile("w+")  # not a pipe: the progress bars would fill it and block the child
+    with log_file, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True,
+                                    cwd=Path(__file__).resolve().parents[1]) as process:
+        killed = False
+        while process.poll() is None:
+            try:
+                with open(f"/proc/{process.pid}/status") as f:
+                    rss_kb = int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+            except (FileNotFoundError, StopIteration, ProcessLookupError):
+                rss_kb = 0
+            if rss_kb > limit_kb:
+                process.send_signal(signal.SIGKILL)
+                killed = True
+            time.sleep(0.2)
+        stdout, _ = process.communicate()
+        log_file.seek(0)
+        stderr = log_file.read()
+    if killed:
+        return {"killed": f"RSS above {args.max_rss_gb} GiB"}
+    if process.returncode != 0:
+        raise RuntimeError(f"{stage} {method} on {corpus} failed:\n{stderr[-4000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
-def measure(n: int, folder: Path, n_queries: int) -> list[dict]:
+def index_shape(corpus: Path) -> dict[str, int]:
+    """The disk index's vocabulary size V and postings P."""
+    [index] = [p for p in outputs(corpus, "disk", "index")[0].iterdir() if p.is_dir()]
+    indptr = np.load(index / "indptr.csc.index.npy", mmap_mode="r")
+    return {"terms": len(indptr) - 1, "postings": int(indptr[-1])}
+
+
+def measure(n: int, folder: Path, args: argparse.Namespace) -> list[dict]:
     corpus = folder / f"corpus-{n}.jsonl"
     if not corpus.exists():
         started = time.perf_counter()
         write_corpus(corpus, n)
-        print(f"[corpus_scale] wrote {n} passages ({corpus.stat().st_size / 2**20:.0f} MB) in "
-              f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
+        log(f"wrote {n:,} passages ({corpus.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - started:.0f} s")
     rows = []
-    for method in METHODS:
+    methods = [m for m in args.methods if m != "memory" or n <= args.memory_up_to]
+    for method in methods:
         for path in outputs(corpus, method):  # build from scratch
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        built = run_child("build", method, corpus, n_queries)
-        queried = run_child("query", method, corpus, n_queries)
-        rows.append({"passages": n, "corpus_mb": corpus.stat().st_size / 2**20, "method": method,
-                     "disk_mb": size_mb(outputs(corpus, method)), **built, **queried})
+        row = {"passages": n, "corpus_mb": corpus.stat().st_size / 2**20, "method": method}
+        for stage in STAGES[method]:
+            started = time.perf_counter()
+            row[stage] = run_child(stage, method, corpus, args)
+            log(f"{n:,} {method} {stage}: {time.perf_counter() - started:.0f} s wall"
+                + (f" ({row[stage]['killed']})" if "killed" in row[stage] else ""))
+            if "killed" in row[stage]:
+                break
+            if stage != "query":
+                row[stage]["disk_mb"] = size_mb(outputs(corpus, method, stage))
+        if method == "disk" and "query" in row:
+            row.update(index_shape(corpus))
+        rows.append(row)
+    if not args.keep:
+        for path in [corpus] + [p for m in methods for p in outputs(corpus, m)]:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return rows
 
 
+def log(message: str) -> None:
+    print(f"[corpus_scale {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- the report --------------------------------------------------------------------------------------------
+
+
+def build_seconds(row: dict) -> float:
+    return sum(row[stage]["seconds"] for stage in STAGES[row["method"]] if stage != "query")
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| passages | corpus MB | method | build s | on disk MB | RSS after imports MB | peak RSS build MB "
-             "| RSS loaded MB | RSS after queries MB | median query ms |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| passages | method | build s (store + index) | build CPU s | peak RSS build MiB | on disk MiB | load s "
+             "| RSS loaded MiB (anon + file) | RSS after queries MiB (anon + file) | peak RSS query MiB "
+             "| single query p50 / p95 ms | batch p50 / p95 ms | postings / query (mean) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['passages']:,} | {r['corpus_mb']:.0f} | {r['method']} | {r['build_s']:.1f} | "
-                     f"{r['disk_mb']:.0f} | {r['base_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['loaded_rss_mb']:.0f} "
-                     f"| {r['after_queries_rss_mb']:.0f} | {r['median_query_ms']:.2f} |")
+        stages = [s for s in STAGES[r["method"]] if s != "query"]
+        killed = next((f"{s} killed: {r[s]['killed']}" for s in STAGES[r["method"]] if "killed" in r.get(s, {})), None)
+        if killed:
+            lines.append(f"| {r['passages']:,} | {r['method']} | {killed} |")
+            continue
+        q = r["query"]
+        build = f"{build_seconds(r):.1f}" + (f" ({r['store']['seconds']:.1f} + {r['index']['seconds']:.1f})"
+                                            if r["method"] == "disk" else "")
+        peak = " / ".join(f"{r[s]['peak_rss_mb']:.0f}" for s in stages)
+        disk = sum(r[s]["disk_mb"] for s in stages)
+
+        def rss(m):
+            return f"{m['rss_mb']:.0f} ({m['anon_mb']:.0f} + {m['file_mb']:.0f})"
+
+        cpu = sum(r[s]["cpu_s"] for s in stages)
+        lines.append(f"| {r['passages']:,} | {r['method']} | {build} | {cpu:.1f} | {peak} | {disk:.0f} | {q['load_s']:.1f} "
+                     f"| {rss(q['loaded'])} | {rss(q['after_queries'])} | {q['after_queries']['peak_mb']:.0f} "
+                     f"| {q['single']['p50_ms']:.1f} / {q['single']['p95_ms']:.1f} "
+                     f"| {q['batched']['p50_ms']:.1f} / {q['batched']['p95_ms']:.1f} | {np.mean(q['postings']):,.0f} |")
     return "\n".join(lines)
+
+
+def fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
+    """Least-squares y = a + b x (exact through two points)."""
+    b, a = np.polyfit(np.asarray(x, dtype=float), np.asarray(y, dtype=float), 1)
+    return float(a), float(b)
+
+
+def projections(rows: list[dict], target: int = WIKI18_PASSAGES) -> list[str]:
+    """Linear fits in the number of passages N, and of latency in (N, postings read), evaluated at `target`."""
+    lines = []
+    for method in METHODS:
+        done = [r for r in rows if r["method"] == method and "query" in r and "killed" not in r["query"]]
+        if len(done) < 2:
+            continue
+        n = [r["passages"] for r in done]
+        metrics = {"build s": [build_seconds(r) for r in done],
+                   "build CPU s": [sum(r[s]["cpu_s"] for s in STAGES[method] if s != "query") for r in done],
+                   "on disk MiB": [sum(r[s]["disk_mb"] for s in STAGES[method] if s != "query") for r in done],
+                   "peak RSS build MiB": [max(r[s]["peak_rss_mb"] for s in STAGES[method] if s != "query")
+                                          for r in done],
+                   "RSS after queries MiB": [r["query"]["after_queries"]["rss_mb"] for r in done],
+                   "anonymous RSS after queries MiB": [r["query"]["after_queries"]["anon_mb"] for r in done]}
+        if method == "disk":
+            metrics |= {"store s": [r["store"]["seconds"] for r in done],
+                        "index s": [r["index"]["seconds"] for r in done],
+                        "index CPU s": [r["index"]["cpu_s"] for r in done], "postings P": [r["postings"] for r in done]}
+        lines.append(f"{method}, fitted on N = {', '.join(f'{x:,}' for x in n)}:")
+        for label, y in metrics.items():
+            a, b = fit_line(n, y)
+            lines.append(f"- {label}: {a:,.1f} + {b:.6g} N -> {a + b * target:,.0f} at N = {target:,}")
+        if method == "disk":
+            beta, log_k = np.polyfit(np.log(n), np.log([r["terms"] for r in done]), 1)
+            lines.append(f"- terms V (a power law, Heaps): {np.exp(log_k):.3g} N^{beta:.3f} -> "
+                         f"{np.exp(log_k) * target ** beta:,.0f} at N = {target:,}")
+        points = [(r["passages"], p, s) for r in done for p, s in zip(r["query"]["postings"], r["query"]["single_s"])]
+        design = np.array([[1.0, x, p] for x, p, _ in points])
+        (c0, c1, c2), *_ = np.linalg.lstsq(design, np.array([1000 * s for *_, s in points]), rcond=None)
+        postings_per_passage = np.mean([np.mean(r["query"]["postings"]) / r["passages"] for r in done[-1:]])
+        p_target = postings_per_passage * target
+        lines.append(f"- single query ms: {c0:.3f} + {c1:.4g} N + {c2:.4g} postings (least squares over "
+                     f"{len(points)} queries); a query reading {postings_per_passage:.4f} N postings (the mean at "
+                     f"the largest size) -> {c0 + c1 * target + c2 * p_target:.0f} ms at N = {target:,}")
+    return lines
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    """disk / memory at each size both were measured at: the comparison a shared machine's load does not skew."""
+    lines = ["| passages | build wall | build CPU | peak RSS build | RSS after queries | anonymous RSS after queries "
+             "| single query p50 | batch p50 |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in sorted({r["passages"] for r in rows}):
+        by = {r["method"]: r for r in rows if r["passages"] == n and "query" in r and "killed" not in r["query"]}
+        if len(by) < 2:
+            continue
+        d, m = by["disk"], by["memory"]
+        values = [build_seconds(d) / build_seconds(m),
+                  (d["store"]["cpu_s"] + d["index"]["cpu_s"]) / m["build"]["cpu_s"],
+                  max(d["store"]["peak_rss_mb"], d["index"]["peak_rss_mb"]) / m["build"]["peak_rss_mb"],
+                  d["query"]["after_queries"]["rss_mb"] / m["query"]["after_queries"]["rss_mb"],
+                  d["query"]["after_queries"]["anon_mb"] / m["query"]["after_queries"]["anon_mb"],
+                  d["query"]["single"]["p50_ms"] / m["query"]["single"]["p50_ms"],
+                  d["query"]["batched"]["p50_ms"] / m["query"]["batched"]["p50_ms"]]
+        lines.append(f"| {n:,} | " + " | ".join(f"{v:.2f}x" for v in values) + " |")
+    return lines if len(lines) > 2 else []
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")).split()[1])
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root).stdout
+    import bm25s
+
+    try:
+        import Stemmer  # noqa: F401
+        stemmer = True
+    except ImportError:
+        stemmer = False
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "commit": commit.strip(),
+            "python": platform.python_version(), "numpy": np.__version__, "bm25s": bm25s.__version__,
+            "stemmer": stemmer, "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def report(rows: list[dict], about: dict) -> str:
+    return "\n".join([
+        "# BM25 at growing corpus sizes: in memory vs on disk", "",
+        f"`{about['command']}`", "",
+        f"{about['date_utc']} UTC to {about['end_utc']} UTC, commit {about['commit']}; {about['cpu']}, "
+        f"{about['cores']} cores, {about['memory_gib']} GiB; Python {about['python']}, numpy {about['numpy']}, "
+        f"bm25s {about['bm25s']}, PyStemmer {'yes' if about['stemmer'] else 'no'}; load average "
+        f"{about['load_average_start'][0]} at the start, {about['load_average_end'][0]} at the end.", "",
+        table(rows), "",
+        "Disk / memory, measured side by side in this run:", "", *ratios(rows), "",
+        "Fits (linear in the number of passages N; latency in N and postings read):", "",
+        *projections(rows), ""])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.corpus_scale", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="passages per corpus")
-    parser.add_argument("--queries", type=int, default=100, help="searches timed per method")
-    parser.add_argument("--output", default="", help="folder for the corpora, caches and results (default: a temp dir)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="stores to measure")
+    parser.add_argument("--memory-up-to", type=int, default=1_000_000,
+                        help="measure store=memory only at sizes up to this (it holds the corpus in RAM)")
+    parser.add_argument("--queries", type=int, default=200, help="searches timed per method, single and batched")
+    parser.add_argument("--batch", type=int, default=16, help="queries per batch_search call")
+    parser.add_argument("--max-rss-gb", type=float, default=8.0, help="kill a stage whose RSS passes this")
+    parser.add_argument("--work", default="", help="folder for the corpora and indexes (default: a temp dir)")
+    parser.add_argument("--output", default="", help="folder for corpus_scale.md and corpus_scale.json")
     parser.add_argument("--keep", action="store_true", help="keep the corpora and indexes (default: delete them)")
     parser.add_argument("--child", nargs=3, metavar=("STAGE", "METHOD", "CORPUS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         stage, method, corpus = args.child
-        print(json.dumps(child(stage, method, Path(corpus), args.queries)))
+        print(json.dumps(child(stage, method, Path(corpus), args.queries, args.batch)))
         return
-    import tempfile
-
-    folder = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="corpus_scale-"))
+    about = machine() | {"command": "python -m benchmarks.corpus_scale " + " ".join(sys.argv[1:] if argv is None
+                                                                                    else argv)}
+    folder = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="corpus_scale-"))
     folder.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
     try:
-        rows = [row for n in args.sizes for row in measure(n, folder, args.queries)]
+        for n in args.sizes:
+            rows += measure(n, folder, args)
+            write(rows, about, args)  # after each size: a later size that fails or is stopped keeps these
     finally:
-        if not args.keep:
-            for path in folder.glob("corpus-*"):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            if not args.output:
-                folder.rmdir()
-    print(table(rows))
-    if args.output:
-        (folder / "corpus_scale.md").write_text(table(rows) + "\n", encoding="utf-8")
-        (folder / "corpus_scale.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        if not args.work and not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(report(rows, about | end()))
+
+
+def end() -> dict:
+    return {"end_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "load_average_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def write(rows: list[dict], about: dict, args: argparse.Namespace) -> None:
+    if not args.output:
+        return
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    about = about | end()
+    (out / "corpus_scale.md").write_text(report(rows, about), encoding="utf-8")
+    (out / "corpus_scale.json").write_text(json.dumps({"about": about, "rows": rows}, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":
