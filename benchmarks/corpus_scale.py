@@ -13,15 +13,17 @@ million passages never sit in memory.
 Every measurement runs in a fresh process, so that their memory does not mix:
 - disk: `store` (the JSONL streamed into SQLite), `index` (the BM25 index built from the store), `query`;
 - memory: `build` (the corpus loaded into dicts, indexed, the index cached), `query` (the cache loaded).
-A build stage reports its wall and CPU time (user + system: less sensitive than wall time to other jobs on a shared
-machine, and the wall time of a single-threaded build on an idle one) and peak RSS (VmHWM, reset after the imports); `query` the load time, RSS after
-loading (split into anonymous memory and pages of mapped files: the disk path's postings and SQLite pages count as
-RSS once touched, and the kernel can drop them under pressure, unlike the anonymous part), then one query alone
-(the first), `--queries` single searches and the same queries in batches of `--batch` (`batch_search`), with their
-latencies' p50 / p95, the postings each query reads, the RSS after them and the process's peak. The page cache is
-warm from the build. The parent kills a stage whose RSS passes `--max-rss-gb` and records it. Each stage records
-the load average when it started and ended (the machine may be shared: compare the methods' ratios, measured side
-by side, rather than absolute times).
+A build stage reports its wall time, its CPU time (user + system: less sensitive than wall time to other jobs on a
+shared machine, and the wall time of this single-threaded build on an idle one) and its peak RSS (VmHWM, reset
+after the imports). `query` reports the load time, the RSS after loading, split into anonymous memory and pages of
+mapped files (the disk path's postings and SQLite pages count as RSS once touched, and the kernel can drop them
+under pressure, unlike the anonymous part), then one query alone (the first), `--queries` single searches and the
+same queries in batches of `--batch` (`batch_search`), their latencies' p50 / p95, the postings each query reads,
+the RSS after them and the process's peak. The page cache is warm from the build. VmHWM counts mapped file pages
+too (the disk build writes and reads its runs and arrays through memory maps), so the parent also samples each
+stage's anonymous RSS every 0.1 s and reports its peak, the memory the kernel cannot reclaim; it kills a stage
+whose RSS passes `--max-rss-gb`. Each stage records the load average when it started and ended (the machine may
+be shared: compare the methods' ratios, measured side by side, rather than absolute times).
 
 Results: a Markdown table and the fits on stdout; with `--output`, corpus_scale.md and corpus_scale.json there.
 """
@@ -169,8 +171,8 @@ def child(stage: str, method: str, corpus: Path, n_queries: int, batch: int) -> 
             assert stage == "build" or store_path(corpus).is_file(), "the index stage needs the store stage first"
             BM25Search(corpus, store=method)
         seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-        return {"seconds": seconds, "cpu_s": cpu, "base_rss_mb": base["rss_mb"], "peak_rss_mb": memory_status()["peak_mb"],
-                "load_average": [load_start, os.getloadavg()[0]]}
+        return {"seconds": seconds, "cpu_s": cpu, "base_rss_mb": base["rss_mb"],
+                "peak_rss_mb": memory_status()["peak_mb"], "load_average": [load_start, os.getloadavg()[0]]}
 
     queries = make_queries(n_queries)
     started = time.perf_counter()
@@ -226,17 +228,19 @@ def run_child(stage: str, method: str, corpus: Path, args: argparse.Namespace) -
     log_file = tempfile.TemporaryFile("w+")  # not a pipe: the progress bars would fill it and block the child
     with log_file, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True,
                                     cwd=Path(__file__).resolve().parents[1]) as process:
-        killed = False
+        killed, peak_anon_kb = False, 0
         while process.poll() is None:
             try:
                 with open(f"/proc/{process.pid}/status") as f:
-                    rss_kb = int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
-            except (FileNotFoundError, StopIteration, ProcessLookupError):
-                rss_kb = 0
+                    fields = dict(line.split(":", 1) for line in f)
+                rss_kb, anon_kb = int(fields["VmRSS"].split()[0]), int(fields["RssAnon"].split()[0])
+            except (FileNotFoundError, KeyError, ProcessLookupError, ValueError):
+                rss_kb = anon_kb = 0
+            peak_anon_kb = max(peak_anon_kb, anon_kb)
             if rss_kb > limit_kb:
                 process.send_signal(signal.SIGKILL)
                 killed = True
-            time.sleep(0.2)
+            time.sleep(0.1)
         stdout, _ = process.communicate()
         log_file.seek(0)
         stderr = log_file.read()
@@ -244,7 +248,7 @@ def run_child(stage: str, method: str, corpus: Path, args: argparse.Namespace) -
         return {"killed": f"RSS above {args.max_rss_gb} GiB"}
     if process.returncode != 0:
         raise RuntimeError(f"{stage} {method} on {corpus} failed:\n{stderr[-4000:]}")
-    return json.loads(stdout.strip().splitlines()[-1])
+    return json.loads(stdout.strip().splitlines()[-1]) | {"peak_anon_mb": peak_anon_kb / 1024}
 
 
 def index_shape(corpus: Path) -> dict[str, int]:
@@ -296,9 +300,9 @@ def build_seconds(row: dict) -> float:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| passages | method | build s (store + index) | build CPU s | peak RSS build MiB | on disk MiB | load s "
-             "| RSS loaded MiB (anon + file) | RSS after queries MiB (anon + file) | peak RSS query MiB "
-             "| single query p50 / p95 ms | batch p50 / p95 ms | postings / query (mean) |",
+    lines = ["| passages | method | build s (store + index) | build CPU s | peak RSS build MiB (anon) | on disk MiB "
+             "| load s | RSS loaded MiB (anon + file) | RSS after queries MiB (anon + file) "
+             "| peak RSS query MiB (anon) | single query p50 / p95 ms | batch p50 / p95 ms | postings / query (mean) |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         stages = [s for s in STAGES[r["method"]] if s != "query"]
@@ -309,15 +313,16 @@ def table(rows: list[dict]) -> str:
         q = r["query"]
         build = f"{build_seconds(r):.1f}" + (f" ({r['store']['seconds']:.1f} + {r['index']['seconds']:.1f})"
                                             if r["method"] == "disk" else "")
-        peak = " / ".join(f"{r[s]['peak_rss_mb']:.0f}" for s in stages)
+        peak = " / ".join(f"{r[s]['peak_rss_mb']:.0f} ({r[s]['peak_anon_mb']:.0f})" for s in stages)
         disk = sum(r[s]["disk_mb"] for s in stages)
 
         def rss(m):
             return f"{m['rss_mb']:.0f} ({m['anon_mb']:.0f} + {m['file_mb']:.0f})"
 
         cpu = sum(r[s]["cpu_s"] for s in stages)
-        lines.append(f"| {r['passages']:,} | {r['method']} | {build} | {cpu:.1f} | {peak} | {disk:.0f} | {q['load_s']:.1f} "
-                     f"| {rss(q['loaded'])} | {rss(q['after_queries'])} | {q['after_queries']['peak_mb']:.0f} "
+        lines.append(f"| {r['passages']:,} | {r['method']} | {build} | {cpu:.1f} | {peak} | {disk:.0f} "
+                     f"| {q['load_s']:.1f} | {rss(q['loaded'])} | {rss(q['after_queries'])} "
+                     f"| {q['after_queries']['peak_mb']:.0f} ({q['peak_anon_mb']:.0f}) "
                      f"| {q['single']['p50_ms']:.1f} / {q['single']['p95_ms']:.1f} "
                      f"| {q['batched']['p50_ms']:.1f} / {q['batched']['p95_ms']:.1f} | {np.mean(q['postings']):,.0f} |")
     return "\n".join(lines)
@@ -342,7 +347,10 @@ def projections(rows: list[dict], target: int = WIKI18_PASSAGES) -> list[str]:
                    "on disk MiB": [sum(r[s]["disk_mb"] for s in STAGES[method] if s != "query") for r in done],
                    "peak RSS build MiB": [max(r[s]["peak_rss_mb"] for s in STAGES[method] if s != "query")
                                           for r in done],
+                   "peak anonymous RSS build MiB": [max(r[s]["peak_anon_mb"] for s in STAGES[method] if s != "query")
+                                                    for r in done],
                    "RSS after queries MiB": [r["query"]["after_queries"]["rss_mb"] for r in done],
+                   "peak anonymous RSS query MiB": [r["query"]["peak_anon_mb"] for r in done],
                    "anonymous RSS after queries MiB": [r["query"]["after_queries"]["anon_mb"] for r in done]}
         if method == "disk":
             metrics |= {"store s": [r["store"]["seconds"] for r in done],
@@ -369,8 +377,9 @@ def projections(rows: list[dict], target: int = WIKI18_PASSAGES) -> list[str]:
 
 def ratios(rows: list[dict]) -> list[str]:
     """disk / memory at each size both were measured at: the comparison a shared machine's load does not skew."""
-    lines = ["| passages | build wall | build CPU | peak RSS build | RSS after queries | anonymous RSS after queries "
-             "| single query p50 | batch p50 |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| passages | build wall | build CPU | peak RSS build | peak anonymous RSS build | RSS after queries "
+             "| anonymous RSS after queries | single query p50 | batch p50 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in sorted({r["passages"] for r in rows}):
         by = {r["method"]: r for r in rows if r["passages"] == n and "query" in r and "killed" not in r["query"]}
         if len(by) < 2:
@@ -379,6 +388,7 @@ def ratios(rows: list[dict]) -> list[str]:
         values = [build_seconds(d) / build_seconds(m),
                   (d["store"]["cpu_s"] + d["index"]["cpu_s"]) / m["build"]["cpu_s"],
                   max(d["store"]["peak_rss_mb"], d["index"]["peak_rss_mb"]) / m["build"]["peak_rss_mb"],
+                  max(d["store"]["peak_anon_mb"], d["index"]["peak_anon_mb"]) / m["build"]["peak_anon_mb"],
                   d["query"]["after_queries"]["rss_mb"] / m["query"]["after_queries"]["rss_mb"],
                   d["query"]["after_queries"]["anon_mb"] / m["query"]["after_queries"]["anon_mb"],
                   d["query"]["single"]["p50_ms"] / m["query"]["single"]["p50_ms"],
