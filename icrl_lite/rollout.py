@@ -204,39 +204,41 @@ class RolloutEngine:
                 f"the model's next-token logits after the prompt are not finite (weights in {dtype}): the forward pass "
                 f"overflowed{' (Qwen2 models overflow in fp16, e.g. on a T4)' if dtype == 'float16' else ''}. Set "
                 "model.dtype=fp32, or bf16 on a GPU that has it (compute capability 8.0+), and rerun")
-        expand = torch.repeat_interleave(torch.arange(len(prompts), device=device),
-                                         torch.tensor(counts, device=device))  # (R,) row -> its prompt
+        expand = on_device([p for p, c in enumerate(counts) for _ in range(c)], device)  # (R,) row -> its prompt
         cache.batch_select_indices(expand)
         attn, logits, pos = attn[expand], logits[expand], pos[expand]  # (R, P), (R, V), (R,)
         batch = list(range(len(rows)))  # batch slot -> row index
+        valid = [len(rows[r].rollout.prompt_ids) for r in batch]  # per slot, the unmasked positions of its cache
 
+        # The host knows what each step feeds, so it reads back from the device only the sampled tokens and their
+        # log-probs, in one copy a step (stop strings and tools need them); each step's inputs go over in one copy.
         while batch:
             ready = [b for b, r in enumerate(batch) if not rows[r].pending]
             if ready:
-                scores = logits if len(ready) == len(batch) else logits[ready]  # (n, V): no copy when all are ready
+                # (n, V): no copy when all are ready
+                scores = logits if len(ready) == len(batch) else logits[on_device(ready, device)]
                 tokens, logps = sample(scores, self.cfg.temperature, self.cfg.top_p, generator, return_logprobs=True)
-                calls = [self._accept(rows[batch[b]], tok, lp) for b, tok, lp in zip(ready, tokens.tolist(), logps.tolist())]
+                picked = torch.stack([tokens.double(), logps.double()]).tolist()  # (2, n): ids < 2^53 stay exact
+                calls = [self._accept(rows[batch[b]], int(tok), lp) for b, tok, lp in zip(ready, *picked)]
                 self._run_tools([c for c in calls if c is not None])
             keep = [b for b, r in enumerate(batch) if not rows[r].done]
             if len(keep) < len(batch):  # finished rows leave the batch
-                index = torch.tensor(keep, dtype=torch.long, device=device)
+                index = on_device(keep, device)
                 cache.batch_select_indices(index)
                 attn, pos, logits = attn[index], pos[index], logits[index]
-                batch = [batch[b] for b in keep]
+                batch, valid = [batch[b] for b in keep], [valid[b] for b in keep]
             if not batch:
                 break
             feed = self._schedule([rows[r] for r in batch])
-            width = max(len(f) for f in feed)
-            step_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long, device=device)
-            step_mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
-            for b, tokens in enumerate(feed):
-                step_ids[b, : len(tokens)] = torch.tensor(tokens, device=device)
-                step_mask[b, : len(tokens)] = 1
-            new_logits, pos = self._forward(step_ids, step_mask, pos, cache, attn)
+            step_ids, step_mask = pad_rows(feed, self.pad_id, device)  # (B, W) right-padded
+            fed = [b for b, tokens in enumerate(feed) if tokens]
+            new_logits, pos = self._forward(step_ids, step_mask, pos, cache, attn, fed)
             attn = torch.cat([attn, step_mask], dim=1)  # (B, L + width)
-            fed = step_mask.sum(1) > 0  # (B,)
-            logits = new_logits if bool(fed.all()) else torch.where(fed[:, None], new_logits, logits)
-            compacted = compact(cache, attn)
+            valid = [n + len(tokens) for n, tokens in zip(valid, feed)]
+            if len(fed) < len(batch):  # rows that fed nothing keep their logits
+                new_logits = torch.where(step_mask.any(1)[:, None], new_logits, logits)
+            logits = new_logits
+            compacted = compact(cache, attn, valid)
             if compacted is not attn:  # the shared prefix may no longer sit at the same slots in every row
                 self._prefix_kv = None
             attn = compacted
@@ -253,16 +255,16 @@ class RolloutEngine:
         zeros = torch.zeros(len(prompts), dtype=torch.long, device=device)
         shared = shared_prefix_length(prompts)
         if not self.cfg.shared_prefix_min or shared < self.cfg.shared_prefix_min:
-            ids, attn = left_pad([list(p) for p in prompts], self.pad_id, device)  # (U, P)
+            ids, attn = left_pad(prompts, self.pad_id, device)  # (U, P)
             logits, pos = self._forward(ids, attn, zeros, cache, None)
             return logits, attn, pos
-        prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)  # (1, C)
+        prefix = on_device([list(prompts[0][:shared])], device)  # (1, C)
         ones = torch.ones_like(prefix)
         _, pos = self._forward(prefix, ones, zeros[:1], cache, None)
         if shared >= CASCADE_MIN:  # decode steps read this one copy instead of every row's own
             self._prefix_kv = [(layer.keys.contiguous(), layer.values.contiguous()) for layer in cache.layers]
         cache.batch_select_indices(zeros)  # the prefix's KV, once per prompt
-        ids, step_mask = left_pad([list(p[shared:]) for p in prompts], self.pad_id, device)  # (U, S)
+        ids, step_mask = left_pad([p[shared:] for p in prompts], self.pad_id, device)  # (U, S)
         attn = ones.expand(len(prompts), -1)  # (U, C)
         logits, pos = self._forward(ids, step_mask, pos.expand(len(prompts)), cache, attn)
         return logits, torch.cat([attn, step_mask], dim=1), pos
@@ -286,11 +288,11 @@ class RolloutEngine:
                 feed.append([])
         return feed
 
-    def _forward(self, ids, step_mask, pos, cache, attn):
-        """Feed (B, W) tokens; return next-token logits at each row's last fed token and the new positions."""
-        fed = step_mask.any(1)  # (B,)
-        if attn is not None and ids.shape[1] > 1 and not fed.all():
-            return self._forward_rows(fed.nonzero().squeeze(1), ids, step_mask, pos, cache, attn)
+    def _forward(self, ids, step_mask, pos, cache, attn, fed: list[int] | None = None):
+        """Feed (B, W) tokens; return next-token logits at each row's last fed token and the new positions.
+        `fed`: the rows that feed at least one token (None: all of them)."""
+        if attn is not None and ids.shape[1] > 1 and fed is not None and len(fed) < len(ids):
+            return self._forward_rows(on_device(fed, ids.device), ids, step_mask, pos, cache, attn)
         full = step_mask if attn is None else torch.cat([attn, step_mask], dim=1)  # (B, L + W)
         if self._fast is not None and attn is not None and ids.shape[1] == 1:  # a decode step
             return self._fast(ids[:, 0], full, pos, cache, self._prefix_kv), pos + step_mask.sum(1)
@@ -419,14 +421,28 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(seqs: Sequence[Sequence[int]], pad_id: int, device, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded to one width (on the right, or the left): ids (N, W) and mask (N, W) with 1 = a token,
+    built on the host and copied to `device` at once."""
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)  # (N, W)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long, device=device)  # (N, W)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long, device=device)
-        mask[i, width - len(s):] = 1
-    return ids, mask
+    pads = [[pad_id] * (width - len(s)) for s in seqs]
+    ids = [pad + list(s) if left else list(s) + pad for s, pad in zip(seqs, pads)]
+    mask = [[0] * len(pad) + [1] * len(s) if left else [1] * len(s) + [0] * len(pad) for s, pad in zip(seqs, pads)]
+    both = on_device([ids, mask], device)  # (2, N, W)
+    return both[0], both[1]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return pad_rows(seqs, pad_id, device, left=True)
+
+
+def on_device(values: list, device) -> torch.Tensor:
+    """A (nested) list of ints as a long tensor on `device`, in one host-to-device copy: on a GPU from pinned memory
+    and without waiting for the copy (PyTorch keeps the pinned block until the copy is done)."""
+    host = torch.tensor(values, dtype=torch.long)
+    if torch.device(device).type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
@@ -482,13 +498,14 @@ def invert_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     return (block * CDF_BLOCK + offset).squeeze(-1).clamp_(max=vocab - 1)
 
 
-def compact(cache, attn: torch.Tensor, min_len: int = 256) -> torch.Tensor:
-    """Drop masked holes from the cache once they are most of it; returns the new (B, L') mask."""
+def compact(cache, attn: torch.Tensor, counts: Sequence[int], min_len: int = 256) -> torch.Tensor:
+    """Drop masked holes from the cache once they are most of it; returns the new (B, L') mask. `counts`: each
+    row's unmasked positions, attn.sum(1), which the engine knows on the host (reading them back would wait for the
+    device every step)."""
     length = attn.shape[1]
-    if length < min_len or attn.float().mean() > 0.5:
+    if length < min_len or 2 * sum(counts) > len(counts) * length:  # holes are under half of it
         return attn
-    counts = attn.sum(1)  # (B,)
-    width = int(counts.max())
+    width = max(counts)
     # stable order: masked slots first, then the valid ones in their original order; keep the last `width`
     order = torch.argsort(attn * (length + 1) + torch.arange(length, device=attn.device), dim=1)[:, -width:]  # (B, W)
     for layer in cache.layers:

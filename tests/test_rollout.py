@@ -315,3 +315,79 @@ def test_non_finite_logits_after_the_prompt_stop_generation_with_the_fix(tiny_mo
     model.get_output_embeddings = lambda: Overflowing()
     with pytest.raises(FloatingPointError, match="not finite.*model.dtype=fp32"):
         RolloutEngine(model, tok, [], cfg).generate(prompts(tok))
+
+
+# ---- what a decode step waits for: reads of device values on the host, host-to-device copies ------------------
+@pytest.fixture
+def engine_transfers(monkeypatch):
+    """Counts, per engine step (a `_schedule` call), what rollout.py itself does that would wait for a GPU or copy to
+    it: tensor-to-Python reads (`tolist`, `item`, `bool`, `int`, `float`) and tensors made from host values
+    (`torch.tensor`). Returns the list of per-step counts, filled in as an engine runs."""
+    import sys
+
+    from icrl_lite import rollout as rollout_module
+
+    steps = [{"reads": 0, "copies": 0}]  # before the first step: the prefill
+
+    def counted(kind, original):
+        def spy(*args, **kwargs):
+            if sys._getframe(1).f_code.co_filename == rollout_module.__file__:
+                steps[-1][kind] += 1
+            return original(*args, **kwargs)
+        return spy
+
+    for name in ("tolist", "item", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, counted("reads", getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch, "tensor", counted("copies", torch.tensor))
+    schedule = RolloutEngine._schedule
+
+    def next_step(self, rows):
+        steps.append({"reads": 0, "copies": 0})
+        return schedule(self, rows)
+
+    monkeypatch.setattr(RolloutEngine, "_schedule", next_step)
+    return steps
+
+
+def run_with_tool_calls(tiny_model_dir, rows_per_prompt: int):
+    model, tok, cfg = load(tiny_model_dir)
+    engine = RolloutEngine(model, tok, [greedy_tool(model, tok, cfg)], cfg)
+    return engine, lambda: engine.generate(prompts(tok), num_samples=rows_per_prompt)
+
+
+@pytest.mark.parametrize("rows_per_prompt", [1, 4])
+def test_a_step_reads_the_device_once_whatever_the_batch(tiny_model_dir, engine_transfers, rows_per_prompt):
+    _, generate = run_with_tool_calls(tiny_model_dir, rows_per_prompt)
+    engine_transfers.clear()
+    engine_transfers.append({"reads": 0, "copies": 0})
+    rollouts = generate()
+    assert any(r.tool_calls for r in rollouts) and len(engine_transfers) > 10
+    assert engine_transfers[0]["reads"] <= 2  # the prefill's finite-logits check, the first tokens
+    assert max(step["reads"] for step in engine_transfers[1:]) == 1  # the sampled tokens and their log-probs
+
+
+@pytest.mark.parametrize("rows_per_prompt", [1, 4])
+def test_a_step_copies_its_inputs_to_the_device_at_once_whatever_the_batch(tiny_model_dir, engine_transfers,
+                                                                            rows_per_prompt):
+    _, generate = run_with_tool_calls(tiny_model_dir, rows_per_prompt)
+    engine_transfers.clear()
+    engine_transfers.append({"reads": 0, "copies": 0})
+    generate()
+    # the step's ids and mask; the rows that sample, leave, or feed a forced chunk when not all of them do
+    assert max(step["copies"] for step in engine_transfers) <= 4
+
+
+def test_the_hosts_count_of_each_rows_positions_is_the_masks(tiny_model_dir, monkeypatch):
+    from icrl_lite import rollout as rollout_module
+
+    checked, compact = [], rollout_module.compact
+
+    def checking(cache, attn, counts, **kwargs):
+        assert list(counts) == attn.sum(1).tolist()
+        checked.append(len(counts))
+        return compact(cache, attn, counts, min_len=32)  # compacts too, so later counts follow a compaction
+
+    monkeypatch.setattr(rollout_module, "compact", checking)
+    engine, generate = run_with_tool_calls(tiny_model_dir, 3)
+    rollouts = generate()
+    assert any(r.tool_calls for r in rollouts) and len(set(checked)) > 1  # rows left the batch on the way
