@@ -37,6 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def checkpointed(tiny_model_dir, tokenizer):
     """The tiny policy with gradient checkpointing on, a random adapter, a prompt and two responses."""
+    torch.manual_seed(0)  # LoRA's A matrices come from the global generator: the same whatever ran before
     model, _ = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32", gradient_checkpointing=True))
     randomize_lora_b(model)
     prompt = tokenizer("Question: where is the lighthouse of Tavoustead?")["input_ids"]
