@@ -126,12 +126,19 @@ def main(argv: list[str] | None = None) -> int:
             print(plot_health(args.run_dir, health))
             return 0
         if args.command == "train":
+            from . import distributed
             from .trainer import Trainer
 
             source = args.config or (saved_run_config(args.overrides) if args.resume else None)
             config = load_config(TrainConfig, source, args.overrides)
-            trainer = Trainer(config, resume=args.resume)
-            history = trainer.train()
+            try:  # under torchrun: one of several processes (icrl_lite/distributed.py)
+                trainer = Trainer(config, resume=args.resume)
+                history = trainer.train()
+                main = distributed.is_main()
+            finally:
+                distributed.teardown()
+            if not main:  # rank 0 alone reports and runs the final evaluation
+                return 0
             if history:
                 last = history[-1]
                 print(f"done: {len(history)} steps this run; last reward {last['reward']:.3f}, EM {last['em']:.3f}; run dir {config.output_dir}")

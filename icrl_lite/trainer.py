@@ -3,7 +3,8 @@
 Reads top-down: the config, setup (`Trainer.__init__`), the loop (`Trainer.train`), one step (`Trainer.step`),
 then checkpointing. One step: sample questions -> rollouts with k demos (k from the curriculum) -> rewards ->
 group advantages -> `updates_per_step` AdamW updates over micro-batches. Groups whose rewards are all equal
-carry no signal: they are logged and left out of the update.
+carry no signal: they are logged and left out of the update. Under `torchrun --nproc_per_node N` each process
+samples its share of a step's groups and the update is the one process's (`distributed`, docs/multi-gpu.md).
 
 What the default run is (stages 3 demos x 5 steps, then 0 demos x 1 step, demo_loss_prompt=zero_shot,
 offpolicy_weight=positive): for 5 of its 6 steps it is advantage-filtered fine-tuning, not RL. Rollouts are sampled
@@ -40,6 +41,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoints import (RunLock, last_logged_step, latest_checkpoint, load_trainer_state, open_run_dir,
                           save_checkpoint)
 from .config import changed_keys, save_config, to_dict
@@ -281,29 +283,43 @@ class Trainer:
         if max_demos > len(self.demo_pool):
             raise ValueError(f"the curriculum asks for {max_demos} demos but the pool has {len(self.demo_pool)}; add demos or lower stages")
 
-        self.lock = RunLock(self.out).acquire(take_over=True)  # one run per output_dir: a second process is refused
-        try:
-            checkpoint = open_run_dir(self.out, resume)  # repairs a crash's leftovers, trims metrics.jsonl
-        except BaseException:
-            self.lock.release()
-            raise
+        device = distributed.init(cfg.model.device)  # under torchrun: the process group, and this rank's device
+        if cfg.prompts_per_step < distributed.world_size():
+            raise ValueError(f"prompts_per_step={cfg.prompts_per_step} gives some of the {distributed.world_size()} "
+                             f"processes no group to sample: raise prompts_per_step or launch fewer processes")
+        self.lock = None  # rank 0 alone locks, repairs and writes the run directory; the others read its checkpoints
+        checkpoint = distributed.decided_by_main(lambda: self.open_run(resume))
         torch.manual_seed(cfg.seed)
-        memory_report(cfg)  # on a GPU, refuses a run that does not fit, naming the knobs
-        self.model, self.tokenizer = load_policy(cfg.model, adapter=checkpoint / "adapter" if checkpoint else None,
+        if distributed.is_main():
+            memory_report(cfg)  # on a GPU, refuses a run that does not fit, naming the knobs
+        model_cfg = cfg.model if distributed.world_size() == 1 else replace(cfg.model, device=device)
+        self.model, self.tokenizer = load_policy(model_cfg, adapter=checkpoint / "adapter" if checkpoint else None,
                                                  max_seq_length=cfg.rollout.max_context_tokens)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        distributed.broadcast_params(params)  # every rank starts from rank 0's adapter
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scaler = LossScaler.for_model(self.model)  # fp16 only: dynamic loss scaling
         self.engine = RolloutEngine(self.model, self.tokenizer, self.tools, cfg.rollout, final_stops=task.final_stops,
                                     invalid_message=task.invalid_message)
         self.step_index = 0
         if checkpoint is not None:
-            self.load_state(checkpoint)
-        changes = changed_keys(self.out / "config.yaml", cfg)
-        if changes:
-            print(f"[icrl-lite] warning: {self.out}/config.yaml is replaced by this run's config, which differs in: "
-                  f"{'; '.join(changes)} (each checkpoint keeps the config it was saved with)", file=sys.stderr)
-        save_config(cfg, self.out / "config.yaml")
+            self.load_state(checkpoint)  # on every rank: the state is the run's, not a rank's
+        if distributed.is_main():
+            changes = changed_keys(self.out / "config.yaml", cfg)
+            if changes:
+                print(f"[icrl-lite] warning: {self.out}/config.yaml is replaced by this run's config, which differs in: "
+                      f"{'; '.join(changes)} (each checkpoint keeps the config it was saved with)", file=sys.stderr)
+            save_config(cfg, self.out / "config.yaml")
+
+    def open_run(self, resume: bool) -> Path | None:
+        """Lock the run directory (one run per output_dir: a second process is refused), repair a crash's leftovers,
+        trim metrics.jsonl; the checkpoint to continue from (None: step 0)."""
+        self.lock = RunLock(self.out).acquire(take_over=True)
+        try:
+            return open_run_dir(self.out, resume)
+        except BaseException:
+            self.lock.release()
+            raise
 
     def lr_lambda(self, step: int) -> float:
         total = self.curriculum.total_steps
@@ -319,9 +335,12 @@ class Trainer:
         finished is saved if it was not, and the resume command is printed (then KeyboardInterrupt is re-raised)."""
         cfg, total = self.cfg, self.curriculum.total_steps
         history = []
-        tracker = open_tracker(cfg.report_to, self.out, to_dict(cfg), self.step_index)  # metrics.jsonl's second copy
-        self.lock.acquire()  # again, when an earlier train() released it
-        bar = tqdm(total=total, initial=self.step_index, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+        main = distributed.is_main()  # rank 0 alone evaluates, logs and checkpoints (the only rank without torchrun)
+        tracker = open_tracker(cfg.report_to if main else "none", self.out, to_dict(cfg), self.step_index)  # metrics.jsonl's second copy
+        if main:
+            self.lock.acquire()  # again, when an earlier train() released it
+        bar = tqdm(total=total, initial=self.step_index, desc="train", disable=not cfg.progress or not main,
+                   dynamic_ncols=True)
         stepping = False  # inside step() or before step_index counts it: the model may be mid-update
         try:
             while self.step_index < total:
@@ -330,20 +349,23 @@ class Trainer:
                 self.step_index += 1
                 stepping = False
                 last = self.step_index == total
-                if cfg.eval_every and (self.step_index % cfg.eval_every == 0 or last):
-                    metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-                with (self.out / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                tracker.log(metrics, self.step_index)
+                if main:  # the other ranks go on to the next step and wait for rank 0 at its first gather
+                    if cfg.eval_every and (self.step_index % cfg.eval_every == 0 or last):
+                        metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+                    with (self.out / "metrics.jsonl").open("a") as f:
+                        f.write(json.dumps(metrics) + "\n")
+                    tracker.log(metrics, self.step_index)
+                    if (cfg.save_every and self.step_index % cfg.save_every == 0) or last:
+                        self.save()
                 history.append(metrics)
-                if (cfg.save_every and self.step_index % cfg.save_every == 0) or last:
-                    self.save()
                 bar.update(1)
                 calls = {t.name: f"{metrics[self.task.tool_metric(t.name)]:.2f}" for t in self.tools}
                 bar.set_postfix(demos=metrics["demos"], reward=f"{metrics['reward']:.3f}", em=f"{metrics['em']:.2f}",
                                 **calls, tok_s=f"{metrics['gen_tokens_per_s']:.0f}")
         except KeyboardInterrupt:
             bar.close()
+            if not main:
+                raise
             latest = latest_checkpoint(self.out)
             finished = not stepping and last_logged_step(self.out) == self.step_index  # trained and logged
             saved = False
@@ -359,57 +381,69 @@ class Trainer:
         finally:
             bar.close()
             tracker.close()
-            self.lock.release()
+            if main:
+                self.lock.release()
         return history
 
     def step(self) -> dict:
         cfg, step, size = self.cfg, self.step_index, self.cfg.num_generations
         started = time.time()
         lr = self.set_learning_rate(step)  # the schedule follows the step, whether or not it updates
+        if distributed.world_size() > 1:  # each rank's own streams (LoRA dropout), a function of the step and rank
+            random.seed(distributed.rank_seed(cfg.seed * 1_000_003 + step))
+            torch.manual_seed(distributed.rank_seed(cfg.seed * 1_000_003 + step))
         if self.curriculum.gold_at(step):
             return self.gold_step(started, lr)
         demos, zero_shot = self.curriculum.demos_at(step), self.curriculum.zero_shot_at(step, size)
-        questions = self.questions_at(step)
-        bare = [self.prompt(q, 0, step, i) for i, q in enumerate(questions)]  # each question without demos
-        prompts, counts, shots = [], [], []  # shots: demos in each rollout's prompt, group-contiguous
-        for i, q in enumerate(questions):  # a group: size - zero_shot rollouts with demos, then zero_shot without
+        questions = self.questions_at(step)  # the whole step's, on every rank
+        mine = distributed.share(len(questions))  # the groups this rank samples: all of them in one process
+        bare = {i: self.prompt(questions[i], 0, step, i) for i in mine}  # each question without demos
+        prompts, counts = [], []
+        for i in mine:  # a group: size - zero_shot rollouts with demos, then zero_shot without
             for k, n in ((demos, size - zero_shot), (0, zero_shot)):
                 if n:
-                    prompts.append(self.prompt(q, k, step, i) if k else bare[i])
+                    prompts.append(self.prompt(questions[i], k, step, i) if k else bare[i])
                     counts.append(n)
-                    shots += [k] * n
-        generator = torch.Generator(device=self.model.device).manual_seed(cfg.seed * 1_000_003 + step)
-        rollouts = self.engine.generate(prompts, counts, generator)
+        shots = ([demos] * (size - zero_shot) + [0] * zero_shot) * len(questions)  # demos in each rollout's prompt
+        seed = distributed.rank_seed(cfg.seed * 1_000_003 + step)
+        rollouts = self.engine.generate(prompts, counts, torch.Generator(device=self.model.device).manual_seed(seed))
         gen_seconds = time.time() - started
 
-        golds = [q[self.task.gold_field] for q in questions for _ in range(size)]
+        golds = [questions[i][self.task.gold_field] for i in mine for _ in range(size)]
         progress = step / max(1, self.curriculum.total_steps - 1)
         alpha = self.alpha_at(progress)
         scored = [score(r, g, self.task, self.tools, alpha, cfg.reward_variant, progress, cfg.tool_penalty,
                         cfg.answer_credit) for r, g in zip(rollouts, golds)]
+        # every rank's scores (group-contiguous, in question order): advantages and metrics are the whole step's
+        ranks = distributed.gather({"scored": scored, "texts": [r.text for r in rollouts], "gen_seconds": gen_seconds,
+                                    "sampled": sum(r.sampled_tokens for r in rollouts)})
+        scored = [m for part in ranks for m in part["scored"]]
         rewards = torch.tensor([m["reward"] for m in scored])  # (N,)
         advantages, informative = group_advantages(rewards, size, scale=cfg.scale_rewards)  # (N,), (N,)
-        items, pushed_up = [], []  # pushed_up: the trained rollouts with A > 0, by whether their answer was right
-        for n, (rollout, k) in enumerate(zip(rollouts, shots)):
+        trained = []  # (rollout n of the step, advantage, off-policy) of every rank's rollouts the update trains
+        for n, k in enumerate(shots):
             offpolicy = k > 0 and cfg.demo_loss_prompt == "zero_shot"
-            prompt = bare[n // size] if offpolicy else rollout.prompt_ids
             if offpolicy and cfg.offpolicy_weight == "correct":  # rejection sampling: right answers, weight 1
                 if scored[n]["em"] == 1.0:
-                    items.append(LossItem(rollout, prompt, 1.0, offpolicy))
-                    pushed_up.append(True)
+                    trained.append((n, 1.0, offpolicy))
                 continue
             if not informative[n] or (offpolicy and cfg.offpolicy_weight == "positive" and advantages[n] <= 0):
                 continue
-            items.append(LossItem(rollout, prompt, advantages[n].item(), offpolicy))
-            if advantages[n] > 0:
-                pushed_up.append(scored[n]["em"] == 1.0)
-        update = self.update(items) if items else {}
-        with (self.out / "samples.jsonl").open("a") as f:  # every trajectory, to read what the policy does
-            f.writelines(json.dumps({"step": step + 1, "question": questions[n // size]["question"], "demos": k,
-                                     "reward": m["reward"], "advantage": advantages[n].item(), "text": r.text}) + "\n"
-                         for n, (r, k, m) in enumerate(zip(rollouts, shots, scored)))
+            trained.append((n, advantages[n].item(), offpolicy))
+        first = mine.start * size  # this rank's first rollout in the step's order
+        items = [LossItem(rollouts[n - first], bare[n // size] if offpolicy else rollouts[n - first].prompt_ids, a,
+                          offpolicy) for n, a, offpolicy in trained if n - first in range(len(rollouts))]
+        update = self.update(items) if trained else {}  # every rank updates when any does: the gradients are summed
+        pushed_up = [scored[n]["em"] == 1.0 for n, a, _ in trained if a > 0]  # by whether their answer was right
+        if distributed.is_main():
+            texts = [text for part in ranks for text in part["texts"]]
+            with (self.out / "samples.jsonl").open("a") as f:  # every trajectory, to read what the policy does
+                f.writelines(json.dumps({"step": step + 1, "question": questions[n // size]["question"], "demos": k,
+                                         "reward": m["reward"], "advantage": advantages[n].item(), "text": text}) + "\n"
+                             for n, (text, k, m) in enumerate(zip(texts, shots, scored)))
 
-        sampled = sum(r.sampled_tokens for r in rollouts)
+        sampled = sum(part["sampled"] for part in ranks)
+        gen_seconds = max(part["gen_seconds"] for part in ranks)  # the step waits for the slowest rank
         metrics = {
             "step": step + 1, "demos": demos, "zero_shot_rollouts": zero_shot * cfg.prompts_per_step,
             "stage": self.curriculum.stage_at(step),
@@ -417,7 +451,7 @@ class Trainer:
             "reward_std": rewards.std().item(),
             "informative_groups": int(informative.sum()) // size,
             "groups": cfg.prompts_per_step,
-            "trained_rollouts": len(items), "offpolicy_rollouts": sum(it.offpolicy for it in items),
+            "trained_rollouts": len(trained), "offpolicy_rollouts": sum(offpolicy for _, _, offpolicy in trained),
             # of the rollouts whose probability the step raises (A > 0): how many had the right answer, and how many
             # rank above their group's mean without it (on format or tool use alone)
             "pushed_up_correct": sum(pushed_up), "pushed_up_wrong": len(pushed_up) - sum(pushed_up),
@@ -429,7 +463,7 @@ class Trainer:
         }
         if 0 < zero_shot < size:  # mixed groups: how the rollouts without demos did
             metrics.update({f"zs/{k}": v for k, v in mean_metrics([m for m, k in zip(scored, shots) if k == 0]).items()})
-        if cfg.probe_demos:
+        if cfg.probe_demos and distributed.is_main():
             metrics.update(self.probe())
         metrics.update({"step_seconds": time.time() - started, "gen_seconds": gen_seconds,
                         "gen_tokens_per_s": sampled / max(gen_seconds, 1e-9)})
@@ -443,26 +477,27 @@ class Trainer:
         cfg, step = self.cfg, self.step_index
         picks = random.Random(cfg.seed * 1_000_003 + step).sample(range(len(self.demo_pool)),
                                                                   min(cfg.prompts_per_step, len(self.demo_pool)))
-        demos = [self.demo_pool[j] for j in picks]
+        demos = [self.demo_pool[j] for j in picks]  # the whole step's; each rank trains on its share
         items = []
-        for i, demo in enumerate(demos):
-            prompt = self.prompt(demo, 0, step, i)
-            rollout = solution_rollout(self.tokenizer, prompt, demo["solution"], self.tools)
+        for i in distributed.share(len(demos)):
+            prompt = self.prompt(demos[i], 0, step, i)
+            rollout = solution_rollout(self.tokenizer, prompt, demos[i]["solution"], self.tools)
             items.append(LossItem(rollout, prompt, 1.0, offpolicy=True, supervised=True))
         progress = step / max(1, self.curriculum.total_steps - 1)
-        scored = [score(it.rollout, d[self.task.gold_field], self.task, self.tools, cfg.alpha, cfg.reward_variant,
-                        progress, cfg.tool_penalty) for it, d in zip(items, demos)]
+        scored = [score(it.rollout, demos[i][self.task.gold_field], self.task, self.tools, cfg.alpha, cfg.reward_variant,
+                        progress, cfg.tool_penalty) for it, i in zip(items, distributed.share(len(demos)))]
+        scored = [m for part in distributed.gather(scored) for m in part]
         update = self.update(items)
         metrics = {
             "step": step + 1, "demos": 0, "zero_shot_rollouts": 0, "stage": self.curriculum.stage_at(step),
             **mean_metrics(scored), "reward_std": 0.0, "informative_groups": 0, "groups": 0, "rollouts": 0,
-            "gold_solutions": len(items), "trained_rollouts": len(items), "offpolicy_rollouts": len(items),
+            "gold_solutions": len(demos), "trained_rollouts": len(demos), "offpolicy_rollouts": len(demos),
             "pushed_up_correct": sum(m.get("em", 0.0) == 1.0 for m in scored),
             "pushed_up_wrong": sum(m.get("em", 0.0) != 1.0 for m in scored),
             "loss": update.get("loss", 0.0), "kl": 0.0, "grad_norm": update.get("grad_norm", 0.0), "clip_fraction": 0.0,
             "lr": lr, "loss_scale": self.scaler.scale_factor, "skipped_updates": self.scaler.skipped_steps,
         }
-        if cfg.probe_demos:
+        if cfg.probe_demos and distributed.is_main():
             metrics.update(self.probe())
         metrics.update({"step_seconds": time.time() - started, "gen_seconds": 0.0, "gen_tokens_per_s": 0.0})
         return metrics
@@ -533,12 +568,18 @@ class Trainer:
         (`response_logprobs`), `micro_batch_size` at a time, with gradients accumulated over the update. The
         reference log-probs are computed once, all batches under one switch to the reference policy. Metrics are
         those of the first update (grad_norm: the mean).
+
+        Under torchrun each rank passes its own items (none is fine): the token counts are the whole step's and the
+        gradients are summed over the ranks before clipping, so every rank takes the single process's update.
         """
         cfg, device = self.cfg, self.model.device
         temperature = cfg.rollout.temperature or 1.0
         self.model.train()
-        num_tokens = sum(it.rollout.sampled_tokens for it in items)
-        on_policy_tokens = max(1, sum(it.rollout.sampled_tokens for it in items if not it.offpolicy))  # what kl averages
+        # the whole step's token counts, over every rank's items: each rank's loss is its tokens' share of the mean
+        num_tokens, on_policy_tokens = distributed.sum_over_ranks(
+            sum(it.rollout.sampled_tokens for it in items),
+            sum(it.rollout.sampled_tokens for it in items if not it.offpolicy))
+        on_policy_tokens = max(1, on_policy_tokens)  # what kl averages
         groups: dict[tuple, list[LossItem]] = {}
         for it in items:
             groups.setdefault((tuple(it.prompt), it.offpolicy), []).append(it)
@@ -586,11 +627,13 @@ class Trainer:
             if prefix is not None:
                 prefix.backward()  # the demos' one backward pass, with the gradient every batch sent them
             params = [p for p in self.model.parameters() if p.requires_grad]
+            distributed.all_reduce_grads(params)  # summed over the ranks: the gradient of the whole step's token mean
             norm = self.scaler.unscale_and_clip(params, cfg.max_grad_norm)
             if self.scaler.step(self.optimizer):  # False: an fp16 overflow, the update is skipped
                 norms.append(norm)
             self.optimizer.zero_grad(set_to_none=True)
             first = first or totals
+        first = dict(zip(first, distributed.sum_over_ranks(*first.values())))  # each rank's share of the means
         return {**first, "grad_norm": sum(norms) / len(norms) if norms else 0.0,
                 "loss_scale": self.scaler.scale_factor, "skipped_updates": self.scaler.skipped_steps}
 
@@ -676,7 +719,8 @@ class Trainer:
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step_index = state["step"]
-        print(f"[icrl-lite] resumed from {checkpoint} at step {self.step_index}")
+        if distributed.is_main():
+            print(f"[icrl-lite] resumed from {checkpoint} at step {self.step_index}")
 
 
 @dataclass
