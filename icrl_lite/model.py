@@ -6,7 +6,7 @@ A spec is `smollm2-135m` (the embedded default: SmolLM2-135M-Instruct shipped as
 The KL reference policy is the same model with its adapter disabled (`reference_mode`), so there is never
 a second copy of the weights in memory. Rollouts can run on a temporarily merged adapter
 (`merged_adapter`), which is ~2x faster to decode; the base weights are restored bit-exactly afterwards.
-Rollouts run inside `generation_mode` (eval mode; unsloth's inference mode for unsloth models). Training in
+Rollouts run inside `generation_mode` (eval mode). Training in
 fp16 (GPUs before Ampere, e.g. a T4) scales its loss with `LossScaler`. The policy's attention (`sdpa_gqa`, on every
 device) does not copy grouped KV heads once per query head where transformers' sdpa path would.
 """
@@ -21,7 +21,6 @@ import os
 import shutil
 import tempfile
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -50,7 +49,8 @@ class ModelConfig:
     load_in_4bit: bool = False
     """Load the base in 4-bit NF4 (QLoRA) with bitsandbytes, computing in `dtype` (activations and KV cache too); CUDA only (on CPU its layers pass no input gradients)."""
     backend: str = "auto"
-    """auto | transformers | unsloth. auto = transformers; unsloth (CUDA only) is opt-in and not yet verified with the rollout engine."""
+    """auto | transformers (the same: transformers + peft, bitsandbytes for `load_in_4bit`). unsloth is refused: its
+    patched forwards bypass the KV cache the rollout engine needs (docs/troubleshooting.md)."""
     lora_rank: int = 16
     """LoRA rank; 0 trains no adapter (full fine-tuning is not supported: use a rank)."""
     lora_alpha: int = 32
@@ -67,12 +67,21 @@ class ModelConfig:
     def validate(self) -> None:
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"model.dtype={self.dtype!r}: use one of auto, bf16, fp16, fp32")
-        if self.backend not in ("auto", "transformers", "unsloth"):
-            raise ValueError(f"model.backend={self.backend!r}: use one of auto, transformers, unsloth")
+        if self.backend == "unsloth":
+            raise ValueError(UNSLOTH_REFUSED)
+        if self.backend not in ("auto", "transformers"):
+            raise ValueError(f"model.backend={self.backend!r}: use one of auto, transformers")
         if self.lora_rank < 1:
             raise ValueError(f"model.lora_rank={self.lora_rank}: RL here trains a LoRA adapter; use a rank >= 1 (e.g. 16)")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"model.lora_dropout={self.lora_dropout}: must be in [0, 1)")
+
+
+UNSLOTH_REFUSED = (
+    "model.backend=unsloth: its patched attention bypasses the KV cache the rollout engine needs (unsloth replaces "
+    "transformers' Llama/Qwen2 forwards for the whole process: they read past_key_values[0][0], which the engine's "
+    "empty cache does not have, and extend tuple caches without cache.update); use model.backend=auto: transformers "
+    "+ bitsandbytes, with model.load_in_4bit=true for the same NF4 4-bit base and model.gradient_checkpointing=true")
 
 
 def cache_root() -> Path:
@@ -445,22 +454,10 @@ def expandable_cuda_segments() -> None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
-def use_unsloth(cfg: ModelConfig, device: torch.device) -> bool:
-    """unsloth only when asked for: its patched forwards have not been run with the rollout engine (own KV-cache
-    class, per-row position ids, merged adapters) on a GPU yet, so `auto` keeps the plain transformers path."""
-    if cfg.backend != "unsloth":
-        return False
-    if importlib.util.find_spec("unsloth") is None or device.type != "cuda":
-        raise ValueError("model.backend=unsloth needs `pip install unsloth` and a CUDA device; use model.backend=transformers")
-    print("[icrl-lite] warning: model.backend=unsloth is unverified: its patched forwards have not been run with this "
-          "rollout engine; compare a few steps' rewards and log-probs with model.backend=transformers before trusting it")
-    return True
-
-
 def load_policy(cfg: ModelConfig, adapter: str | Path | None = None, max_seq_length: int | None = None):
     """Load (model, tokenizer): the base model with a trainable LoRA adapter (fresh, or from `adapter`).
 
-    `max_seq_length` is the longest sequence the run feeds (rollout.max_context_tokens); unsloth needs it.
+    `max_seq_length` (rollout.max_context_tokens) is accepted from callers and unused: only unsloth needed it.
     """
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -468,9 +465,6 @@ def load_policy(cfg: ModelConfig, adapter: str | Path | None = None, max_seq_len
         expandable_cuda_segments()
     dtype = resolve_dtype(cfg.dtype, device)
     path = resolve_model_path(cfg.name)
-    if use_unsloth(cfg, device):
-        return load_with_unsloth(cfg, path, dtype, adapter, max_seq_length)
-
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -525,57 +519,21 @@ def prepare_base(base, gradient_checkpointing: bool) -> None:
 
 def lora_targets(model, names: list[str]) -> list[str]:
     """The module names that get adapters: `names`, or for ["all-linear"] the names of every linear layer of
-    the decoder (the LM head excluded), as peft reads "all-linear"; unsloth takes only a list of names."""
+    the decoder (the LM head excluded), as peft reads "all-linear"."""
     if names != ["all-linear"]:
         return list(names)
     return sorted({name.rsplit(".", 1)[-1] for name, module in decoder(model).named_modules()
                    if isinstance(module, torch.nn.Linear)})
 
 
-UNSLOTH_MODELS = weakref.WeakSet()  # models loaded through unsloth: they switch modes its way
-
-
-def load_with_unsloth(cfg: ModelConfig, path: str, dtype: torch.dtype, adapter, max_seq_length: int | None):
-    from unsloth import FastLanguageModel
-
-    if max_seq_length is None:
-        raise ValueError("model.backend=unsloth needs the context budget: load_policy(..., max_seq_length=rollout.max_context_tokens)")
-    checkpointing = "unsloth" if cfg.gradient_checkpointing else False
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(adapter or path), dtype=dtype, load_in_4bit=cfg.load_in_4bit, max_seq_length=max_seq_length,
-        use_gradient_checkpointing=checkpointing,
-    )
-    if adapter is None:
-        model = FastLanguageModel.get_peft_model(
-            model, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=lora_targets(model, cfg.lora_target_modules), use_gradient_checkpointing=checkpointing,
-        )
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    UNSLOTH_MODELS.add(model)
-    return model, tokenizer
-
-
 @contextlib.contextmanager
 def generation_mode(model) -> Iterator[None]:
-    """Context for sampling: eval mode, then back to the mode the model was in.
-
-    An unsloth model is switched with `FastLanguageModel.for_inference` and back with `for_training` (which
-    re-enables its gradient checkpointing) when it was training, as unsloth's documentation asks.
-    """
+    """Context for sampling: eval mode, then back to the mode the model was in."""
     was_training = model.training
-    unsloth = model in UNSLOTH_MODELS
-    if unsloth:
-        from unsloth import FastLanguageModel
-
-        checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-        FastLanguageModel.for_inference(model)
     model.eval()
     try:
         yield
     finally:
-        if unsloth and was_training:
-            FastLanguageModel.for_training(model, use_gradient_checkpointing=checkpointing)
         model.train(was_training)
 
 

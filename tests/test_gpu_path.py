@@ -11,8 +11,8 @@ import torch
 
 from icrl_lite import model as model_module
 from icrl_lite.model import (
-    UNSLOTH_MODELS, LossScaler, ModelConfig, cpu_has_fast_bf16, decoder, generation_mode, load_policy, lora_targets,
-    prepare_base, resolve_dtype, response_logprobs, run_decoder, use_unsloth,
+    LossScaler, ModelConfig, cpu_has_fast_bf16, decoder, generation_mode, load_policy, lora_targets, prepare_base,
+    resolve_dtype, response_logprobs, run_decoder,
 )
 
 CUDA = torch.device("cuda", 0)
@@ -279,61 +279,37 @@ def test_4bit_base_with_adapter_keeps_the_cache_in_the_compute_dtype(tiny_model_
     assert rollout_cache_dtypes(model) == (torch.bfloat16, torch.bfloat16)
 
 
-# ---- unsloth: opt-in, told what the run needs --------------------------------------------------------
+# ---- unsloth: refused, before anything of it is imported -------------------------------------------------
 @pytest.fixture
 def fake_unsloth(monkeypatch):
-    """An installed `unsloth` whose FastLanguageModel records its calls (the real one needs a GPU)."""
+    """An installed `unsloth` that records any use of it (the real one needs a GPU, and patches transformers'
+    model classes for the whole process as it loads a model)."""
     calls = []
 
     class FastLanguageModel:
-        @staticmethod
-        def from_pretrained(model_name, **kwargs):
-            from transformers import AutoModelForCausalLM
-
-            from icrl_lite.model import load_tokenizer
-
-            calls.append(("from_pretrained", kwargs))
-            return AutoModelForCausalLM.from_pretrained(model_name), load_tokenizer(model_name)
-
-        @staticmethod
-        def get_peft_model(model, **kwargs):
-            calls.append(("get_peft_model", kwargs))
-            return model
-
-        @staticmethod
-        def for_inference(model):
-            calls.append(("for_inference", model.training))
-
-        @staticmethod
-        def for_training(model, use_gradient_checkpointing=True):
-            calls.append(("for_training", use_gradient_checkpointing))
+        def __getattr__(self, name):
+            calls.append(name)
+            raise AssertionError(f"unsloth's FastLanguageModel.{name} was used")
 
     module = types.ModuleType("unsloth")
     module.__spec__ = importlib.machinery.ModuleSpec("unsloth", None)
-    module.FastLanguageModel = FastLanguageModel
+    module.FastLanguageModel = FastLanguageModel()
     monkeypatch.setitem(__import__("sys").modules, "unsloth", module)
     return calls
 
 
-def test_backend_auto_keeps_transformers_even_with_unsloth_installed(fake_unsloth):
-    assert use_unsloth(ModelConfig(backend="auto"), CUDA) is False
-
-
-def test_backend_unsloth_is_opt_in_with_a_warning_that_it_is_unverified(fake_unsloth, capsys):
-    assert use_unsloth(ModelConfig(backend="unsloth"), CUDA) is True
-    assert "unverified" in capsys.readouterr().out
-
-
-def test_unsloth_gets_the_context_budget_and_a_list_of_target_modules(fake_unsloth, monkeypatch, tiny_model_dir):
+def test_backend_unsloth_is_refused_with_the_reason_and_the_fix(fake_unsloth, monkeypatch, tiny_model_dir):
     monkeypatch.setattr(model_module, "resolve_device", lambda device: CUDA)
-    cfg = ModelConfig(name=str(tiny_model_dir), dtype="fp32", backend="unsloth", lora_target_modules=["all-linear"])
-    with pytest.raises(ValueError, match="max_seq_length=rollout.max_context_tokens"):
-        load_policy(cfg)
-    model, _ = load_policy(cfg, max_seq_length=1536)
-    loaded, adapted = dict(fake_unsloth)["from_pretrained"], dict(fake_unsloth)["get_peft_model"]
-    assert loaded["max_seq_length"] == 1536
-    assert adapted["target_modules"] == PROJECTIONS
-    assert model in UNSLOTH_MODELS
+    with pytest.raises(ValueError, match="bypasses the KV cache.*use model.backend=auto.*load_in_4bit=true"):
+        load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32", backend="unsloth", load_in_4bit=True),
+                    max_seq_length=1536)
+    assert fake_unsloth == []
+
+
+@pytest.mark.parametrize("backend", ["auto", "transformers"])
+def test_the_other_backends_load_without_unsloth_even_where_it_is_installed(fake_unsloth, tiny_model_dir, backend):
+    model, _ = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32", backend=backend))
+    assert fake_unsloth == [] and model.peft_config  # transformers + peft
 
 
 def test_lora_targets_expand_all_linear_to_the_decoders_linear_layers(tiny_model_dir):
@@ -342,18 +318,6 @@ def test_lora_targets_expand_all_linear_to_the_decoders_linear_layers(tiny_model
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert lora_targets(base, ["all-linear"]) == PROJECTIONS  # the LM head is not among them
     assert lora_targets(base, ["q_proj", "v_proj"]) == ["q_proj", "v_proj"]
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_generation_mode_switches_unsloth_to_inference_and_back(fake_unsloth, training):
-    model = torch.nn.Linear(2, 2)
-    model.gradient_checkpointing = True
-    model.train(training)
-    UNSLOTH_MODELS.add(model)
-    with generation_mode(model):
-        assert not model.training
-    assert model.training is training
-    assert fake_unsloth == [("for_inference", training)] + ([("for_training", True)] if training else [])
 
 
 def test_generation_mode_of_a_plain_model_is_eval_then_back():

@@ -40,7 +40,8 @@ def test_auto_dtype_on_cpu_is_bf16_only_with_fast_bf16(monkeypatch, fast_bf16, d
 
 @pytest.mark.parametrize("field, value, fix", [
     ("dtype", "fp8", "use one of auto, bf16, fp16, fp32"),
-    ("backend", "vllm", "use one of auto, transformers, unsloth"),
+    ("backend", "vllm", "use one of auto, transformers"),
+    ("backend", "unsloth", "use model.backend=auto"),
     ("lora_rank", 0, "use a rank >= 1"),
     ("lora_dropout", 1.0, "must be in [0, 1)"),
 ])
