@@ -36,6 +36,14 @@ def test_ampere_or_newer_trains_in_bf16_and_a_bigger_model_than_a_t4():
     assert recommend(L4).overrides["model.load_in_4bit"] is True  # 24 GB: as the gpu-24gb config
 
 
+@pytest.mark.parametrize("hardware, config", [(T4, "gpu-16gb"), (L4, "gpu-24gb"), (A100, "gpu-80gb")])
+def test_the_packaged_gpu_configs_train_the_model_and_precision_chosen_for_their_card(hardware, config):
+    choice = recommend(hardware).overrides
+    cfg = load_config(TrainConfig, config)
+    assert (cfg.model.name, cfg.model.load_in_4bit) == (choice["model.name"], choice["model.load_in_4bit"])
+    assert cfg.model.dtype in (choice["model.dtype"], "auto")  # auto picks the same on that card
+
+
 @pytest.mark.parametrize("fast, dtype", [(True, "bf16"), (False, "fp32")])
 def test_a_cpu_trains_the_embedded_model_in_the_dtype_measured_faster(fast, dtype):
     choice = recommend(Hardware("cpu", "CPU", cores=2, cpu_fast_bf16=fast))

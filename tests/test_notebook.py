@@ -93,7 +93,7 @@ def test_train_config_layers_the_smoke_budgets_the_model_and_overrides_over_the_
 def test_a_config_keeps_its_own_model_over_the_hardware_choice():
     choice = recommend(Hardware("cpu", "CPU", cpu_fast_bf16=False))
     packaged = train_config(choice, config="gpu-16gb")  # sets its model, dtype and 4-bit itself
-    assert (packaged.model.name, packaged.model.dtype, packaged.model.load_in_4bit) == ("Qwen/Qwen2.5-3B-Instruct", "fp16", True)
+    assert (packaged.model.name, packaged.model.dtype, packaged.model.load_in_4bit) == ("Qwen/Qwen2.5-1.5B-Instruct", "fp16", True)
     smoke = train_config(choice, smoke=True)  # the smoke config sets no model: the hardware's applies
     assert (smoke.model.name, smoke.model.dtype) == ("smollm2-135m", "fp32")
 
