@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Llama with SmolLM2's real tokenizer, and the --runslow switch."""
+"""Shared fixtures: a tiny random Llama with SmolLM2's real tokenizer, the --runslow switch, and the `gpu` marker's
+skip where torch sees no CUDA device (scripts/gpu_check.sh runs those tests on a GPU)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    import torch
+
+    skips = {}
+    if not config.getoption("--runslow"):
+        skips["slow"] = pytest.mark.skip(reason="slow: run with --runslow")
+    if not torch.cuda.is_available():
+        skips["gpu"] = pytest.mark.skip(reason=f"gpu: no CUDA device visible to torch {torch.__version__} "
+                                               "(run on a GPU machine: scripts/gpu_check.sh)")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from icrl_lite.rollout import RolloutConfig, RolloutEngine, demo_budget_problems
 from icrl_lite.tasks import setup_task
 from icrl_lite.tools import Tool
 from icrl_lite.trainer import TrainConfig
+from seeded import generator_for
 
 SEARCH = Tool("search", "<search>", "</search>", lambda q: "Doc 1(Title: A) text")
 
@@ -90,8 +91,8 @@ def test_per_prompt_sample_counts_are_group_contiguous(tiny_model_dir):
     model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32"))
     engine = RolloutEngine(model, tok, [], RolloutConfig(max_turns=0, max_response_tokens=6))
     a, b = tok("Question: a?")["input_ids"], tok("Question: bb bb?")["input_ids"]
-    out = engine.generate([a, b, a], [2, 0, 3], torch.Generator().manual_seed(0))
+    out = engine.generate([a, b, a], [2, 0, 3], generator_for(model))
     assert [r.prompt_ids for r in out] == [a, a, a, a, a]
     assert all(len(r.logprobs) == len(r.response_ids) for r in out)
     with pytest.raises(ValueError, match="one per prompt"):
-        engine.generate([a, b], [1], torch.Generator())
+        engine.generate([a, b], [1], generator_for(model))

@@ -183,7 +183,7 @@ def test_a_kernel_decode_step_stays_within_bf16_rounding_of_transformers(forced)
 def test_the_engine_samples_through_the_kernels_and_scores_what_it_samples(forced, tiny_model_dir, monkeypatch):
     from icrl_lite.model import ModelConfig, load_policy, response_logprobs
 
-    model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="bf16"))
+    model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="bf16", device="cpu"))  # the CPU kernels' path
     prompts = [tok("Question: where is the lighthouse?")["input_ids"], tok("A river and its towns?")["input_ids"]]
     cfg = RolloutConfig(temperature=1.0, max_turns=0, max_turn_tokens=60, max_response_tokens=61)
     calls = count_calls(monkeypatch, FastDecoder, "kernel_step")

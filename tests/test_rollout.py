@@ -9,6 +9,7 @@ from icrl_lite.model import ModelConfig, load_policy
 from icrl_lite.prompts import INVALID_ACTION
 from icrl_lite.rollout import RolloutConfig, RolloutEngine, sample
 from icrl_lite.tools import Tool
+from seeded import generator_for
 
 OBSERVATION = "OBSERVED 42"
 
@@ -106,7 +107,7 @@ def test_rollouts_stop_at_the_response_budget(tiny_model_dir):
 
 def test_merged_generation_leaves_base_weights_bit_exact(tiny_model_dir):
     model, tok, cfg = load(tiny_model_dir)
-    generator = torch.Generator().manual_seed(0)
+    generator = generator_for(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -207,7 +208,7 @@ def test_shared_prompt_logprobs_equal_full_sequence_logprobs_and_gradients(tiny_
 
     torch.manual_seed(0)  # LoRA's A matrices are drawn from the global generator
     model, tok, _ = load(tiny_model_dir)
-    generator = torch.Generator().manual_seed(0)
+    generator = generator_for(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -222,7 +223,7 @@ def test_shared_prompt_logprobs_equal_full_sequence_logprobs_and_gradients(tiny_
 
     full_total = 0
     for response in responses:
-        ids = torch.tensor([prompt + response])
+        ids = torch.tensor([prompt + response], device=model.device)
         full = sequence_logprobs(model, ids, torch.ones_like(ids), chunk=4)[0, len(prompt) - 1:]  # (R,)
         torch.testing.assert_close(shared[responses.index(response), : len(response)], full)  # fp32 defaults
         full_total = full_total + full.sum()

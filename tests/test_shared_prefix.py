@@ -11,6 +11,7 @@ import torch
 from icrl_lite.model import ModelConfig, SharedPrefix, decoder, load_policy, response_logprobs
 from icrl_lite.rollout import Rollout, RolloutConfig
 from icrl_lite.trainer import LossItem, TrainConfig, Trainer
+from seeded import generator_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,7 +119,7 @@ def make_trainer(tiny_model_dir, tmp_path):
 def items_for(trainer: Trainer) -> list[LossItem]:
     """Two prompts that share the system prompt, the demo and the instruction, two rollouts each, fixed advantages."""
     prompts = [trainer.prompt(q, 1, 0, 0) for q in ("Where is Ab?", "Who founded Cd?")]
-    rollouts = trainer.engine.generate(prompts, 2, torch.Generator().manual_seed(0))
+    rollouts = trainer.engine.generate(prompts, 2, generator_for(trainer.model))
     return [LossItem(r, r.prompt_ids, a) for r, a in zip(rollouts, (1.0, -1.0, 0.5, -0.5))]
 
 

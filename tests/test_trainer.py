@@ -13,6 +13,7 @@ from icrl_lite.model import ModelConfig
 from icrl_lite.rollout import Rollout, RolloutConfig
 from icrl_lite.trainer import LossItem
 from icrl_lite.trainer import TrainConfig, Trainer, latest_checkpoint, loss_mask
+from seeded import generator_for
 
 METRIC_KEYS = {"reward", "em", "format_valid", "searches", "response_tokens", "kl", "loss", "grad_norm",
                "step_seconds", "gen_tokens_per_s", "demos", "loss_scale", "skipped_updates"}
@@ -222,7 +223,7 @@ def test_update_on_zero_advantages_without_kl_leaves_the_adapter_unchanged(make_
     # the loss is a function of the advantages: with none and no KL term there is no gradient
     trainer = Trainer(make_config(beta=0.0))
     prompt = trainer.tokenizer("Question: where?")["input_ids"]
-    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
+    rollouts = trainer.engine.generate([prompt], 2, generator_for(trainer.model))
     before = lora_state(trainer.model)
     trainer.update([LossItem(r, prompt, 0.0) for r in rollouts])
     after = lora_state(trainer.model)
@@ -232,7 +233,7 @@ def test_update_on_zero_advantages_without_kl_leaves_the_adapter_unchanged(make_
 def test_update_with_advantages_moves_the_adapter(make_config):
     trainer = Trainer(make_config())
     prompt = trainer.tokenizer("Question: where?")["input_ids"]
-    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
+    rollouts = trainer.engine.generate([prompt], 2, generator_for(trainer.model))
     before = lora_state(trainer.model)
     metrics = trainer.update([LossItem(r, prompt, a) for r, a in zip(rollouts, (1.0, -1.0))])
     after = lora_state(trainer.model)
@@ -264,7 +265,7 @@ def test_kl_is_taken_on_on_policy_rollouts_only(make_config, monkeypatch, offpol
     # without the demos (off-policy) must not get the term, nor pay for a reference pass
     trainer = Trainer(make_config(beta=0.5, updates_per_step=1))
     prompt = trainer.tokenizer("Question: where?")["input_ids"]
-    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
+    rollouts = trainer.engine.generate([prompt], 2, generator_for(trainer.model))
     switches = []
     real = trainer_module.reference_mode
     monkeypatch.setattr(trainer_module, "reference_mode", lambda model: switches.append(1) or real(model))

@@ -12,6 +12,7 @@ from icrl_lite import trainer as trainer_module
 from icrl_lite.model import ModelConfig, response_logprobs
 from icrl_lite.rollout import RolloutConfig
 from icrl_lite.trainer import LossItem, TrainConfig, Trainer
+from seeded import generator_for
 
 DEMOS = [
     {"question": "Where was Zataeth Graemath born?", "answers": ["Vunfoholt"],
@@ -52,12 +53,12 @@ def test_trainer_logprob_of_a_sampled_token_equals_the_samplers_at_temperature_n
     trainer = Trainer(make_config(rollout=RolloutConfig(max_turns=0, max_response_tokens=16, temperature=0.7, merge_lora=False)))
     randomise_adapter(trainer.model)
     prompt = trainer.tokenizer("Question: where is it?")["input_ids"]
-    rollouts = trainer.engine.generate([prompt], 3, torch.Generator().manual_seed(0))
+    rollouts = trainer.engine.generate([prompt], 3, generator_for(trainer.model))
     with torch.no_grad():
         scored = response_logprobs(trainer.model, prompt, [r.response_ids for r in rollouts], temperature=0.7)  # (3, R)
         at_one = response_logprobs(trainer.model, prompt, [r.response_ids for r in rollouts])  # (3, R)
     for i, r in enumerate(rollouts):
-        sampler = torch.tensor(r.logprobs)
+        sampler = torch.tensor(r.logprobs, device=scored.device)
         torch.testing.assert_close(scored[i, : len(r.logprobs)], sampler, rtol=1e-4, atol=1e-4)
         assert (at_one[i, : len(r.logprobs)] - sampler).abs().max() > 1e-2  # T=1 scoring would be off
 
@@ -66,11 +67,12 @@ def test_merged_sampling_and_unmerged_scoring_agree_in_fp32(make_config):
     trainer = Trainer(make_config(rollout=RolloutConfig(max_turns=0, max_response_tokens=16, temperature=0.7)))
     randomise_adapter(trainer.model)
     prompt = trainer.tokenizer("Question: where is it?")["input_ids"]
-    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(1))  # merged adapter
+    rollouts = trainer.engine.generate([prompt], 2, generator_for(trainer.model, 1))  # merged adapter
     with torch.no_grad():
         scored = response_logprobs(trainer.model, prompt, [r.response_ids for r in rollouts], temperature=0.7)
     for i, r in enumerate(rollouts):
-        torch.testing.assert_close(scored[i, : len(r.logprobs)], torch.tensor(r.logprobs), rtol=1e-4, atol=1e-4)
+        sampler = torch.tensor(r.logprobs, device=scored.device)
+        torch.testing.assert_close(scored[i, : len(r.logprobs)], sampler, rtol=1e-4, atol=1e-4)
 
 
 def test_the_ratio_is_taken_against_the_samplers_logprobs(make_config):
@@ -78,7 +80,7 @@ def test_the_ratio_is_taken_against_the_samplers_logprobs(make_config):
     # with positive advantages the clip removes every token's gradient and the adapter does not move
     trainer = Trainer(make_config(beta=0.0))
     prompt = trainer.tokenizer("Question: where?")["input_ids"]
-    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
+    rollouts = trainer.engine.generate([prompt], 2, generator_for(trainer.model))
     for r in rollouts:
         r.logprobs = [lp - 1.0 if bit else 0.0 for lp, bit in zip(r.logprobs, r.loss_mask)]
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
@@ -202,7 +204,7 @@ def test_bootstrap_interval_hand_cases():
 def test_several_updates_per_step_reuse_the_rollouts_and_keep_moving(make_config):
     trainer = Trainer(make_config(beta=0.0, updates_per_step=3))
     prompt = trainer.tokenizer("Question: where?")["input_ids"]
-    rollouts = trainer.engine.generate([prompt], 2, torch.Generator().manual_seed(0))
+    rollouts = trainer.engine.generate([prompt], 2, generator_for(trainer.model))
     steps = []
     real_step = trainer.optimizer.step
     trainer.optimizer.step = lambda *a, **k: steps.append(1) or real_step(*a, **k)  # type: ignore[method-assign]
