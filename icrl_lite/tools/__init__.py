@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 SEARCH_BACKENDS = ("bm25", "dense", "hybrid", "web", "remote")
+DENSE_INDEXES = ("flat", "ivfpq")
 
 
 @dataclass
@@ -55,16 +56,31 @@ class SearchConfig:
     remote_url: str = "http://127.0.0.1:8000/retrieve"
     """Address of the retrieval server for search.backend=remote: Search-R1's search_r1/search/retrieval_server.py, or any server with its POST API."""
     store: str = "auto"
-    """Where bm25 keeps the corpus and its index: memory (the documents as Python objects, ~3x the file in RAM) | disk (for Wikipedia-scale corpora: the file is streamed once into <corpus>.store.sqlite, resumable, and indexed into <corpus>.bm25-disk/, memory-mapped; a search reads only its words' postings and its top documents) | auto (disk for corpus files above 200 MB). Same results either way; dense and hybrid keep the corpus in memory."""
+    """Where bm25 keeps the corpus and its index: memory (the documents as Python objects, ~3x the file in RAM) | disk (for Wikipedia-scale corpora: the file is streamed once into <corpus>.store.sqlite, resumable, and indexed into <corpus>.bm25-disk/, memory-mapped; a search reads only its words' postings and its top documents) | auto (disk for corpus files above 200 MB). Same results either way; dense and hybrid keep the corpus in memory unless search.dense_index=ivfpq."""
+    dense_index: str = "flat"
+    """Index of dense/hybrid: flat (exact; the corpus and every float32 embedding in memory: 64 GB for 21M e5-base passages) | ivfpq (for Wikipedia-scale corpora: the documents in <corpus>.store.sqlite, the passages encoded in resumable chunks; in memory a faiss IVF-PQ index of dim/8 + 8 bytes a passage, ~2.2 GB for 21M e5-base passages, whose candidates are re-ranked by their exact float16 vectors read from disk, 32 GB there; in <corpus>.dense-ivfpq/; needs faiss and >= 1,000 passages; hybrid then runs BM25 from disk too)."""
+    dense_nprobe: int = 32
+    """IVF lists the ivfpq index scans per query (it has about 4 x sqrt(passages): 512 at 20k, 16,384 at 21M); more finds more of the exact neighbours, and is slower."""
 
     def validate(self) -> None:
         if self.backend not in SEARCH_BACKENDS:
             raise ValueError(f"search.backend={self.backend!r}: use one of {', '.join(SEARCH_BACKENDS)}")
         if self.store not in STORE_MODES:
             raise ValueError(f"search.store={self.store!r}: use one of {', '.join(STORE_MODES)}")
-        if self.store == "disk" and self.backend in ("dense", "hybrid"):
-            raise ValueError(f"search.store=disk works with search.backend=bm25 only ({self.backend} keeps the corpus "
-                             "in memory); use search.store=auto or search.backend=bm25")
+        if self.dense_index not in DENSE_INDEXES:
+            raise ValueError(f"search.dense_index={self.dense_index!r}: use flat (exact, in memory) or ivfpq "
+                             "(compressed, the corpus on disk)")
+        if self.dense_nprobe < 1:
+            raise ValueError(f"search.dense_nprobe={self.dense_nprobe}: give the number of IVF lists to scan, >= 1 "
+                             "(default 32)")
+        dense_on_disk = self.dense_index == "ivfpq"
+        if self.store == "disk" and self.backend in ("dense", "hybrid") and not dense_on_disk:
+            raise ValueError(f"search.store=disk works with search.backend=bm25 only, or with search.dense_index=ivfpq "
+                             f"({self.backend} with the flat index keeps the corpus in memory); set "
+                             "search.dense_index=ivfpq, or use search.store=auto")
+        if self.store == "memory" and self.backend in ("dense", "hybrid") and dense_on_disk:
+            raise ValueError("search.dense_index=ivfpq reads the documents from disk (<corpus>.store.sqlite); use "
+                             "search.store=auto or disk, or search.dense_index=flat")
         if not self.remote_url.startswith(("http://", "https://")):
             raise ValueError(f"search.remote_url={self.remote_url!r}: give the server's http:// or https:// address, "
                              "e.g. http://127.0.0.1:8000/retrieve")
@@ -107,12 +123,16 @@ def build_search(cfg: SearchConfig, corpus: str | Path | list[dict] | None) -> T
                          cache_dir=cfg.web_cache_dir or None).as_tool()
     if cfg.backend == "bm25":
         return BM25Search(corpus, top_k=cfg.top_k, store=cfg.store).as_tool()
-    from icrl_lite.tools.dense import DenseSearch, HybridSearch
+    from icrl_lite.tools.dense import DenseSearch, HybridSearch, IVFPQSearch
 
-    dense = DenseSearch(corpus, model=cfg.dense_model, top_k=cfg.top_k)
+    if cfg.dense_index == "ivfpq":
+        dense = IVFPQSearch(corpus, model=cfg.dense_model, top_k=cfg.top_k, nprobe=cfg.dense_nprobe)
+    else:
+        dense = DenseSearch(corpus, model=cfg.dense_model, top_k=cfg.top_k)
     if cfg.backend == "dense":
         return dense.as_tool()
-    return HybridSearch(BM25Search(corpus, top_k=cfg.top_k, store="memory"), dense, top_k=cfg.top_k).as_tool()
+    bm25_store = "disk" if cfg.dense_index == "ivfpq" else "memory"  # the same corpus, held the way dense holds it
+    return HybridSearch(BM25Search(corpus, top_k=cfg.top_k, store=bm25_store), dense, top_k=cfg.top_k).as_tool()
 
 
 def build_python(cfg: PythonConfig) -> Tool:
