@@ -1,4 +1,4 @@
-"""Command line: `icrl-lite train`, `eval`, `study`, `chat`, `plot`, `export`, `config`. Parses arguments and calls the library."""
+"""Command line: `icrl-lite train`, `eval`, `study`, `chat`, `plot`, `export`, `plan`, `config`. Parses arguments and calls the library."""
 
 from __future__ import annotations
 
@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="dtype of the merged weights (default: the base model's)")
     export.add_argument("--force", action="store_true", help="replace a non-empty --output")
 
+    plan = sub.add_parser("plan", help="a training config's memory estimate and expected wall time on GPUs, from "
+                          "arithmetic (no model is loaded)")
+    plan.add_argument("--config", required=True, help="YAML file or packaged config name (e.g. paper-qwen3b)")
+    plan.add_argument("--gpu", default="", help="comma-separated GPUs (default: those the config names, else all): "
+                      "T4, L4, A10, RTX 4090, A100-80GB, H100")
+    plan.add_argument("overrides", nargs="*", metavar="key=value")
+
     cfg = sub.add_parser("config", help="print every config key with its default and meaning")
     cfg.add_argument("which", nargs="?", default="train", choices=["train", "eval"])
 
@@ -99,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             results = run_study(study_cfg, command=command)
             print(f"results: {results['config']['output_dir']}/results.md")
+            return 0
+        if args.command == "plan":
+            from .config import resolve_config_path
+            from .plan import GPUS, format_plan, plan_run, recipe_gpus
+
+            config = load_config(TrainConfig, args.config, args.overrides)
+            gpus = [g.strip() for g in args.gpu.split(",") if g.strip()] or recipe_gpus(resolve_config_path(args.config)) or list(GPUS)
+            print(format_plan(config, plan_run(config, gpus), source=args.config))
             return 0
         if args.command == "chat":
             from .chat import Agent, ChatView, quiet_libraries, run_chat

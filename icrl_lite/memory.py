@@ -150,8 +150,9 @@ def estimate_memory(model_config, dtype: torch.dtype = torch.bfloat16, load_in_4
     kv_rows_copy = fed * length * kv_token
     # transformers' sdpa attention on CUDA copies each KV head once per query head (repeat_kv) when it is given a
     # mask: in every rollout forward after the prompt (forced chunks; decode steps too in transformers versions
-    # without its single-query grouped path), one layer at a time. On a CPU the policy's own attention
-    # (model.sdpa_gqa) hands grouped heads to the kernel: registered on CUDA too, this term would disappear.
+    # without its single-query grouped path), one layer at a time. The policy's own attention (model.sdpa_gqa,
+    # every device) hands grouped heads to the kernel for decode steps and forced chunks of up to 32 positions;
+    # longer chunks (most tool outputs) and padded prefills still go through transformers' sdpa: this term.
     repeats = cuda and shape.heads > shape.kv_heads
     repeat_kv = rows * length * 2 * shape.heads * shape.head_dim * s if repeats else 0
     # model.merged_adapter stashes every adapted base weight for the whole of `generate` (a 4-bit base is not merged)
