@@ -59,8 +59,8 @@ class SearchConfig:
     """Where bm25 keeps the corpus and its index: memory (the documents as Python objects, ~3x the file in RAM) | disk (for Wikipedia-scale corpora: the file is streamed once into <corpus>.store.sqlite, resumable, and indexed into <corpus>.bm25-disk/, memory-mapped; a search reads only its words' postings and its top documents) | auto (disk for corpus files above 200 MB). Same results either way; dense and hybrid keep the corpus in memory unless search.dense_index=ivfpq."""
     dense_index: str = "flat"
     """Index of dense/hybrid: flat (exact; the corpus and every float32 embedding in memory: 64 GB for 21M e5-base passages) | ivfpq (for Wikipedia-scale corpora: the documents in <corpus>.store.sqlite, the passages encoded in resumable chunks; in memory a faiss IVF-PQ index of dim/8 + 8 bytes a passage, ~2.2 GB for 21M e5-base passages, whose candidates are re-ranked by their exact float16 vectors read from disk, 32 GB there; in <corpus>.dense-ivfpq/; needs faiss and >= 1,000 passages; hybrid then runs BM25 from disk too)."""
-    dense_nprobe: int = 32
-    """IVF lists the ivfpq index scans per query (it has about 4 x sqrt(passages): 512 at 20k, 16,384 at 21M); more finds more of the exact neighbours, and is slower."""
+    dense_nprobe: int = 128
+    """IVF lists the ivfpq index scans per query, of about 4 x sqrt(passages) (512 at 20k, 16,384 at 21M): more finds more of the exact neighbours and is slower (docs/performance.md measures both)."""
 
     def validate(self) -> None:
         if self.backend not in SEARCH_BACKENDS:
@@ -72,7 +72,7 @@ class SearchConfig:
                              "(compressed, the corpus on disk)")
         if self.dense_nprobe < 1:
             raise ValueError(f"search.dense_nprobe={self.dense_nprobe}: give the number of IVF lists to scan, >= 1 "
-                             "(default 32)")
+                             "(default 128)")
         dense_on_disk = self.dense_index == "ivfpq"
         if self.store == "disk" and self.backend in ("dense", "hybrid") and not dense_on_disk:
             raise ValueError(f"search.store=disk works with search.backend=bm25 only, or with search.dense_index=ivfpq "
