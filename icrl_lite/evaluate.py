@@ -26,9 +26,10 @@ from .model import ModelConfig, load_policy
 from .preflight import check_model_source
 from .prompts import build_messages, render_prompt
 from .rewards import answer_in_text, extract_answer, normalize_answer
-from .rollout import Rollout, RolloutConfig, RolloutEngine
+from .rollout import Rollout, RolloutConfig
 from .tasks import TOOL_METRICS, Task, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig, Tool
+from .vllm_engine import make_engine
 
 
 @dataclass
@@ -185,8 +186,8 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
 def run_eval(model, tokenizer, examples: list[dict], task: Task, tools: list[Tool], instruction: str, cfg: EvalConfig,
              demo_pool: list[dict] = (), progress: bool = True) -> tuple[dict[str, float], list[dict]]:
     """Greedy (or sampled) rollouts for every question; returns (mean metrics, per-question records)."""
-    engine = RolloutEngine(model, tokenizer, tools, replace(cfg.rollout, temperature=cfg.temperature),
-                           final_stops=task.final_stops, invalid_message=task.invalid_message)
+    engine = make_engine(model, tokenizer, tools, replace(cfg.rollout, temperature=cfg.temperature),
+                         final_stops=task.final_stops, invalid_message=task.invalid_message)
     records: list[dict] = []
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     started, sampled = time.time(), 0

@@ -78,8 +78,22 @@ class RolloutConfig:
     """What an end-of-sequence token does while tools are still available and the turn holds no valid action:
     false = ICRL's loop (the corrective message is forced and the policy tries again; the EOS stays in the
     response with mask 1), true = the rollout ends there. An EOS in the final (tools-off) turn always ends it."""
+    backend: str = "auto"
+    """auto | vllm: what samples the rollouts of training and evaluation. auto = icrl-lite's own engine (CPUs, GPUs).
+    vllm = vLLM in the same process and GPU (colocated), the LoRA adapter handed to it each step without merging
+    (icrl_lite/vllm_engine.py); optional, needs a CUDA GPU and `pip install 'icrl-lite[vllm]'`. It has not run on a
+    GPU in this project's CI (no GPU): its contract is tested with a stand-in. `icrl-lite chat` keeps auto."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """backend=vllm: the fraction of the GPU's memory vLLM takes (its own copy of the base weights, the adapter, its
+    KV cache); the trained model, its optimizer and the update need the rest."""
 
     def validate(self) -> None:
+        if self.backend not in ("auto", "vllm"):
+            raise ValueError(f"rollout.backend={self.backend!r}: use auto (icrl-lite's engine) or vllm (a CUDA GPU "
+                             "with `pip install 'icrl-lite[vllm]'`)")
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise ValueError(f"rollout.vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization}: a fraction "
+                             "of the GPU's memory in (0, 1), e.g. 0.3")
         if self.shared_prefix_min < 0:
             raise ValueError(f"rollout.shared_prefix_min={self.shared_prefix_min} must be >= 0 (0 = never share)")
         for name in ("max_turns", "max_turn_tokens", "max_response_tokens", "max_obs_tokens", "max_context_tokens"):

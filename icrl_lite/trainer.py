@@ -53,12 +53,13 @@ from .model import (LossScaler, ModelConfig, SharedPrefix, checkpoints_layers, l
                     response_logprobs)
 from .preflight import check_model_source, check_output_dir
 from .prompts import build_messages, render_prompt
-from .rollout import (Rollout, RolloutConfig, RolloutEngine, demo_budget_problems, shared_prefix_length,
+from .rollout import (Rollout, RolloutConfig, demo_budget_problems, shared_prefix_length,
                       solution_rollout)
 from .rewards import ANSWER_CREDITS
 from .tasks import REWARD_VARIANTS, setup_task, validate_task_fields
 from .tools import PythonConfig, SearchConfig
 from .tracking import check_report_to, open_tracker
+from .vllm_engine import make_engine
 
 
 @dataclass
@@ -299,8 +300,8 @@ class Trainer:
         distributed.broadcast_params(params)  # every rank starts from rank 0's adapter
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scaler = LossScaler.for_model(self.model)  # fp16 only: dynamic loss scaling
-        self.engine = RolloutEngine(self.model, self.tokenizer, self.tools, cfg.rollout, final_stops=task.final_stops,
-                                    invalid_message=task.invalid_message)
+        self.engine = make_engine(self.model, self.tokenizer, self.tools, cfg.rollout, final_stops=task.final_stops,
+                                  invalid_message=task.invalid_message)
         self.step_index = 0
         if checkpoint is not None:
             self.load_state(checkpoint)  # on every rank: the state is the run's, not a rank's
