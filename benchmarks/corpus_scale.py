@@ -18,12 +18,14 @@ shared machine, and the wall time of this single-threaded build on an idle one) 
 after the imports). `query` reports the load time, the RSS after loading, split into anonymous memory and pages of
 mapped files (the disk path's postings and SQLite pages count as RSS once touched, and the kernel can drop them
 under pressure, unlike the anonymous part), then one query alone (the first), `--queries` single searches and the
-same queries in batches of `--batch` (`batch_search`), their latencies' p50 / p95, the postings each query reads,
-the RSS after them and the process's peak. The page cache is warm from the build. VmHWM counts mapped file pages
-too (the disk build writes and reads its runs and arrays through memory maps), so the parent also samples each
-stage's anonymous RSS every 0.1 s and reports its peak, the memory the kernel cannot reclaim; it kills a stage
-whose RSS passes `--max-rss-gb`. Each stage records the load average when it started and ended (the machine may
-be shared: compare the methods' ratios, measured side by side, rather than absolute times).
+same queries in batches of `--batch` (`batch_search`): their latencies' p50 / p95 in wall and CPU time, the
+postings each query reads, the RSS after them and the process's peak; then a second pass over the queries under
+`tracemalloc` gives the most memory Python and numpy held at once while searching. The page cache is warm from
+the build. VmHWM counts mapped file pages too (the disk build writes and reads its runs and arrays through memory
+maps), so the parent also samples each stage's anonymous RSS every 0.1 s and reports its peak, the memory the
+kernel cannot reclaim; it kills a stage whose RSS passes `--max-rss-gb`. Each stage records the load average when
+it started and ended (the machine may be shared: compare the methods' ratios, measured side by side, rather than
+absolute times). `--queries-only` reruns the query stages over what an earlier run kept (`--keep`).
 
 Results: a Markdown table and the fits on stdout; with `--output`, corpus_scale.md and corpus_scale.json there.
 """
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -183,23 +186,32 @@ def child(stage: str, method: str, corpus: Path, n_queries: int, batch: int) -> 
     started = time.perf_counter()
     searcher.search("who founded the first university")  # the first query pays for first-touch costs
     first_ms = 1000 * (time.perf_counter() - started)
-    single, results = [], []
+    single, single_cpu, results = [], [], []
     for query in queries:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         results.append(searcher.search(query))
         single.append(time.perf_counter() - started)
-    batched = []
+        single_cpu.append(time.process_time() - cpu)
+    batched, batched_cpu = [], []
     for i in range(0, len(queries), batch):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         found = searcher.batch_search(queries[i:i + batch])
         batched.append(time.perf_counter() - started)
+        batched_cpu.append(time.process_time() - cpu)
         assert found == results[i:i + batch], "batch_search and search disagree"
     after = memory_status()
+    tracemalloc.start()  # after the timings (it slows allocation): the most a query holds at once, numpy included
+    for query in queries:
+        searcher.search(query)
+    query_alloc_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
     postings = postings_read(searcher, queries)
     answers = json.dumps([[(doc["id"], doc["score"]) for doc in docs] for docs in results])
     return {"load_s": load_s, "base_rss_mb": base["rss_mb"], "loaded": loaded, "after_queries": after,
             "first_query_ms": first_ms, "single": percentiles(single), "batched": percentiles(batched),
-            "batch": batch, "single_s": [round(s, 6) for s in single], "postings": postings,
+            "single_cpu": percentiles(single_cpu), "batched_cpu": percentiles(batched_cpu), "batch": batch,
+            "single_s": [round(s, 6) for s in single], "single_cpu_s": [round(s, 6) for s in single_cpu],
+            "postings": postings, "query_peak_alloc_mb": query_alloc_mb,
             "documents_found": sum(map(len, results)), "results_sha256": hashlib.sha256(answers.encode()).hexdigest(),
             "load_average": [load_start, os.getloadavg()[0]]}
 
@@ -260,6 +272,8 @@ def index_shape(corpus: Path) -> dict[str, int]:
 
 def measure(n: int, folder: Path, args: argparse.Namespace) -> list[dict]:
     corpus = folder / f"corpus-{n}.jsonl"
+    if args.queries_only and not corpus.exists():
+        raise SystemExit(f"--queries-only: no {corpus}; build it first with --keep")
     if not corpus.exists():
         started = time.perf_counter()
         write_corpus(corpus, n)
@@ -267,10 +281,14 @@ def measure(n: int, folder: Path, args: argparse.Namespace) -> list[dict]:
     rows = []
     methods = [m for m in args.methods if m != "memory" or n <= args.memory_up_to]
     for method in methods:
-        for path in outputs(corpus, method):  # build from scratch
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        stages = ("query",) if args.queries_only else STAGES[method]
+        for path in outputs(corpus, method):
+            if args.queries_only and not path.exists():
+                raise SystemExit(f"--queries-only: no {path}; build it first with --keep")
+            if not args.queries_only:  # build from scratch
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         row = {"passages": n, "corpus_mb": corpus.stat().st_size / 2**20, "method": method}
-        for stage in STAGES[method]:
+        for stage in stages:
             started = time.perf_counter()
             row[stage] = run_child(stage, method, corpus, args)
             log(f"{n:,} {method} {stage}: {time.perf_counter() - started:.0f} s wall"
@@ -282,7 +300,7 @@ def measure(n: int, folder: Path, args: argparse.Namespace) -> list[dict]:
         if method == "disk" and "query" in row:
             row.update(index_shape(corpus))
         rows.append(row)
-    if not args.keep:
+    if not args.keep and not args.queries_only:
         for path in [corpus] + [p for m in methods for p in outputs(corpus, m)]:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return rows
@@ -299,32 +317,46 @@ def build_seconds(row: dict) -> float:
     return sum(row[stage]["seconds"] for stage in STAGES[row["method"]] if stage != "query")
 
 
+def built(row: dict) -> list[str]:
+    """The build stages the row has (none in a `--queries-only` run)."""
+    return [s for s in STAGES[row["method"]] if s != "query" and s in row]
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| passages | method | build s (store + index) | build CPU s | peak RSS build MiB (anon) | on disk MiB "
              "| load s | RSS loaded MiB (anon + file) | RSS after queries MiB (anon + file) "
-             "| peak RSS query MiB (anon) | single query p50 / p95 ms | batch p50 / p95 ms | postings / query (mean) |",
+             "| peak RSS query MiB (anon; traced) | single query p50 / p95 ms (CPU) | batch p50 / p95 ms (CPU) "
+             "| postings / query (mean) |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        stages = [s for s in STAGES[r["method"]] if s != "query"]
         killed = next((f"{s} killed: {r[s]['killed']}" for s in STAGES[r["method"]] if "killed" in r.get(s, {})), None)
         if killed:
             lines.append(f"| {r['passages']:,} | {r['method']} | {killed} |")
             continue
-        q = r["query"]
-        build = f"{build_seconds(r):.1f}" + (f" ({r['store']['seconds']:.1f} + {r['index']['seconds']:.1f})"
-                                            if r["method"] == "disk" else "")
-        peak = " / ".join(f"{r[s]['peak_rss_mb']:.0f} ({r[s]['peak_anon_mb']:.0f})" for s in stages)
-        disk = sum(r[s]["disk_mb"] for s in stages)
+        q, stages = r["query"], built(r)
+        if stages:
+            build = f"{build_seconds(r):.1f}" + (f" ({r['store']['seconds']:.1f} + {r['index']['seconds']:.1f})"
+                                                if r["method"] == "disk" else "")
+            cpu = f"{sum(r[s]['cpu_s'] for s in stages):.1f}"
+            peak = " / ".join(f"{r[s]['peak_rss_mb']:.0f} ({r[s]['peak_anon_mb']:.0f})" for s in stages)
+            disk = f"{sum(r[s]['disk_mb'] for s in stages):.0f}"
+        else:
+            build = cpu = peak = disk = "-"
 
         def rss(m):
             return f"{m['rss_mb']:.0f} ({m['anon_mb']:.0f} + {m['file_mb']:.0f})"
 
-        cpu = sum(r[s]["cpu_s"] for s in stages)
-        lines.append(f"| {r['passages']:,} | {r['method']} | {build} | {cpu:.1f} | {peak} | {disk:.0f} "
+        traced = f"{q['query_peak_alloc_mb']:.0f}" if "query_peak_alloc_mb" in q else "-"
+
+        def latency(kind):
+            wall, cpu_time = q[kind], q.get(f"{kind}_cpu")
+            text = f"{wall['p50_ms']:.1f} / {wall['p95_ms']:.1f}"
+            return text + (f" ({cpu_time['p50_ms']:.1f} / {cpu_time['p95_ms']:.1f})" if cpu_time else "")
+
+        lines.append(f"| {r['passages']:,} | {r['method']} | {build} | {cpu} | {peak} | {disk} "
                      f"| {q['load_s']:.1f} | {rss(q['loaded'])} | {rss(q['after_queries'])} "
-                     f"| {q['after_queries']['peak_mb']:.0f} ({q['peak_anon_mb']:.0f}) "
-                     f"| {q['single']['p50_ms']:.1f} / {q['single']['p95_ms']:.1f} "
-                     f"| {q['batched']['p50_ms']:.1f} / {q['batched']['p95_ms']:.1f} | {np.mean(q['postings']):,.0f} |")
+                     f"| {q['after_queries']['peak_mb']:.0f} ({q['peak_anon_mb']:.0f}; {traced}) "
+                     f"| {latency('single')} | {latency('batched')} | {np.mean(q['postings']):,.0f} |")
     return "\n".join(lines)
 
 
@@ -335,65 +367,79 @@ def fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
 
 
 def projections(rows: list[dict], target: int = WIKI18_PASSAGES) -> list[str]:
-    """Linear fits in the number of passages N, and of latency in (N, postings read), evaluated at `target`."""
+    """Linear fits in the number of passages N, evaluated at `target`; per size, a query's latency against the
+    postings it reads."""
     lines = []
     for method in METHODS:
         done = [r for r in rows if r["method"] == method and "query" in r and "killed" not in r["query"]]
         if len(done) < 2:
             continue
         n = [r["passages"] for r in done]
-        metrics = {"build s": [build_seconds(r) for r in done],
-                   "build CPU s": [sum(r[s]["cpu_s"] for s in STAGES[method] if s != "query") for r in done],
-                   "on disk MiB": [sum(r[s]["disk_mb"] for s in STAGES[method] if s != "query") for r in done],
-                   "peak RSS build MiB": [max(r[s]["peak_rss_mb"] for s in STAGES[method] if s != "query")
-                                          for r in done],
-                   "peak anonymous RSS build MiB": [max(r[s]["peak_anon_mb"] for s in STAGES[method] if s != "query")
-                                                    for r in done],
-                   "RSS after queries MiB": [r["query"]["after_queries"]["rss_mb"] for r in done],
-                   "peak anonymous RSS query MiB": [r["query"]["peak_anon_mb"] for r in done],
-                   "anonymous RSS after queries MiB": [r["query"]["after_queries"]["anon_mb"] for r in done]}
-        if method == "disk":
-            metrics |= {"store s": [r["store"]["seconds"] for r in done],
-                        "index s": [r["index"]["seconds"] for r in done],
-                        "index CPU s": [r["index"]["cpu_s"] for r in done], "postings P": [r["postings"] for r in done]}
+        metrics = {}
+        if all(built(r) for r in done):
+            stages = built(done[0])
+            metrics |= {"build s": [build_seconds(r) for r in done],
+                        "build CPU s": [sum(r[s]["cpu_s"] for s in stages) for r in done],
+                        "on disk MiB": [sum(r[s]["disk_mb"] for s in stages) for r in done],
+                        "peak RSS build MiB": [max(r[s]["peak_rss_mb"] for s in stages) for r in done],
+                        "peak anonymous RSS build MiB": [max(r[s]["peak_anon_mb"] for s in stages) for r in done]}
+            if method == "disk":
+                metrics |= {"store s": [r["store"]["seconds"] for r in done],
+                            "index s": [r["index"]["seconds"] for r in done],
+                            "index CPU s": [r["index"]["cpu_s"] for r in done]}
+        metrics |= {"RSS after queries MiB": [r["query"]["after_queries"]["rss_mb"] for r in done],
+                    "peak anonymous RSS query MiB": [r["query"]["peak_anon_mb"] for r in done],
+                    "anonymous RSS after queries MiB": [r["query"]["after_queries"]["anon_mb"] for r in done]}
+        if all("query_peak_alloc_mb" in r["query"] for r in done):
+            metrics["traced peak while searching MiB"] = [r["query"]["query_peak_alloc_mb"] for r in done]
+        for kind in ("single", "single_cpu", "batched", "batched_cpu"):
+            if all(kind in r["query"] for r in done):
+                for stat in ("p50_ms", "p95_ms", "mean_ms"):
+                    metrics[f"{kind} {stat}"] = [r["query"][kind][stat] for r in done]
+        if method == "disk" and all("postings" in r for r in done):
+            metrics["postings P"] = [r["postings"] for r in done]
         lines.append(f"{method}, fitted on N = {', '.join(f'{x:,}' for x in n)}:")
         for label, y in metrics.items():
             a, b = fit_line(n, y)
             lines.append(f"- {label}: {a:,.1f} + {b:.6g} N -> {a + b * target:,.0f} at N = {target:,}")
-        if method == "disk":
+        if method == "disk" and all("terms" in r for r in done):
             beta, log_k = np.polyfit(np.log(n), np.log([r["terms"] for r in done]), 1)
             lines.append(f"- terms V (a power law, Heaps): {np.exp(log_k):.3g} N^{beta:.3f} -> "
                          f"{np.exp(log_k) * target ** beta:,.0f} at N = {target:,}")
-        points = [(r["passages"], p, s) for r in done for p, s in zip(r["query"]["postings"], r["query"]["single_s"])]
-        design = np.array([[1.0, x, p] for x, p, _ in points])
-        (c0, c1, c2), *_ = np.linalg.lstsq(design, np.array([1000 * s for *_, s in points]), rcond=None)
-        postings_per_passage = np.mean([np.mean(r["query"]["postings"]) / r["passages"] for r in done[-1:]])
-        p_target = postings_per_passage * target
-        lines.append(f"- single query ms: {c0:.3f} + {c1:.4g} N + {c2:.4g} postings (least squares over "
-                     f"{len(points)} queries); a query reading {postings_per_passage:.4f} N postings (the mean at "
-                     f"the largest size) -> {c0 + c1 * target + c2 * p_target:.0f} ms at N = {target:,}")
+        for r in done:
+            seconds = r["query"].get("single_cpu_s", r["query"]["single_s"])
+            a, b = fit_line(r["query"]["postings"], [1000 * s for s in seconds])
+            lines.append(f"- at N = {r['passages']:,}, a single query's {'CPU' if 'single_cpu_s' in r['query'] else ''}"
+                         f" ms = {a:.2f} + {1e6 * b:.3f} per million postings read (least squares over "
+                         f"{len(seconds)} queries; mean {np.mean(r['query']['postings']) / r['passages']:.3f} N "
+                         f"postings a query)")
     return lines
 
 
 def ratios(rows: list[dict]) -> list[str]:
     """disk / memory at each size both were measured at: the comparison a shared machine's load does not skew."""
     lines = ["| passages | build wall | build CPU | peak RSS build | peak anonymous RSS build | RSS after queries "
-             "| anonymous RSS after queries | single query p50 | batch p50 |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| anonymous RSS after queries | single query p50 | batch p50 | same top-k (ids and scores) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for n in sorted({r["passages"] for r in rows}):
         by = {r["method"]: r for r in rows if r["passages"] == n and "query" in r and "killed" not in r["query"]}
         if len(by) < 2:
             continue
         d, m = by["disk"], by["memory"]
-        values = [build_seconds(d) / build_seconds(m),
-                  (d["store"]["cpu_s"] + d["index"]["cpu_s"]) / m["build"]["cpu_s"],
-                  max(d["store"]["peak_rss_mb"], d["index"]["peak_rss_mb"]) / m["build"]["peak_rss_mb"],
-                  max(d["store"]["peak_anon_mb"], d["index"]["peak_anon_mb"]) / m["build"]["peak_anon_mb"],
-                  d["query"]["after_queries"]["rss_mb"] / m["query"]["after_queries"]["rss_mb"],
-                  d["query"]["after_queries"]["anon_mb"] / m["query"]["after_queries"]["anon_mb"],
-                  d["query"]["single"]["p50_ms"] / m["query"]["single"]["p50_ms"],
-                  d["query"]["batched"]["p50_ms"] / m["query"]["batched"]["p50_ms"]]
-        lines.append(f"| {n:,} | " + " | ".join(f"{v:.2f}x" for v in values) + " |")
+        values = []
+        if built(d) and built(m):
+            values += [build_seconds(d) / build_seconds(m),
+                       (d["store"]["cpu_s"] + d["index"]["cpu_s"]) / m["build"]["cpu_s"],
+                       max(d["store"]["peak_rss_mb"], d["index"]["peak_rss_mb"]) / m["build"]["peak_rss_mb"],
+                       max(d["store"]["peak_anon_mb"], d["index"]["peak_anon_mb"]) / m["build"]["peak_anon_mb"]]
+        else:
+            values += [None] * 4
+        values += [d["query"]["after_queries"]["rss_mb"] / m["query"]["after_queries"]["rss_mb"],
+                   d["query"]["after_queries"]["anon_mb"] / m["query"]["after_queries"]["anon_mb"],
+                   d["query"]["single"]["p50_ms"] / m["query"]["single"]["p50_ms"],
+                   d["query"]["batched"]["p50_ms"] / m["query"]["batched"]["p50_ms"]]
+        same = "yes" if d["query"]["results_sha256"] == m["query"]["results_sha256"] else "**no**"
+        lines.append(f"| {n:,} | " + " | ".join("-" if v is None else f"{v:.2f}x" for v in values) + f" | {same} |")
     return lines if len(lines) > 2 else []
 
 
@@ -427,7 +473,7 @@ def report(rows: list[dict], about: dict) -> str:
         f"{about['load_average_start'][0]} at the start, {about['load_average_end'][0]} at the end.", "",
         table(rows), "",
         "Disk / memory, measured side by side in this run:", "", *ratios(rows), "",
-        "Fits (linear in the number of passages N; latency in N and postings read):", "",
+        "Fits (linear in the number of passages N; per size, latency against the postings a query reads):", "",
         *projections(rows), ""])
 
 
@@ -444,6 +490,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default="", help="folder for the corpora and indexes (default: a temp dir)")
     parser.add_argument("--output", default="", help="folder for corpus_scale.md and corpus_scale.json")
     parser.add_argument("--keep", action="store_true", help="keep the corpora and indexes (default: delete them)")
+    parser.add_argument("--queries-only", action="store_true",
+                        help="only the query stage, over the corpora and indexes an earlier run kept in --work")
     parser.add_argument("--child", nargs=3, metavar=("STAGE", "METHOD", "CORPUS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
