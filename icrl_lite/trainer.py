@@ -291,8 +291,8 @@ class Trainer:
         self.lock = None  # rank 0 alone locks, repairs and writes the run directory; the others read its checkpoints
         checkpoint = distributed.decided_by_main(lambda: self.open_run(resume))
         torch.manual_seed(cfg.seed)
-        if distributed.is_main():
-            memory_report(cfg)  # on a GPU, refuses a run that does not fit, naming the knobs
+        if distributed.is_main():  # on a GPU, refuses a run that does not fit, naming the knobs
+            memory_report(replace(cfg, prompts_per_step=-(-cfg.prompts_per_step // distributed.world_size())))  # a rank's rollouts
         model_cfg = cfg.model if distributed.world_size() == 1 else replace(cfg.model, device=device)
         self.model, self.tokenizer = load_policy(model_cfg, adapter=checkpoint / "adapter" if checkpoint else None,
                                                  max_seq_length=cfg.rollout.max_context_tokens)
