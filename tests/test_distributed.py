@@ -26,7 +26,7 @@ from icrl_lite.model import ModelConfig
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 from icrl_lite.trainer import TrainConfig, Trainer
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEMOS = [
     {"question": "Where is Tavoustead?", "answers": ["Louktuk"],
@@ -134,6 +134,31 @@ def read_metrics(run_dir) -> list[dict]:
 
 
 # ---- the tests ------------------------------------------------------------------------------------------
+def test_alone_every_collective_is_the_identity():
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    assert distributed.share(5) == range(5) and distributed.rank_seed(-3) == -3
+    assert distributed.gather({"a": 1}) == [{"a": 1}] and distributed.sum_over_ranks(3, 0.5) == (3, 0.5)
+    assert distributed.decided_by_main(lambda: "found") == "found"
+    assert distributed.init("cuda:1") == "cuda:1"  # no launcher: model.device as given
+
+
+def test_shares_cover_the_groups_once_in_order_and_differ_by_at_most_one(monkeypatch):
+    for world in (1, 2, 3, 4):
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        shares = []
+        for rank in range(world):
+            monkeypatch.setattr(distributed, "rank", lambda: rank)
+            shares.append(distributed.share(7))
+        assert [i for share in shares for i in share] == list(range(7))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+        seeds = set()
+        for rank in range(world):
+            monkeypatch.setattr(distributed, "rank", lambda: rank)
+            seeds.add(distributed.rank_seed(1_000_003))
+        assert len(seeds) == world and 1_000_003 in seeds  # rank 0 keeps the one-process seed
+
+
+@pytest.mark.integration
 def test_two_processes_take_the_single_process_update_on_the_same_groups(make_config, monkeypatch, tmp_path):
     # one step of each loss path: demo-sampled rollouts scored without the demos (off-policy, shared prefix), then
     # on-policy GRPO with the KL term, then a gold step (a solution per rank); micro-batches of 1 accumulate, the
@@ -168,6 +193,7 @@ def killed_run(make_config, tmp_path_factory):
     return straight, killed, results
 
 
+@pytest.mark.integration
 def test_a_killed_two_process_run_resumes_exactly(killed_run, tmp_path):
     straight, killed, results = killed_run
     run = replace_dir(killed, tmp_path / "resumed")
@@ -180,6 +206,7 @@ def test_a_killed_two_process_run_resumes_exactly(killed_run, tmp_path):
     assert [m["step"] for m in read_metrics(run.output_dir)] == [1, 2]
 
 
+@pytest.mark.integration
 def test_a_two_process_run_resumes_in_one_process(killed_run, tmp_path, monkeypatch):
     straight, killed, results = killed_run
     run = replace_dir(killed, tmp_path / "one")
@@ -216,6 +243,7 @@ trainer.score = score
 """
 
 
+@pytest.mark.integration
 def test_torchrun_trains_when_one_rank_has_no_informative_group(make_config, tmp_path):
     # the real entry point under torchrun: rank 0 has nothing to train on in any step, rank 1 has every group;
     # both take every update (no rank waits forever in a collective the other skipped) and rank 0 alone logs
