@@ -230,3 +230,31 @@ def test_unknown_tool_error_lists_available_names():
     assert "search" in available_tools()
     with pytest.raises(ValueError, match="unknown tool 'calculator'; available tools: .*search"):
         make_tool("calculator")
+
+
+def test_a_repeated_search_is_scored_once(tmp_path):
+    docs = [{"id": "a", "title": "Vorbam", "text": "Vorbam River flows north."},
+            {"id": "b", "title": "Skorvilow", "text": "Skorvilow was founded in 1600."}]
+    search = BM25Search(docs, top_k=1)
+    calls = []
+    retrieve = search.retriever.retrieve
+    search.retriever.retrieve = lambda queries, **kw: (calls.append(len(queries)), retrieve(queries, **kw))[1]
+    first = search.batch_search(["Vorbam river", "Skorvilow founded", "Vorbam river"])
+    assert calls == [2]  # the two distinct queries, in one call
+    first[0][0]["title"] = "edited by the caller"
+    assert search.search("Vorbam river") == [{**docs[0], "score": first[2][0]["score"]}] and calls == [2]
+
+
+def test_the_result_cache_drops_the_least_recently_used():
+    from icrl_lite.tools.base import ResultCache
+
+    cache, asked = ResultCache(size=2), []
+
+    def fetch(queries):
+        asked.extend(queries)
+        return [[{"id": q}] for q in queries]
+
+    cache.lookup(["a", "b"], 1, fetch)
+    cache.lookup(["a", "c"], 1, fetch)  # a is used again: b is now the oldest, and goes
+    assert cache.lookup(["a", "c", "b", " "], 1, fetch) == [[{"id": "a"}], [{"id": "c"}], [{"id": "b"}], []]
+    assert asked == ["a", "b", "c", "b"]

@@ -12,6 +12,8 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,44 @@ class Tool:
     def wrap(self, observation: str) -> str:
         """The observation as it is appended to the context: "\\n\\n<information>...</information>\\n\\n"."""
         return f"\n\n{self.result_open}{observation}{self.result_close}\n\n"
+
+
+class ResultCache:
+    """Search results by (query, k), shared by the threads of a step's rollouts: a group's samples often search
+    the same words, and each search is then run once. The least recently used entry goes beyond `size`."""
+
+    def __init__(self, size: int = 10_000):
+        if size < 0:
+            raise ValueError(f"cache size must be >= 0, got {size}")
+        self.size = size
+        self._results: OrderedDict[tuple[str, int], list[dict]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._results.clear()
+
+    def lookup(self, queries: Sequence[str], k: int, fetch: Callable[[list[str]], list[list[dict]]]) -> list[list[dict]]:
+        """The results of `queries`: cached ones from the cache, the others from one `fetch` call with each distinct
+        missing query once (in order). A blank query gets [] without asking. Returns copies, so that a caller's
+        edits do not reach the cache. Two threads missing the same query at once both fetch it (same answer)."""
+        results: list[list[dict] | None] = [[] if not q.strip() else None for q in queries]
+        with self._lock:
+            for i, query in enumerate(queries):
+                if results[i] is None and (query, k) in self._results:
+                    self._results.move_to_end((query, k))
+                    results[i] = self._results[(query, k)]
+        missing = list(dict.fromkeys(q for q, found in zip(queries, results) if found is None))
+        if missing:
+            answers = dict(zip(missing, fetch(missing)))
+            with self._lock:
+                for query, docs in answers.items():
+                    self._results[(query, k)] = docs
+                    self._results.move_to_end((query, k))
+                while len(self._results) > self.size:
+                    self._results.popitem(last=False)
+            results = [answers[q] if found is None else found for q, found in zip(queries, results)]
+        return [[dict(doc) for doc in docs] for docs in results]
 
 
 def find_call(text: str, tools: Sequence[Tool]) -> tuple[Tool, str] | None:

@@ -38,9 +38,7 @@ import math
 import os
 import shutil
 import tempfile
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from icrl_lite.data import document, load_corpus
-from icrl_lite.tools.base import Tool
+from icrl_lite.tools.base import ResultCache, Tool
 from icrl_lite.tools.search import BM25Search, format_documents, store_path
 from icrl_lite.tools.store import CorpusStore
 
@@ -332,8 +330,7 @@ class IVFPQSearch:
         self.index = faiss.read_index(str(self.index_path))
         self.index.nprobe = nprobe
         self.vectors = np.load(cache_root / key / "vectors.npy", mmap_mode="r")  # (N, D) float16, read on demand
-        self._cache: OrderedDict[tuple[str, int], list[dict]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = ResultCache(cache_size)
 
     def _encode_rows(self, rows: np.ndarray) -> np.ndarray:
         """The normalised embeddings of the passages at `rows`, read from the store."""
@@ -410,35 +407,22 @@ class IVFPQSearch:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         k = min(k, len(self.store))
-        results: list[list[dict] | None] = [[] if not query.strip() else None for query in queries]
-        with self._lock:
-            for i, query in enumerate(queries):
-                if results[i] is None and (query, k) in self._cache:
-                    self._cache.move_to_end((query, k))
-                    results[i] = self._cache[(query, k)]
-        missing = list(dict.fromkeys(q for q, found in zip(queries, results) if found is None))
-        if missing:
-            q = _l2_normalise(self.model.encode([self.query_prefix + query for query in missing],
-                                                batch_size=self.batch_size, convert_to_numpy=True,
-                                                show_progress_bar=False))  # (Q, D)
-            _, candidates = self.index.search(q, min(self.rerank * k, len(self.store)))  # (Q, R); -1 past the last
-            hits = []
-            for j, rows in enumerate(candidates):
-                rows = np.unique(rows[rows >= 0])  # ascending: the vector file is read in order
-                scores = np.asarray(self.vectors[rows], dtype=np.float32) @ q[j]  # (R,) exact inner products
-                best = np.argsort(-scores, kind="stable")[:k]
-                hits.append([(int(rows[b]), float(scores[b])) for b in best])
-            docs = iter(self.store.get([row for query_hits in hits for row, _ in query_hits]))
-            answers = {query: [{**next(docs), "score": score} for _, score in query_hits]
-                       for query, query_hits in zip(missing, hits)}
-            with self._lock:
-                for query, found in answers.items():
-                    self._cache[(query, k)] = found
-                    self._cache.move_to_end((query, k))
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-            results = [answers[q] if found is None else found for q, found in zip(queries, results)]
-        return [[dict(doc) for doc in docs] for docs in results]  # copies: a caller's edits do not reach the cache
+        return self._cache.lookup(queries, k, lambda missing: self._search(missing, k))
+
+    def _search(self, queries: list[str], k: int) -> list[list[dict]]:
+        """The `k` best documents of each query, by the index then by the exact cosine of the candidates."""
+        q = _l2_normalise(self.model.encode([self.query_prefix + query for query in queries],
+                                            batch_size=self.batch_size, convert_to_numpy=True,
+                                            show_progress_bar=False))  # (Q, D)
+        _, candidates = self.index.search(q, min(self.rerank * k, len(self.store)))  # (Q, R); -1 past the last
+        hits = []
+        for j, rows in enumerate(candidates):
+            rows = np.unique(rows[rows >= 0])  # ascending: the vector file is read in order
+            scores = np.asarray(self.vectors[rows], dtype=np.float32) @ q[j]  # (R,) exact inner products
+            best = np.argsort(-scores, kind="stable")[:k]
+            hits.append([(int(rows[b]), float(scores[b])) for b in best])
+        docs = iter(self.store.get([row for query_hits in hits for row, _ in query_hits]))
+        return [[{**next(docs), "score": score} for _, score in query_hits] for query_hits in hits]
 
     def as_tool(self) -> Tool:
         """The `<search>query</search>` tool; its observation lists the documents found."""

@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections import OrderedDict
 
 from icrl_lite.data import document
-from icrl_lite.tools.base import Tool
+from icrl_lite.tools.base import ResultCache, Tool
 from icrl_lite.tools.search import format_documents
 
 DEFAULT_URL = "http://127.0.0.1:8000/retrieve"
@@ -63,8 +61,7 @@ class RemoteSearch:
                              f"cache_size={cache_size}")
         self.url, self.top_k, self.timeout = url, top_k, timeout
         self.retries, self.backoff, self.cache_size = retries, backoff, cache_size
-        self._cache: OrderedDict[tuple[str, int], list[dict]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = ResultCache(cache_size)
         try:
             self._retrieve(["health check"], 1, tries=1)
         except RemoteSearchError as e:
@@ -83,23 +80,7 @@ class RemoteSearch:
         k = self.top_k if k is None else k
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        results: list[list[dict] | None] = [[] if not q.strip() else None for q in queries]
-        with self._lock:
-            for i, query in enumerate(queries):
-                if results[i] is None and (query, k) in self._cache:
-                    self._cache.move_to_end((query, k))
-                    results[i] = self._cache[(query, k)]
-        missing = list(dict.fromkeys(q for q, found in zip(queries, results) if found is None))
-        if missing:
-            answers = dict(zip(missing, self._retrieve(missing, k, tries=self.retries + 1)))
-            with self._lock:
-                for query, docs in answers.items():
-                    self._cache[(query, k)] = docs
-                    self._cache.move_to_end((query, k))
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-            results = [answers[q] if found is None else found for q, found in zip(queries, results)]
-        return [[dict(doc) for doc in docs] for docs in results]  # copies: a caller's edits do not reach the cache
+        return self._cache.lookup(queries, k, lambda missing: self._retrieve(missing, k, tries=self.retries + 1))
 
     def as_tool(self) -> Tool:
         """The `<search>query</search>` tool; its observation lists the documents found, as the BM25 tool's does.

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from icrl_lite.data import document, load_corpus
-from icrl_lite.tools.base import Tool
+from icrl_lite.tools.base import ResultCache, Tool
 from icrl_lite.tools.store import CorpusStore
 
 try:
@@ -401,6 +401,7 @@ class BM25Search:
         if store not in STORE_MODES:
             raise ValueError(f"store={store!r}: use one of {', '.join(STORE_MODES)}")
         self.top_k = top_k
+        self._cache = ResultCache()  # a group's rollouts often search the same words: each is scored once a run
         self.store: CorpusStore | None = None  # the documents, when they are on disk
         if isinstance(corpus, (str, Path)) and uses_disk_store(corpus, store):
             self._open_disk(Path(corpus), cache_dir)
@@ -484,7 +485,7 @@ class BM25Search:
         return self.batch_search([query], k)[0]
 
     def batch_search(self, queries: list[str], k: int | None = None) -> list[list[dict]]:
-        """`search` for many queries in one batched bm25s call.
+        """`search` for many queries in one batched bm25s call (results cached by query and k: each is scored once).
 
         At most `k` (default `top_k`) documents per query, best first; documents scoring 0 (sharing no word
         with the query) are left out, so a query of only stopwords or unknown words gets [].
@@ -493,10 +494,13 @@ class BM25Search:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if self.store is not None:
-            return self._batch_search_disk(queries, min(k, len(self.store)))
+            k = min(k, len(self.store))
+            return self._cache.lookup(queries, k, lambda missing: self._batch_search_disk(missing, k))
         k = min(k, len(self.docs))
-        if not queries:
-            return []
+        return self._cache.lookup(queries, k, lambda missing: self._batch_search_memory(missing, k))
+
+    def _batch_search_memory(self, queries: list[str], k: int) -> list[list[dict]]:
+        """`batch_search` in memory: bm25s's own retrieve over the in-memory index."""
         tokens = [[t for t in query_tokens if t in self._vocab] for query_tokens in _tokenize(list(queries))]
         results: list[list[dict]] = [[] for _ in queries]
         asked = [i for i, query_tokens in enumerate(tokens) if query_tokens]
