@@ -263,7 +263,12 @@ def memory_report(cfg, prompt_tokens: int | None = None, model_config=None, devi
     device = device or resolve_device(cfg.model.device)
     estimate = estimate_for(cfg, prompt_tokens, model_config, device)
     available = available if available is not None else device_memory(device)
-    print(f"[icrl-lite] memory estimate: {estimate.table()}; {device.type} has {available / GB:.1f} GB")
+    vllm = ""
+    if getattr(cfg.rollout, "backend", "auto") == "vllm":  # vLLM reserves its share for its weights and KV cache
+        share = cfg.rollout.vllm_gpu_memory_utilization
+        vllm = f" ({share:.0%} of {available / GB:.1f} GB reserved by vLLM, rollout.vllm_gpu_memory_utilization)"
+        available = int(available * (1 - share))
+    print(f"[icrl-lite] memory estimate: {estimate.table()}; {device.type} has {available / GB:.1f} GB{vllm}")
     if estimate.peak > available:
         message = (f"the run needs ~{estimate.peak / GB:.1f} GB by the estimate and the {device.type} has "
                    f"{available / GB:.1f} GB. Turn, largest first:\n  - " + "\n  - ".join(knobs(cfg, estimate)))

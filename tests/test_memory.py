@@ -321,3 +321,12 @@ def test_the_startup_table_names_every_term_the_run_has():
     assert "decode_weights" in names(estimate_memory(QWEN_3B, cuda=False, **ROLLOUTS))  # the CPU's fast decoder
     quiet = names(estimate_memory(QWEN_3B, load_in_4bit=True, max_turns=0, gradient_checkpointing=True, **ROLLOUTS))
     assert not quiet & {"kv_rows_copy", "merge_stash", "update_repeat_kv", "decode_weights"}
+
+
+def test_vllm_s_share_of_the_gpu_is_not_the_trainers(gpu, capsys):
+    cfg = config("gpu-24gb")
+    fits = memory_report(cfg, model_config=QWEN_3B, device=gpu(8), available=int(24 * GB))
+    cfg.rollout.backend, cfg.rollout.vllm_gpu_memory_utilization = "vllm", 0.5
+    with pytest.raises(ValueError, match="needs ~"):
+        memory_report(cfg, model_config=QWEN_3B, device=gpu(8), available=int(24 * GB))
+    assert fits.peak > 12 * GB and "50% of 24.0 GB reserved by vLLM" in capsys.readouterr().out
