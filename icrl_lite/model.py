@@ -483,9 +483,10 @@ def load_policy(cfg: ModelConfig, adapter: str | Path | None = None, max_seq_len
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
         )
-        kwargs["device_map"] = {"": str(device)}  # quantize on the GPU as the weights load
+    if device.type == "cuda":  # the weights load straight onto the GPU (a 4-bit base is quantized there as it loads),
+        kwargs["device_map"] = {"": str(device)}  # never as a full copy in host memory first
     base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if not cfg.load_in_4bit:
+    if device.type != "cuda":
         base = base.to(device)
     prepare_base(base, cfg.gradient_checkpointing)
     if adapter is not None:

@@ -456,3 +456,26 @@ def test_gpu_path_fp16_scores_do_not_overflow_where_the_unscaled_dot_products_wo
     with torch.no_grad():
         got, _ = model_module.sdpa_gqa(types.SimpleNamespace(training=False), query, key, value, mask)
     assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("four_bit", [False, True])
+def test_a_cuda_base_loads_straight_onto_the_gpu(monkeypatch, tiny_model_dir, four_bit):
+    from transformers import AutoModelForCausalLM
+
+    asked = {}
+    monkeypatch.setattr(model_module, "resolve_device", lambda device: torch.device("cuda", 0))
+    monkeypatch.setattr(model_module, "resolve_dtype", lambda dtype, device: torch.bfloat16)
+    monkeypatch.setattr(model_module, "expandable_cuda_segments", lambda: None)
+
+    def from_pretrained(path, **kwargs):  # what transformers is asked for is the point; stop there
+        asked.update(kwargs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    find_spec = model_module.importlib.util.find_spec
+    monkeypatch.setattr(model_module.importlib.util, "find_spec",  # bitsandbytes "installed"
+                        lambda name, *args: object() if name == "bitsandbytes" else find_spec(name, *args))
+    with pytest.raises(RuntimeError, match="stop"):
+        model_module.load_policy(model_module.ModelConfig(name=str(tiny_model_dir), load_in_4bit=four_bit))
+    assert asked["device_map"] == {"": "cuda:0"}  # not loaded in host memory, then moved
+    assert ("quantization_config" in asked) == four_bit
