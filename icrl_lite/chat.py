@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -67,11 +68,13 @@ class Agent:
     `overrides`: more evaluation keys as key=value (`icrl-lite config eval`), e.g. "corpus=my.jsonl",
     "rollout.max_turns=4", "search.backend=web". For task=fc, `schemas` is a JSON (or JSONL) file of the function
     schemas the agent may call; by default, those of the implemented functions (`functions=`) in the bundled
-    catalog.
+    catalog. `policy`: a (model, tokenizer) already in memory, e.g. `(trainer.model, trainer.tokenizer)` in a
+    notebook, used instead of loading the checkpoint's adapter into a second copy of the model (on a 16 GB GPU there
+    is no room for two).
     """
 
     def __init__(self, checkpoint: str = "base", task: str = "", demos: int = 0, temperature: float = 0.0,
-                 memory: int = 0, schemas: str = "", overrides: Sequence[str] = ()):
+                 memory: int = 0, schemas: str = "", overrides: Sequence[str] = (), policy: tuple | None = None):
         from .evaluate import load_for_inference
 
         cfg = load_config(EvalConfig, None, list(overrides))
@@ -89,7 +92,10 @@ class Agent:
         self.schemas = function_schemas(schemas, cfg.functions) if self.task.name == "fc" else []
         pool = self.task.load_demos(cfg.demo_pool or self.task.bundled("demos")) if demos else []
         self.demos = [pool[j] for j in choose_demos(len(pool), demos, cfg.seed, -1, 0)]  # one set for the session
-        self.model, self.tokenizer, self.source = load_for_inference(cfg.checkpoint, cfg.model)
+        if policy is None:
+            self.model, self.tokenizer, self.source = load_for_inference(cfg.checkpoint, cfg.model)
+        else:
+            (self.model, self.tokenizer), self.source = policy, None if trained is None else Path(trained.checkpoint)
         self.engine = LiveEngine(self.model, self.tokenizer, self.tools, replace(cfg.rollout, temperature=temperature),
                                  final_stops=self.task.final_stops, invalid_message=self.task.invalid_message)
         self.history: list[dict] = []  # earlier exchanges, as demos: question (+ functions) and solution

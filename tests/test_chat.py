@@ -119,7 +119,7 @@ def test_without_memory_each_question_stands_alone(agent):
     assert "Tavoustead" not in agent.tokenizer.decode(agent.prompt("When was Skorvilow founded?"))
 
 
-def test_a_checkpoint_chats_with_its_runs_task_budgets_and_corpus(tiny_model_dir, corpus, tmp_path):
+def test_a_checkpoint_chats_with_its_runs_task_budgets_and_corpus(tiny_model_dir, corpus, tmp_path, monkeypatch):
     from icrl_lite.model import ModelConfig
     from icrl_lite.rollout import RolloutConfig
     from icrl_lite.trainer import TrainConfig, Trainer
@@ -128,12 +128,20 @@ def test_a_checkpoint_chats_with_its_runs_task_budgets_and_corpus(tiny_model_dir
                       num_generations=2, micro_batch_size=2, eval_every=0, progress=False, probe_demos=0,
                       corpus=str(corpus), model=ModelConfig(name=str(tiny_model_dir), dtype="fp32"),
                       rollout=RolloutConfig(max_turns=3, max_turn_tokens=40, max_response_tokens=200))
-    Trainer(cfg).train()
+    trainer = Trainer(cfg)
+    trainer.train()
     agent = Agent(str(tmp_path / "run"))
     assert agent.task.name == "qa" and agent.cfg.corpus == str(corpus)
     assert (agent.cfg.rollout.max_turns, agent.cfg.rollout.max_turn_tokens) == (3, 40)
     assert agent.engine.cfg.temperature == 0.0  # greedy, whatever the run sampled at
     assert "checkpoint-1" in agent.describe()
+    # in a notebook: the trainer's own model, not a second copy loaded beside it
+    import icrl_lite.evaluate
+
+    monkeypatch.setattr(icrl_lite.evaluate, "load_for_inference", lambda *a: pytest.fail("loaded a second copy"))
+    same = Agent(str(tmp_path / "run"), policy=(trainer.model, trainer.tokenizer))
+    assert same.model is trainer.model and "checkpoint-1" in same.describe()
+    assert same.ask("On which river is Tavoustead?").rollout.response_ids == agent.ask("On which river is Tavoustead?").rollout.response_ids
 
 
 def test_fc_offers_the_schemas_of_the_implemented_functions(tiny_model_dir):
