@@ -108,6 +108,19 @@ def weight_bytes_read_per_decode_step(model, merged: bool) -> int:
     return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not (merged and "lora_" in n))
 
 
+
+def record_longest_prompt(engine) -> list[int]:
+    """Make `engine.generate` note the longest prompt it is given (in tokens), for the memory estimate to compare
+    with; returns the one-item list it updates."""
+    longest, generate = [0], engine.generate
+
+    def recording(prompts, *args, **kwargs):
+        longest[0] = max([longest[0]] + [len(p) for p in prompts])
+        return generate(prompts, *args, **kwargs)
+
+    engine.generate = recording
+    return longest
+
 def measure_run(name: str, device_name: str, steps: int, dry: bool, workdir: Path) -> dict:
     """Train `steps` steps of run `name` and measure it (see the module docstring)."""
     import torch
@@ -150,13 +163,7 @@ def measure_run(name: str, device_name: str, steps: int, dry: bool, workdir: Pat
     trainer_module.score = score
     try:
         trainer = Trainer(cfg)
-        longest, generate = [0], trainer.engine.generate
-
-        def recording(prompts, *args, **kwargs):
-            longest[0] = max([longest[0]] + [len(p) for p in prompts])
-            return generate(prompts, *args, **kwargs)
-
-        trainer.engine.generate = recording
+        longest = record_longest_prompt(trainer.engine)
         trainer.train()
     finally:
         trainer_module.score = real_score

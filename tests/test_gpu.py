@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from benchmarks.gpu_check import record_longest_prompt
 from icrl_lite.memory import estimate_for
 from icrl_lite.model import ModelConfig, SharedPrefix, cuda_has_native_bf16, load_policy, response_logprobs
 from icrl_lite.rollout import RolloutConfig
@@ -125,13 +126,7 @@ def test_a_two_step_run_stays_within_its_memory_estimate(make_config, varied_rew
     torch.cuda.reset_peak_memory_stats(CUDA)
     before = torch.cuda.memory_allocated(CUDA)
     trainer = Trainer(cfg)
-    longest, generate = [0], trainer.engine.generate
-
-    def recording(prompts, *args, **kwargs):
-        longest[0] = max([longest[0]] + [len(p) for p in prompts])
-        return generate(prompts, *args, **kwargs)
-
-    trainer.engine.generate = recording
+    longest = record_longest_prompt(trainer.engine)
     history = trainer.train()
     peak = torch.cuda.max_memory_allocated(CUDA) - before
     estimate = estimate_for(cfg, prompt_tokens=longest[0], device=CUDA)
