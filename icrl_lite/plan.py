@@ -188,7 +188,8 @@ def format_plan(cfg, plans: list[GpuPlan], source: str = "") -> str:
         gpu = plan.gpu
         verdict = "fits" if plan.fits else "does NOT fit"
         lines.append(f"\n{gpu.name} ({gpu.memory_gb:g} GB, {gpu.tflops:g} TFLOP/s, {gpu.bandwidth_gbs:g} GB/s): "
-                     f"{verdict}, peak {plan.peak_gb:.1f} GB; about {plan.hours:.1f} h for the run"
+                     f"{verdict}, peak {plan.peak_gb:.1f} GB; about "
+                     + (f"{plan.hours:.1f} h" if plan.hours >= 1 else f"{plan.hours * 60:.0f} min") + " for the run"
                      + (f" incl. {plan.eval_seconds / 60:.0f} min of evaluation" if plan.eval_seconds else ""))
         if not plan.fits:
             lines += [f"  turn: {knob}" for knob in plan.knobs[:3]]
