@@ -154,8 +154,8 @@ def test_a_failed_search_is_an_error_observation_and_a_warning(stub):
 
 
 def test_a_timed_out_request_is_retried(stub):
-    search = remote(stub, timeout=0.2, retries=1)
-    stub.delays = [0.5]  # the next request stalls past the timeout; its retry is answered at once
+    search = remote(stub, timeout=2.0, retries=1)  # room for the retry's answer on a busy machine
+    stub.delays = [3.0]  # the next request stalls past the timeout; its retry is answered at once
     before = len(stub.requests)
     assert search.search("capital of France")[0]["title"] == "Paris"
     assert len(stub.requests) == before + 2
