@@ -78,7 +78,7 @@ def build_shaped_model(shape: dict, folder: Path, device, dtype) -> str:
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from icrl_lite.model import load_tokenizer
+    from icrl_lite.policy import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m")
     config = Qwen2Config(**shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -130,7 +130,7 @@ def measure_run(name: str, device_name: str, steps: int, dry: bool, workdir: Pat
     from benchmarks.multiturn import pure_decode
     from icrl_lite import trainer as trainer_module
     from icrl_lite.memory import estimate_for
-    from icrl_lite.model import cuda_has_native_bf16, resolve_device
+    from icrl_lite.policy import cuda_has_native_bf16, resolve_device
     from icrl_lite.prompts import render_prompt
     from icrl_lite.tasks import get_task
     from icrl_lite.trainer import Trainer

@@ -96,7 +96,7 @@ def measure_icrl(spec: dict) -> dict:
     """icrl-lite's Trainer.step, `warmup + steps` times; records the rollouts of each forward/backward of the
     last step's update."""
     from icrl_lite import trainer as trainer_module
-    from icrl_lite.model import ModelConfig
+    from icrl_lite.policy import ModelConfig
     from icrl_lite.rollout import RolloutConfig
     from icrl_lite.trainer import TrainConfig, Trainer
 
@@ -217,7 +217,8 @@ def measure_trl(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOTrainer
 
-    from icrl_lite.model import load_tokenizer, register_attention, resolve_device, resolve_dtype, resolve_model_path
+    from icrl_lite.attention import register_attention
+    from icrl_lite.policy import load_tokenizer, resolve_device, resolve_dtype, resolve_model_path
 
     device = resolve_device(spec["device"])
     dtype = resolve_dtype(spec["dtype"], device)
@@ -313,7 +314,7 @@ def trl_available() -> bool:
 def base_spec(model: str, dtype: str, device: str, questions: Path) -> dict:
     """What both systems share in every run: the model, the questions file, sampling and optimizer settings
     and icrl-lite's default LoRA."""
-    from icrl_lite.model import ModelConfig
+    from icrl_lite.policy import ModelConfig
 
     lora = ModelConfig()  # icrl-lite's default LoRA, given to both
     return {"model": model, "dtype": dtype, "device": device, "questions": str(questions), "seed": 0,

@@ -3,7 +3,7 @@
 What is measured is the part of the loss whose memory depends on the vocabulary: hidden states (1, T, H) of
 the policy's width through an LM head of the policy's shape (H x V, frozen, in the policy's dtype) to the
 log-probability of T target tokens, forward and backward (gradients flow to the hidden states, as in LoRA
-training). `chunked` is `icrl_lite.model.token_logprobs` (for this frozen head `HeadLogprobs`: the logits of 64
+training). `chunked` is `icrl_lite.logprobs.token_logprobs` (for this frozen head `HeadLogprobs`: the logits of 64
 positions at a time on a CPU, `chunk` on a GPU, recomputed in the backward pass; in bf16 on a CPU with the C++ kernels
 (since 2026-11-29 21:00 UTC) one pass over each block's bf16 logits each way, elsewhere fp32 copies of them; with
 `KEEP_SOFTMAX` (off by default since 20:07 UTC; on 18:50-20:07) the T positions' softmax, in the head's dtype, is kept
@@ -59,7 +59,7 @@ def full_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 def measure(spec: dict) -> dict:
     """Peak extra memory (MiB) of one forward + backward of `spec["method"]` at `spec["length"]` positions."""
-    from icrl_lite.model import token_logprobs
+    from icrl_lite.logprobs import token_logprobs
 
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])

@@ -135,7 +135,7 @@ def policy_size(model_name: str, dtype: torch.dtype) -> dict:
     embeddings count once: as the LM head they are read whole every decode step."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from icrl_lite.model import resolve_model_path
+    from icrl_lite.policy import resolve_model_path
 
     config = AutoConfig.from_pretrained(resolve_model_path(model_name))
     with torch.device("meta"):

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 from transformers import StoppingCriteria
 
-from icrl_lite.model import generation_mode, merged_adapter
+from icrl_lite.policy import generation_mode, merged_adapter
 from icrl_lite.rollout import Rollout, RolloutConfig, RolloutEngine, eos_token_ids, left_pad
 from icrl_lite.tools import Tool, find_call
 
@@ -259,7 +259,7 @@ def run_multiturn(model_name: str, dtype: str, device: str, workloads: list[dict
     """Every workload ({name, demos, questions, max_turns, max_turn_tokens, max_response_tokens}) on the bundled
     QA task with its BM25 search tool, then `pure_decode` at `decode` ({batch, new_tokens}) when given.
     `bound_at(batch)` gives the decode bound at a batch size (tokens/s)."""
-    from icrl_lite.model import ModelConfig, load_policy
+    from icrl_lite.policy import ModelConfig, load_policy
     from icrl_lite.prompts import build_messages, render_prompt
     from icrl_lite.tasks import get_task
     from icrl_lite.tools import SearchConfig, build_search

@@ -84,7 +84,7 @@ def run(only: list[str] | None = None, quick: bool = False, output: Path | None 
         betas: list[float] | None = None) -> tuple[dict, Path]:
     """Run the machine section and the benchmarks in `only` (all when None); returns (results, output dir).
     `workloads` / `betas` cut the GRPO benchmark to those workloads (by name) and KL coefficients."""
-    from icrl_lite.model import resolve_device, resolve_dtype
+    from icrl_lite.policy import resolve_device, resolve_dtype
 
     unknown = sorted(set(only or ()) - set(BENCHMARKS))
     if unknown:

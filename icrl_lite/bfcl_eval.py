@@ -36,7 +36,7 @@ from tqdm import tqdm
 from .bfcl import (CATEGORIES, DECODES, category_size, check, decode_python_calls, decode_toolrl_calls, format_summary,
                    format_table, load_category, summarize)
 from .evaluate import load_for_inference
-from .model import ModelConfig
+from .policy import ModelConfig
 from .prompts import fill, render_prompt
 from .rollout import RolloutConfig, RolloutEngine
 from .tasks.fc import FUNCTION_INSTRUCTION

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .checkpoints import resolve_checkpoint
 from .config import apply, read_config_file
 from .curriculum import DEMO_CHOICES, choose_demos
-from .model import ModelConfig, load_policy
+from .policy import ModelConfig, load_policy
 from .preflight import check_model_source
 from .prompts import build_messages, render_prompt
 from .rewards import answer_in_text, extract_answer, normalize_answer

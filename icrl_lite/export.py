@@ -32,7 +32,7 @@ def export(checkpoint: str | Path, output: str | Path, merge: bool = False, dtyp
     model's own dtype) | fp32 | bf16 | fp16. An existing non-empty `output` is refused unless `force`, which
     replaces it. Returns the checkpoint exported.
     """
-    from .model import load_tokenizer, resolve_model_path
+    from .policy import load_tokenizer, resolve_model_path
     from .preflight import check_model_source
     from .trainer import run_config
 

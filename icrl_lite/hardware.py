@@ -6,7 +6,7 @@ reason in words. The choices:
 
 - no CUDA GPU: the embedded SmolLM2-135M-Instruct (offline, no download), in the dtype `model.dtype=auto`
   would pick: bf16 when a matmul test finds it >= 1.5x faster than fp32 on this CPU, else fp32
-  (`model.cpu_has_fast_bf16`, the same measurement).
+  (`cpu.cpu_has_fast_bf16`, the same measurement).
 - a GPU before Ampere (compute capability < 8: T4, V100): no native bf16 (a T4 emulates it, several times slower),
   so fp16 compute with dynamic loss scaling; Qwen2.5-1.5B-Instruct (0.5B under 12 GB) with its base in 4-bit
   (QLoRA), so the weights leave the memory to the rollouts' KV cache.
@@ -75,7 +75,8 @@ def detect(device: str = "auto") -> Hardware:
     """The machine: the first CUDA device when there is one (or `device` names one), else the CPU."""
     import torch
 
-    from .model import cpu_has_fast_bf16, resolve_device
+    from .cpu import cpu_has_fast_bf16
+    from .policy import resolve_device
 
     where = resolve_device(device)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

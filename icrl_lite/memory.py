@@ -150,15 +150,15 @@ def estimate_memory(model_config, dtype: torch.dtype = torch.bfloat16, load_in_4
     kv_rows_copy = fed * length * kv_token
     # transformers' sdpa attention on CUDA copies each KV head once per query head (repeat_kv) when it is given a
     # mask: in every rollout forward after the prompt (forced chunks; decode steps too in transformers versions
-    # without its single-query grouped path), one layer at a time. The policy's own attention (model.sdpa_gqa,
+    # without its single-query grouped path), one layer at a time. The policy's own attention (attention.sdpa_gqa,
     # every device) hands grouped heads to the kernel for decode steps and forced chunks of up to 32 positions;
     # longer chunks (most tool outputs) and padded prefills still go through transformers' sdpa: this term.
     repeats = cuda and shape.heads > shape.kv_heads
     repeat_kv = rows * length * 2 * shape.heads * shape.head_dim * s if repeats else 0
-    # model.merged_adapter stashes every adapted base weight for the whole of `generate` (a 4-bit base is not merged)
+    # policy.merged_adapter stashes every adapted base weight for the whole of `generate` (a 4-bit base is not merged)
     merged = merge_lora and not load_in_4bit
     merge_stash = layers * sum(linears[t][0] * linears[t][1] for t in targets) * s if merged else 0
-    # decode.FastDecoder (CPU, merged weights): every linear layer and the LM head fused and reordered, a second copy
+    # cpu.FastDecoder (CPU, merged weights): every linear layer and the LM head fused and reordered, a second copy
     # (where oneDNN does not reorder, the unfused o/down/head are not copied; not built when short of memory)
     decode_weights = (linear_params + v * h) * s if merged and fast_decode and not cuda else 0
     prefill = prompts_per_step * prompt * (4 * h + 3 * i) * s  # one layer's activations for every distinct prompt
@@ -233,7 +233,7 @@ def knobs(cfg, estimate: MemoryEstimate) -> list[str]:
 
 def estimate_for(cfg, prompt_tokens: int | None = None, model_config=None, device: torch.device | None = None) -> MemoryEstimate:
     """`estimate_memory` for a TrainConfig-like `cfg` (model config read from the model's config.json)."""
-    from .model import resolve_device, resolve_dtype, resolve_model_path
+    from .policy import resolve_device, resolve_dtype, resolve_model_path
 
     device = device or resolve_device(cfg.model.device)
     if model_config is None:
@@ -258,7 +258,7 @@ def memory_report(cfg, prompt_tokens: int | None = None, model_config=None, devi
     prompt_tokens: the longest training prompt with the most demonstrations (None: the context budget less the
     response). available: the device's memory in bytes (None: asked from the device).
     """
-    from .model import resolve_device
+    from .policy import resolve_device
 
     device = device or resolve_device(cfg.model.device)
     estimate = estimate_for(cfg, prompt_tokens, model_config, device)

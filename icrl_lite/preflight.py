@@ -19,7 +19,7 @@ def check_model_source(name: str) -> None:
     hub fails now with the fix, instead of after transformers' minute of retries; offline (HF_HUB_OFFLINE=1) it
     fails at once.
     """
-    from .model import EMBEDDED
+    from .policy import EMBEDDED
 
     embedded = next(iter(EMBEDDED))
     if name in EMBEDDED:

@@ -24,7 +24,7 @@ from pathlib import Path
 from .checkpoints import resolve_checkpoint
 from .data import load_qa
 from .evaluate import EvalConfig, intervals, load_for_inference, run_eval, use_run_settings
-from .model import ModelConfig
+from .policy import ModelConfig
 from .rollout import RolloutConfig
 from .study import write_json
 from .tasks import setup_task

@@ -30,8 +30,9 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .decode import FastDecoder
-from .model import chosen_logprobs, decoder, generation_mode, merged_adapter, run_decoder
+from .cpu import FastDecoder
+from .logprobs import chosen_logprobs
+from .policy import decoder, generation_mode, merged_adapter, run_decoder
 from .prompts import INVALID_ACTION
 from .tools import Tool, find_call
 
@@ -64,7 +65,7 @@ class RolloutConfig:
     """Decode with the LoRA adapter merged into the base weights (~2x faster; weights restored exactly). Training
     corrects for the tiny merged/unmerged difference: the loss's ratio is taken against the sampler's own log-probs."""
     fast_decode: bool = True
-    """Run decode steps through `icrl_lite.decode.FastDecoder` (fused, prepacked weights; CPU, Llama-family models,
+    """Run decode steps through `icrl_lite.cpu.FastDecoder` (fused, prepacked weights; CPU, Llama-family models,
     merged or no LoRA) instead of transformers' forward; anything it does not cover falls back by itself."""
     shared_prefix_min: int = 64
     """Prompts of one batch that share at least this many leading tokens (the same demonstrations) run that

@@ -46,7 +46,7 @@ from .config import CONFIG_DIR, apply, load_config, to_dict
 from .curriculum import Curriculum
 from .evaluate import HOP_KEY, EvalConfig, bootstrap_ci, evaluate
 from .plots import read_metrics
-from .model import load_tokenizer
+from .policy import load_tokenizer
 from .rollout import demo_budget_problems
 from .tasks import get_task, setup_task
 from .trainer import TrainConfig, Trainer, latest_checkpoint

@@ -48,9 +48,9 @@ from .config import changed_keys, save_config, to_dict
 from .curriculum import DEMO_CHOICES, Curriculum, choose_demos
 from .evaluate import EvalConfig, by_hops, intervals, mean_metrics, run_eval, score
 from .grpo import SCALE_REWARDS, group_advantages, group_spread, grpo_loss, shaped_offpolicy_loss
+from .logprobs import SharedPrefix, checkpoints_layers, response_logprobs
 from .memory import memory_report
-from .model import (LossScaler, ModelConfig, SharedPrefix, checkpoints_layers, load_policy, load_tokenizer, reference_mode,
-                    response_logprobs)
+from .policy import LossScaler, ModelConfig, load_policy, load_tokenizer, reference_mode
 from .preflight import check_model_source, check_output_dir
 from .prompts import build_messages, render_prompt
 from .rollout import (Rollout, RolloutConfig, demo_budget_problems, shared_prefix_length,

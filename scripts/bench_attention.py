@@ -1,4 +1,4 @@
-"""Decode attention on a CPU: torch's fused kernel vs `model.grouped_attention`, and what it does to rollouts.
+"""Decode attention on a CPU: torch's fused kernel vs `attention.grouped_attention`, and what it does to rollouts.
 
     python scripts/bench_attention.py              # the attention call alone, then SmolLM2 rollouts (bf16)
     python scripts/bench_attention.py --calls-only
@@ -16,8 +16,8 @@ import time
 
 import torch
 
-import icrl_lite.model as model_module
-from icrl_lite.model import grouped_attention
+from icrl_lite import cpu
+from icrl_lite.attention import grouped_attention
 
 
 def time_call(fn, reps: int = 10) -> float:
@@ -44,7 +44,7 @@ def calls() -> None:
 
 def rollouts(rounds: int = 2) -> None:
     from icrl_lite.data import bundled_qa_path, load_qa
-    from icrl_lite.model import ModelConfig, load_policy
+    from icrl_lite.policy import ModelConfig, load_policy
     from icrl_lite.prompts import build_messages, render_prompt
     from icrl_lite.rollout import RolloutConfig, RolloutEngine
 
@@ -53,16 +53,16 @@ def rollouts(rounds: int = 2) -> None:
     engine = RolloutEngine(model, tok, [], RolloutConfig(temperature=0.0, max_turns=0, max_turn_tokens=96,
                                                          max_response_tokens=97), final_stops=[])
     engine.eos_ids = set()  # every rollout decodes exactly 96 tokens
-    default, outputs = model_module.short_query_on_cpu, {}
+    default, outputs = cpu.short_query_fits, {}
     for _ in range(rounds):
         for name in ("kernel", "matmuls"):
-            model_module.short_query_on_cpu = default if name == "matmuls" else (lambda *a, **k: False)
+            cpu.short_query_fits = default if name == "matmuls" else (lambda *a, **k: False)
             start = time.perf_counter()
             out = engine.generate(prompts, 2)
             seconds = time.perf_counter() - start
             outputs[name] = [r.response_ids for r in out]
             print(f"{name:8} {sum(r.sampled_tokens for r in out) / seconds:6.1f} generated tok/s")
-    model_module.short_query_on_cpu = default
+    cpu.short_query_fits = default
     same = sum(a == b for a, b in zip(outputs["kernel"], outputs["matmuls"]))
     print(f"token-identical rollouts: {same} of {len(outputs['kernel'])}")
 

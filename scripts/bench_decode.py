@@ -29,7 +29,7 @@ def seconds(fn, repeat: int = 10) -> float:
 
 
 def linear_layers(dtype: torch.dtype, rows: int, layers: int = 30) -> dict:
-    from icrl_lite.decode import Linear, can_pack
+    from icrl_lite.cpu.decode import Linear, can_pack
 
     shapes = {"q": 576, "k": 192, "v": 192, "o": 576, "gate": 1536, "up": 1536}
     weights = []
@@ -63,7 +63,7 @@ def linear_layers(dtype: torch.dtype, rows: int, layers: int = 30) -> dict:
 def decode_runs(dtype: str, rows: int, tokens: int, rounds: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks`
     import benchmarks.multiturn as multiturn
-    from icrl_lite.model import ModelConfig, load_policy
+    from icrl_lite.policy import ModelConfig, load_policy
     from icrl_lite.prompts import render_prompt
     from icrl_lite.rollout import RolloutConfig, RolloutEngine
     from icrl_lite.tasks import get_task

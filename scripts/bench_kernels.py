@@ -1,4 +1,4 @@
-"""The C++ CPU kernels (icrl_lite/csrc/cpu_kernels.cpp) on and off, alternating in one process.
+"""The C++ CPU kernels (icrl_lite/cpu/csrc/cpu_kernels.cpp) on and off, alternating in one process.
 
     python scripts/bench_kernels.py [--rows 16 32] [--tokens 128] [--steps 6]
 
@@ -31,15 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 @contextmanager
 def kernels_off(off: bool):
     """Every user of the kernels sees none while `off` (the decoder, the LM head, the fused norms and MLPs)."""
-    from icrl_lite import decode, fused, model
+    from icrl_lite import logprobs
+    from icrl_lite.cpu import decode, fused
 
-    saved = decode.cpu_kernels, fused.kernels_for, model.head_kernels
+    saved = decode.cpu_kernels, fused.kernels_for, logprobs.head_kernels
     if off:
-        decode.cpu_kernels, fused.kernels_for, model.head_kernels = (lambda: None), (lambda x: None), (lambda h, w: None)
+        decode.cpu_kernels, fused.kernels_for, logprobs.head_kernels = (lambda: None), (lambda x: None), (lambda h, w: None)
     try:
         yield
     finally:
-        decode.cpu_kernels, fused.kernels_for, model.head_kernels = saved
+        decode.cpu_kernels, fused.kernels_for, logprobs.head_kernels = saved
 
 
 def pure_decode_rates(model, tokenizer, rows: int, tokens: int) -> dict[str, list[float]]:
@@ -58,7 +59,7 @@ def pure_decode_rates(model, tokenizer, rows: int, tokens: int) -> dict[str, lis
 
 
 def head_times(model) -> dict[str, float]:
-    from icrl_lite.model import HEAD_BLOCK, HeadLogprobs
+    from icrl_lite.logprobs import HEAD_BLOCK, HeadLogprobs
 
     torch.manual_seed(0)
     weight = model.get_output_embeddings().weight.detach()
@@ -138,8 +139,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
-    from icrl_lite.kernels import cpu_kernels
-    from icrl_lite.model import ModelConfig, load_policy
+    from icrl_lite.cpu.kernels import cpu_kernels
+    from icrl_lite.policy import ModelConfig, load_policy
 
     if cpu_kernels() is None:
         sys.exit("the kernels are not available here (see the note above): nothing to compare")

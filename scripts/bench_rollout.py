@@ -15,7 +15,7 @@ import time
 import torch
 
 from icrl_lite.data import bundled_qa_path, load_demos, load_qa
-from icrl_lite.model import ModelConfig, load_policy, merged_adapter
+from icrl_lite.policy import ModelConfig, load_policy, merged_adapter
 from icrl_lite.prompts import build_messages, render_prompt
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=1, help="updates_per_step")
     args = parser.parse_args()
 
-    from icrl_lite.model import ModelConfig
+    from icrl_lite.policy import ModelConfig
     from icrl_lite.trainer import LossItem, TrainConfig, Trainer
 
     out = tempfile.mkdtemp(prefix="bench-update-prefix-")

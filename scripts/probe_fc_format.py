@@ -16,7 +16,7 @@ import torch
 
 from icrl_lite.evaluate import load_for_inference
 from icrl_lite.function_calls import parse_response, toolrl_reward
-from icrl_lite.model import ModelConfig
+from icrl_lite.policy import ModelConfig
 from icrl_lite.prompts import build_messages, render_prompt
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 from icrl_lite.tasks import get_task

@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tokenizer():
     """SmolLM2's real tokenizer (from the embedded model's cached conversion)."""
-    from icrl_lite.model import load_tokenizer
+    from icrl_lite.policy import load_tokenizer
 
     return load_tokenizer("smollm2-135m")
 

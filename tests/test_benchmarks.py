@@ -16,7 +16,8 @@ from benchmarks.machine import decode_bound, policy_size
 from benchmarks.multiturn import Episode, Protocol, compare, reencode_rollouts, run_multiturn
 from benchmarks.run import SIZES, run
 from benchmarks.sweep import sweep_points
-from icrl_lite.model import ModelConfig, load_policy, token_logprobs
+from icrl_lite.logprobs import token_logprobs
+from icrl_lite.policy import ModelConfig, load_policy
 from icrl_lite.rollout import Rollout, RolloutConfig, RolloutEngine
 from icrl_lite.tools import Tool
 

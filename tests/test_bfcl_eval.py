@@ -9,7 +9,7 @@ import pytest
 from icrl_lite.bfcl import CATEGORIES, Entry, category_size, summarize
 from icrl_lite.bfcl_eval import (BFCL_SYSTEM_PROMPT, BfclConfig, bfcl_messages, format_report, jsonable, length_batches,
                                 pick, run_bfcl)
-from icrl_lite.model import ModelConfig
+from icrl_lite.policy import ModelConfig
 
 FUNCTIONS = [{"name": "get_weather", "description": "Weather of a city.",
               "parameters": {"type": "dict", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from icrl_lite.config import CONFIG_DIR, load_config
-from icrl_lite.model import ModelConfig, load_policy
+from icrl_lite.policy import ModelConfig, load_policy
 from icrl_lite.rollout import RolloutConfig, RolloutEngine, demo_budget_problems
 from icrl_lite.tasks import setup_task
 from icrl_lite.tools import Tool

@@ -120,7 +120,7 @@ def test_without_memory_each_question_stands_alone(agent):
 
 
 def test_a_checkpoint_chats_with_its_runs_task_budgets_and_corpus(tiny_model_dir, corpus, tmp_path, monkeypatch):
-    from icrl_lite.model import ModelConfig
+    from icrl_lite.policy import ModelConfig
     from icrl_lite.rollout import RolloutConfig
     from icrl_lite.trainer import TrainConfig, Trainer
 

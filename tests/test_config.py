@@ -8,7 +8,7 @@ import pytest
 
 from icrl_lite.config import field_docs, load_config, resolve_config_path
 from icrl_lite.evaluate import EvalConfig
-from icrl_lite.model import ModelConfig
+from icrl_lite.policy import ModelConfig
 from icrl_lite.rollout import RolloutConfig
 from icrl_lite.trainer import TrainConfig
 

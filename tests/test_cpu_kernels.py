@@ -1,4 +1,4 @@
-"""The C++ CPU kernels (icrl_lite/csrc/cpu_kernels.cpp): each kernel against the torch ops it replaces, a whole
+"""The C++ CPU kernels (icrl_lite/cpu/csrc/cpu_kernels.cpp): each kernel against the torch ops it replaces, a whole
 decode step against transformers' forward, the engine and the LM head's log-probs through them, and the fallbacks.
 
 Every branch runs on every kind of CPU: the kernel tests take both builds (`native`: -march=native, vectorised where
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icrl_lite import kernels
-from icrl_lite.decode import FastDecoder
+from icrl_lite.cpu import kernels
+from icrl_lite.cpu.decode import FastDecoder
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 
 from test_decode import count_calls, prefilled, reference_step, tiny
@@ -181,7 +181,8 @@ def test_a_kernel_decode_step_stays_within_bf16_rounding_of_transformers(forced)
 
 
 def test_the_engine_samples_through_the_kernels_and_scores_what_it_samples(forced, tiny_model_dir, monkeypatch):
-    from icrl_lite.model import ModelConfig, load_policy, response_logprobs
+    from icrl_lite.logprobs import response_logprobs
+    from icrl_lite.policy import ModelConfig, load_policy
 
     model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="bf16", device="cpu"))  # the CPU kernels' path
     prompts = [tok("Question: where is the lighthouse?")["input_ids"], tok("A river and its towns?")["input_ids"]]
@@ -220,6 +221,21 @@ def test_a_failed_build_falls_back_to_torch_ops_and_says_why(monkeypatch, capsys
         kernels.cpu_kernels.cache_clear()
 
 
+
+def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_waited_for(tmp_path, capsys):
+    lock = tmp_path / "lock"
+    lock.touch()
+    os.utime(lock, (0, 0))  # created long ago: its build was killed (torch would wait on it forever)
+    kernels.wait_for_build_lock(tmp_path, stale_s=600)
+    assert not lock.exists() and "interrupted" in capsys.readouterr().err
+
+    lock.touch()  # fresh: another process is building; it is waited for, then cleared once stale
+    kernels.wait_for_build_lock(tmp_path, stale_s=1.5)
+    err = capsys.readouterr().err
+    assert not lock.exists() and "waiting for another process's build" in err and "interrupted" in err
+
+    kernels.wait_for_build_lock(tmp_path / "never-built")  # no lock, no folder: nothing to wait for
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_head_lse_is_logsumexp_and_target_logit_of_the_scaled_logits(ext, temperature):
     torch.manual_seed(0)
@@ -253,7 +269,7 @@ def test_head_grad_is_g_times_onehot_minus_softmax_even_for_confident_targets(ex
 
 
 def test_head_logprobs_through_the_kernels_equal_the_torch_path(forced, monkeypatch):
-    from icrl_lite import model as model_module
+    from icrl_lite import logprobs as logprobs_module
 
     torch.manual_seed(0)
     weight = (0.05 * torch.randn(3000, 96)).to(BF16)
@@ -261,13 +277,13 @@ def test_head_logprobs_through_the_kernels_equal_the_torch_path(forced, monkeypa
     targets = torch.randint(0, 3000, (150,))
     grad = torch.randn(150)
     used = []
-    real = model_module.head_kernels
+    real = logprobs_module.head_kernels
     results = {}
     for mode in ("kernels", "torch"):
-        monkeypatch.setattr(model_module, "head_kernels",
+        monkeypatch.setattr(logprobs_module, "head_kernels",
                             (lambda h, w: used.append(1) or real(h, w)) if mode == "kernels" else (lambda h, w: None))
         h = hidden.clone().requires_grad_()
-        logp = model_module.HeadLogprobs.apply(h, weight, targets, 1 / 0.8, 64, False)
+        logp = logprobs_module.HeadLogprobs.apply(h, weight, targets, 1 / 0.8, 64, False)
         logp.backward(grad)
         results[mode] = (logp.detach(), h.grad.float())
     assert len(used) == 2  # forward and backward
@@ -279,7 +295,7 @@ def test_head_logprobs_through_the_kernels_equal_the_torch_path(forced, monkeypa
 def test_rms_norm_function_matches_transformers_forward_and_float64_gradients(ext):
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from icrl_lite.fused import RMSNormFunction
+    from icrl_lite.cpu.fused import RMSNormFunction
 
     torch.manual_seed(0)
     norm = LlamaRMSNorm(100, eps=1e-5).to(BF16)
@@ -297,7 +313,7 @@ def test_rms_norm_function_matches_transformers_forward_and_float64_gradients(ex
 
 
 def test_silu_mul_function_matches_float64_forward_and_gradients(ext):
-    from icrl_lite.fused import SiluMulFunction
+    from icrl_lite.cpu.fused import SiluMulFunction
 
     torch.manual_seed(0)
     gate = (3 * torch.randn(4, 5, 70)).to(BF16).requires_grad_()
@@ -315,8 +331,8 @@ def test_silu_mul_function_matches_float64_forward_and_gradients(ext):
 def test_a_model_through_the_fused_ops_trains_like_transformers_own(forced, monkeypatch):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from icrl_lite import fused as fused_module
-    from icrl_lite.fused import use_fused_ops
+    from icrl_lite.cpu import fused as fused_module
+    from icrl_lite.cpu.fused import use_fused_ops
 
     used = []
     for function in (fused_module.RMSNormFunction, fused_module.SiluMulFunction):

@@ -1,13 +1,14 @@
-"""The lean decode step (icrl_lite.decode.FastDecoder) against transformers' own forward."""
+"""The lean decode step (icrl_lite.cpu.decode.FastDecoder) against transformers' own forward."""
 
 from dataclasses import replace
 
 import pytest
 import torch
 
-from icrl_lite.decode import FastDecoder, Linear, can_pack
-from icrl_lite.model import ModelConfig, load_policy, merged_adapter, run_decoder
-from icrl_lite import decode, rollout
+from icrl_lite import rollout
+from icrl_lite.cpu import decode
+from icrl_lite.cpu.decode import FastDecoder, Linear, can_pack
+from icrl_lite.policy import ModelConfig, load_policy, merged_adapter, run_decoder
 from icrl_lite.rollout import RolloutConfig, RolloutEngine, SlabLayer, chosen_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,7 +122,7 @@ def test_unmerged_lora_and_unknown_architectures_fall_back(tiny_model_dir):
 
 
 def test_no_copy_of_the_weights_when_memory_is_short(monkeypatch):
-    import icrl_lite.decode as decode
+    import icrl_lite.cpu.decode as decode
 
     model = tiny("llama", vocab=300)
     weights = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, torch.nn.Linear))

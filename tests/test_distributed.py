@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from icrl_lite import distributed
 from icrl_lite import trainer as trainer_module
-from icrl_lite.model import ModelConfig
+from icrl_lite.policy import ModelConfig
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 from icrl_lite.trainer import TrainConfig, Trainer
 

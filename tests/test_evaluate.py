@@ -7,9 +7,9 @@ import json
 import pytest
 
 from icrl_lite.evaluate import EvalConfig, evaluate, run_eval, score
-from icrl_lite.model import ModelConfig, load_policy
-from icrl_lite.rollout import Rollout, RolloutConfig
+from icrl_lite.policy import ModelConfig, load_policy
 from icrl_lite.prompts import SEARCH_INSTRUCTION
+from icrl_lite.rollout import Rollout, RolloutConfig
 from icrl_lite.tasks import get_task
 from icrl_lite.tools import BM25Search, Tool
 from icrl_lite.trainer import TrainConfig, Trainer

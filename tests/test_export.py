@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from icrl_lite.cli import main
-from icrl_lite.model import ModelConfig
-from icrl_lite.rollout import RolloutConfig
 from icrl_lite.evaluate import load_for_inference
+from icrl_lite.policy import ModelConfig
+from icrl_lite.rollout import RolloutConfig
 from icrl_lite.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

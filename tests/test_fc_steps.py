@@ -11,7 +11,7 @@ import pytest
 from scripted_head import Scripted
 
 from icrl_lite.function_calls import parse_response, steps_format_reward, toolrl_reward
-from icrl_lite.model import ModelConfig, load_policy
+from icrl_lite.policy import ModelConfig, load_policy
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 from icrl_lite.tasks import setup_task
 from icrl_lite.tools.functions import execute_calls, load_implementations

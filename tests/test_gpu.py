@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from benchmarks.gpu_check import record_longest_prompt
+from icrl_lite.logprobs import SharedPrefix, response_logprobs
 from icrl_lite.memory import estimate_for
-from icrl_lite.model import ModelConfig, SharedPrefix, cuda_has_native_bf16, load_policy, response_logprobs
+from icrl_lite.policy import ModelConfig, cuda_has_native_bf16, load_policy
 from icrl_lite.rollout import RolloutConfig
 from icrl_lite.trainer import TrainConfig, Trainer
 

@@ -1,4 +1,4 @@
-"""The GPU path of model.py, tested with CPU stand-ins: gradient checkpointing on the tiny model, mocked CUDA
+"""The GPU path of the policy (policy.py, attention.py, logprobs.py), tested with CPU stand-ins: gradient checkpointing on the tiny model, mocked CUDA
 capabilities for the dtype choice, fp16 on the CPU for loss scaling, a 16-bit stand-in for the 4-bit base."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ import types
 import pytest
 import torch
 
-from icrl_lite import model as model_module
-from icrl_lite.model import (
-    LossScaler, ModelConfig, cpu_has_fast_bf16, decoder, generation_mode, load_policy, lora_targets, prepare_base,
-    resolve_dtype, response_logprobs, run_decoder,
-)
+from icrl_lite import attention as attention_module
+from icrl_lite import policy as policy_module
+from icrl_lite.cpu import bf16 as cpu_bf16
+from icrl_lite.cpu import cpu_has_fast_bf16
+from icrl_lite.logprobs import response_logprobs
+from icrl_lite.policy import (LossScaler, ModelConfig, decoder, generation_mode, load_policy, lora_targets,
+                              prepare_base, resolve_dtype, run_decoder)
 
 CUDA = torch.device("cuda", 0)
 PROJECTIONS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -102,7 +104,7 @@ def cpu_timings(monkeypatch):
     calls = []
 
     def set_timings(seconds: dict) -> list:
-        monkeypatch.setattr(model_module, "matmul_seconds", lambda dtype, **kw: calls.append(dtype) or seconds[dtype])
+        monkeypatch.setattr(cpu_bf16, "matmul_seconds", lambda dtype, **kw: calls.append(dtype) or seconds[dtype])
         return calls
 
     monkeypatch.delenv("ICRL_LITE_CPU_BF16", raising=False)
@@ -299,7 +301,7 @@ def fake_unsloth(monkeypatch):
 
 
 def test_backend_unsloth_is_refused_with_the_reason_and_the_fix(fake_unsloth, monkeypatch, tiny_model_dir):
-    monkeypatch.setattr(model_module, "resolve_device", lambda device: CUDA)
+    monkeypatch.setattr(policy_module, "resolve_device", lambda device: CUDA)
     with pytest.raises(ValueError, match="bypasses the KV cache.*use model.backend=auto.*load_in_4bit=true"):
         load_policy(ModelConfig(name=str(tiny_model_dir), dtype="fp32", backend="unsloth", load_in_4bit=True),
                     max_seq_length=1536)
@@ -329,25 +331,25 @@ def test_generation_mode_of_a_plain_model_is_eval_then_back():
 
 def test_a_cuda_run_asks_for_expandable_allocator_segments_unless_the_user_chose(monkeypatch):
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
-    model_module.expandable_cuda_segments()
-    assert model_module.os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    policy_module.expandable_cuda_segments()
+    assert policy_module.os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
-    model_module.expandable_cuda_segments()
-    assert model_module.os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+    policy_module.expandable_cuda_segments()
+    assert policy_module.os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
 
 
 def test_load_policy_sets_the_allocator_before_loading_on_cuda(monkeypatch):
     calls = []
-    monkeypatch.setattr(model_module, "resolve_device", lambda device: torch.device("cuda"))
-    monkeypatch.setattr(model_module, "expandable_cuda_segments", lambda: calls.append("allocator"))
+    monkeypatch.setattr(policy_module, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(policy_module, "expandable_cuda_segments", lambda: calls.append("allocator"))
 
     def stop(*args, **kwargs):  # nothing past the dtype is needed to see the order
         calls.append("dtype")
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(model_module, "resolve_dtype", stop)
+    monkeypatch.setattr(policy_module, "resolve_dtype", stop)
     with pytest.raises(RuntimeError, match="stop"):
-        model_module.load_policy(model_module.ModelConfig(dtype="fp32"))
+        policy_module.load_policy(policy_module.ModelConfig(dtype="fp32"))
     assert calls == ["allocator", "dtype"]
 
 
@@ -360,7 +362,7 @@ def gpu_attention_path(monkeypatch, tiny_model_dir):
     from transformers.integrations import sdpa_attention
 
     calls = []
-    grouped, fused = model_module.grouped_attention, sdpa_attention.sdpa_attention_forward
+    grouped, fused = attention_module.grouped_attention, sdpa_attention.sdpa_attention_forward
 
     def spy_grouped(query, key, *args, **kwargs):
         calls.append(("grouped", key.shape[1], query.shape[2]))
@@ -370,11 +372,11 @@ def gpu_attention_path(monkeypatch, tiny_model_dir):
         calls.append(("fused", key.shape[1], query.shape[2]))
         return fused(module, query, key, *args, **kwargs)
 
-    monkeypatch.setattr(model_module, "attends_on_cpu", lambda query: False)
-    monkeypatch.setattr(model_module, "grouped_attention", spy_grouped)
+    monkeypatch.setattr(attention_module, "attends_on_cpu", lambda query: False)
+    monkeypatch.setattr(attention_module, "grouped_attention", spy_grouped)
     monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy_fused)
     policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
-                                                  attn_implementation=model_module.register_attention())
+                                                  attn_implementation=attention_module.register_attention())
     eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
     return policy.eval(), eager.eval(), calls
 
@@ -390,11 +392,11 @@ def prefill_and_decode(model, prompts: list[list[int]], token: int) -> tuple[tor
     cache = DynamicCache()
     with torch.no_grad():
         first = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                      **{model_module.cache_keyword(type(model)): cache}).logits[:, -1]
+                      **{policy_module.cache_keyword(type(model)): cache}).logits[:, -1]
         mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=torch.long)], dim=1)  # (B, P + 1)
         step = model(input_ids=torch.full((len(prompts), 1), token), attention_mask=mask,
                      position_ids=torch.tensor([[len(p)] for p in prompts]),
-                     **{model_module.cache_keyword(type(model)): cache}).logits[:, -1]
+                     **{policy_module.cache_keyword(type(model)): cache}).logits[:, -1]
     return first, step
 
 
@@ -411,7 +413,7 @@ def test_gpu_path_decodes_on_unrepeated_kv_heads_as_eager_attention_does(gpu_att
 
 def test_gpu_path_keeps_the_fused_kernel_for_long_queries(gpu_attention_path):
     policy, eager, calls = gpu_attention_path
-    prompts = [list(range(5, 5 + model_module.SHORT_QUERY + 8)), list(range(100, 135))]  # past SHORT_QUERY, padded
+    prompts = [list(range(5, 5 + attention_module.SHORT_QUERY + 8)), list(range(100, 135))]  # past SHORT_QUERY, padded
     got = prefill_and_decode(policy, prompts, token=7)
     assert [c[0] for c in calls] == ["fused", "fused", "grouped", "grouped"]  # the prefill, then the decode step
     assert all(c[1] == policy.config.num_key_value_heads for c in calls if c[0] == "grouped")
@@ -439,10 +441,10 @@ def decode_attention_inputs(scale: float) -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_path_decode_attention_in_half_precision_matches_fp32(monkeypatch, dtype):
-    monkeypatch.setattr(model_module, "attends_on_cpu", lambda query: False)
+    monkeypatch.setattr(attention_module, "attends_on_cpu", lambda query: False)
     query, key, value, mask = (t.to(dtype) if t.is_floating_point() else t for t in decode_attention_inputs(1.0))
     with torch.no_grad():
-        got, _ = model_module.sdpa_gqa(types.SimpleNamespace(training=False), query, key, value, mask)  # (B, 1, H, d)
+        got, _ = attention_module.sdpa_gqa(types.SimpleNamespace(training=False), query, key, value, mask)  # (B, 1, H, d)
     expected = torch.nn.functional.scaled_dot_product_attention(query.float(), key.float(), value.float(),
                                                                 attn_mask=mask, enable_gqa=True).transpose(1, 2)
     assert got.dtype == dtype
@@ -450,11 +452,11 @@ def test_gpu_path_decode_attention_in_half_precision_matches_fp32(monkeypatch, d
 
 
 def test_gpu_path_fp16_scores_do_not_overflow_where_the_unscaled_dot_products_would(monkeypatch):
-    monkeypatch.setattr(model_module, "attends_on_cpu", lambda query: False)
+    monkeypatch.setattr(attention_module, "attends_on_cpu", lambda query: False)
     query, key, value, mask = (t.half() if t.is_floating_point() else t for t in decode_attention_inputs(100.0))
     assert torch.isinf(query @ key.repeat_interleave(4, dim=1).transpose(-1, -2)).any()  # q.k past 65,504
     with torch.no_grad():
-        got, _ = model_module.sdpa_gqa(types.SimpleNamespace(training=False), query, key, value, mask)
+        got, _ = attention_module.sdpa_gqa(types.SimpleNamespace(training=False), query, key, value, mask)
     assert torch.isfinite(got).all()
 
 
@@ -463,19 +465,19 @@ def test_a_cuda_base_loads_straight_onto_the_gpu(monkeypatch, tiny_model_dir, fo
     from transformers import AutoModelForCausalLM
 
     asked = {}
-    monkeypatch.setattr(model_module, "resolve_device", lambda device: torch.device("cuda", 0))
-    monkeypatch.setattr(model_module, "resolve_dtype", lambda dtype, device: torch.bfloat16)
-    monkeypatch.setattr(model_module, "expandable_cuda_segments", lambda: None)
+    monkeypatch.setattr(policy_module, "resolve_device", lambda device: torch.device("cuda", 0))
+    monkeypatch.setattr(policy_module, "resolve_dtype", lambda dtype, device: torch.bfloat16)
+    monkeypatch.setattr(policy_module, "expandable_cuda_segments", lambda: None)
 
     def from_pretrained(path, **kwargs):  # what transformers is asked for is the point; stop there
         asked.update(kwargs)
         raise RuntimeError("stop")
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
-    find_spec = model_module.importlib.util.find_spec
-    monkeypatch.setattr(model_module.importlib.util, "find_spec",  # bitsandbytes "installed"
+    find_spec = policy_module.importlib.util.find_spec
+    monkeypatch.setattr(policy_module.importlib.util, "find_spec",  # bitsandbytes "installed"
                         lambda name, *args: object() if name == "bitsandbytes" else find_spec(name, *args))
     with pytest.raises(RuntimeError, match="stop"):
-        model_module.load_policy(model_module.ModelConfig(name=str(tiny_model_dir), load_in_4bit=four_bit))
+        policy_module.load_policy(policy_module.ModelConfig(name=str(tiny_model_dir), load_in_4bit=four_bit))
     assert asked["device_map"] == {"": "cuda:0"}  # not loaded in host memory, then moved
     assert ("quantization_config" in asked) == four_bit

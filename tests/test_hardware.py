@@ -68,14 +68,14 @@ def test_detect_reads_the_gpu_name_capability_and_memory(monkeypatch):
     assert recommend(found).overrides["model.dtype"] == "fp16"
 
 
-def test_detect_on_a_cpu_uses_the_dtype_measurement_of_model_py(monkeypatch):
+def test_detect_on_a_cpu_uses_the_policys_dtype_measurement(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv("ICRL_LITE_CPU_BF16", "1")  # model.cpu_has_fast_bf16's override of its measurement
-    from icrl_lite import model
+    monkeypatch.setenv("ICRL_LITE_CPU_BF16", "1")  # cpu.cpu_has_fast_bf16's override of its measurement
+    from icrl_lite import cpu
 
-    model.cpu_has_fast_bf16.cache_clear()
+    cpu.cpu_has_fast_bf16.cache_clear()
     try:
         found = detect()
     finally:
-        model.cpu_has_fast_bf16.cache_clear()
+        cpu.cpu_has_fast_bf16.cache_clear()
     assert found.device == "cpu" and found.cpu_fast_bf16 is True and found.cores >= 1

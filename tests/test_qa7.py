@@ -11,7 +11,7 @@ import pytest
 from icrl_lite import qa7
 from icrl_lite.cli import main
 from icrl_lite.data import SEARCH_R1_TRAIN, load_qa
-from icrl_lite.model import ModelConfig
+from icrl_lite.policy import ModelConfig
 from icrl_lite.qa7 import BENCHMARKS, FLASHRAG, QA7, Qa7Config, format_table, load_benchmark, run_qa7
 from icrl_lite.rollout import RolloutConfig
 

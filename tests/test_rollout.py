@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from icrl_lite.model import ModelConfig, load_policy
+from icrl_lite.policy import ModelConfig, load_policy
 from icrl_lite.prompts import INVALID_ACTION
 from icrl_lite.rollout import RolloutConfig, RolloutEngine, sample
 from icrl_lite.tools import Tool
@@ -122,7 +122,7 @@ def test_merged_generation_leaves_base_weights_bit_exact(tiny_model_dir):
 def test_a_disabled_adapter_is_not_merged_so_the_reference_policy_samples_from_the_exact_base(tiny_model_dir):
     # PEFT merges a disabled adapter too, and its disabled forward then unmerges it in place: in bf16 the base
     # weights became round(round(W + delta) - delta), not W, and the "untrained" evaluation ran a perturbed base
-    from icrl_lite.model import reference_mode
+    from icrl_lite.policy import reference_mode
 
     model, tok = load_policy(ModelConfig(name=str(tiny_model_dir), dtype="bf16"))
     generator = torch.Generator().manual_seed(0)
@@ -204,7 +204,7 @@ def assert_equal_up_to_summation_order(actual: torch.Tensor, expected: torch.Ten
 
 
 def test_shared_prompt_logprobs_equal_full_sequence_logprobs_and_gradients(tiny_model_dir):
-    from icrl_lite.model import response_logprobs, sequence_logprobs
+    from icrl_lite.logprobs import response_logprobs, sequence_logprobs
 
     torch.manual_seed(0)  # LoRA's A matrices are drawn from the global generator
     model, tok, _ = load(tiny_model_dir)

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from icrl_lite.model import ModelConfig, SharedPrefix, decoder, load_policy, response_logprobs
+from icrl_lite.logprobs import SharedPrefix, response_logprobs
+from icrl_lite.policy import ModelConfig, decoder, load_policy
 from icrl_lite.rollout import Rollout, RolloutConfig
 from icrl_lite.trainer import LossItem, TrainConfig, Trainer
 from seeded import generator_for

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from icrl_lite.model import ModelConfig, load_policy
+from icrl_lite.policy import ModelConfig, load_policy
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 from icrl_lite.tasks import TASKS, build_tools, get_task, load_plugins, register_task, setup_task
 from icrl_lite.tools import PythonConfig, SearchConfig, Tool, available_tools, register_tool

@@ -15,7 +15,7 @@ import pytest
 from icrl_lite import tracking
 from icrl_lite.cli import main
 from icrl_lite.config import load_config
-from icrl_lite.model import ModelConfig
+from icrl_lite.policy import ModelConfig
 from icrl_lite.rollout import RolloutConfig
 from icrl_lite.tracking import open_tracker
 from icrl_lite.trainer import TrainConfig, Trainer

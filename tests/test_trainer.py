@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from icrl_lite import trainer as trainer_module
-from icrl_lite.model import ModelConfig
+from icrl_lite.policy import ModelConfig
 from icrl_lite.rollout import Rollout, RolloutConfig
 from icrl_lite.trainer import LossItem
 from icrl_lite.trainer import TrainConfig, Trainer, latest_checkpoint, loss_mask

@@ -4,8 +4,11 @@ HalfAttention (attention with gradients as half-precision matmuls)."""
 import pytest
 import torch
 
-import icrl_lite.model as model_module
-from icrl_lite.model import HeadLogprobs, half_attention_on_cpu, sdpa_gqa, token_logprobs
+from icrl_lite import logprobs as logprobs_module
+from icrl_lite.attention import sdpa_gqa
+from icrl_lite.cpu import attention as cpu_attention
+from icrl_lite.cpu.attention import half_attention_on_cpu
+from icrl_lite.logprobs import HeadLogprobs, token_logprobs
 
 
 def reference(weight, hidden, targets, temperature):
@@ -16,7 +19,7 @@ def reference(weight, hidden, targets, temperature):
 @pytest.mark.parametrize("chunk", [1024, 16])  # the softmax kept for the backward (150 positions x 4 <= 4 x 1024), and not
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
 def test_values_and_input_gradients_equal_autograd(temperature, chunk, monkeypatch):
-    monkeypatch.setattr(model_module, "KEEP_SOFTMAX", True)
+    monkeypatch.setattr(logprobs_module, "KEEP_SOFTMAX", True)
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 300, bias=False)
     head.weight.requires_grad_(False)
@@ -49,7 +52,7 @@ def test_confident_tokens_keep_their_gradient_in_bf16(monkeypatch):
     """A bf16 head whose targets are mostly likely (p up to 1 - 1e-5): the target's gradient entry g (1 - p) must not
     cancel in bf16 (1 - 0.999 rounds to 0 there). With the softmax kept (chunk 1024) the gradients equal those of
     the recomputing path (chunk 16), and within bf16 rounding of fp64 autograd."""
-    monkeypatch.setattr(model_module, "KEEP_SOFTMAX", True)
+    monkeypatch.setattr(logprobs_module, "KEEP_SOFTMAX", True)
     torch.manual_seed(0)
     weight = torch.randn(300, 16)
     targets = torch.randint(0, 300, (4, 64))
@@ -84,7 +87,7 @@ def test_the_softmax_is_recomputed_by_default():
 def test_the_softmax_is_kept_only_within_one_chunks_fp32_logits(chunk, kept, monkeypatch):
     """2 x 64 positions of a bf16 head: their softmax (2 bytes each) is kept when it fits in chunk x 4 bytes per
     vocabulary entry; otherwise nothing of vocabulary size is saved for the backward."""
-    monkeypatch.setattr(model_module, "KEEP_SOFTMAX", True)
+    monkeypatch.setattr(logprobs_module, "KEEP_SOFTMAX", True)
     head = torch.nn.Linear(16, 300, bias=False).to(torch.bfloat16).requires_grad_(False)
     hidden = torch.randn(2, 64, 16, dtype=torch.bfloat16, requires_grad=True)
     saved = []
@@ -129,13 +132,13 @@ def attention_and_grads(query, key, value, mask, dtype):
                                                      (300, 300, 0)])
 @pytest.mark.parametrize("block_bytes, causal_block", [(16 << 20, 256), (16 << 20, 7), (1, 256)])  # 1: one row
 def test_half_attention_matches_fp64_attention(monkeypatch, q_len, k_len, left_pad, block_bytes, causal_block):
-    monkeypatch.setattr(model_module, "HALF_ATTENTION_BLOCK", block_bytes)
-    monkeypatch.setattr(model_module, "CAUSAL_BLOCK", causal_block)
+    monkeypatch.setattr(cpu_attention, "HALF_ATTENTION_BLOCK", block_bytes)
+    monkeypatch.setattr(cpu_attention, "CAUSAL_BLOCK", causal_block)
     query, key, value, mask = attention_case(q_len, k_len, left_pad)
     assert half_attention_on_cpu(query.bfloat16().requires_grad_(), key, mask, 0.0)
     calls = []
-    real = model_module.HalfAttention.apply
-    monkeypatch.setattr(model_module.HalfAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    real = cpu_attention.HalfAttention.apply
+    monkeypatch.setattr(cpu_attention.HalfAttention, "apply", lambda *a: calls.append(1) or real(*a))
     ours = attention_and_grads(query, key, value, mask, torch.bfloat16)
     assert calls  # bf16 with gradients took HalfAttention
     exact = attention_and_grads(query, key, value, mask, torch.float64)  # fp64: torch's kernel

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from icrl_lite import trainer as trainer_module
-from icrl_lite.model import ModelConfig, response_logprobs
+from icrl_lite.logprobs import response_logprobs
+from icrl_lite.policy import ModelConfig
 from icrl_lite.rollout import RolloutConfig
 from icrl_lite.trainer import LossItem, TrainConfig, Trainer
 from seeded import generator_for

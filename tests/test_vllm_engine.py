@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from icrl_lite import vllm_engine
-from icrl_lite.model import ModelConfig, load_policy, reference_mode
+from icrl_lite.policy import ModelConfig, load_policy, reference_mode
 from icrl_lite.prompts import INVALID_ACTION
 from icrl_lite.rollout import RolloutConfig, RolloutEngine
 from icrl_lite.tools import Tool

@@ -2,7 +2,7 @@
 
 In the update, transformers' RMSNorm is ~8 ops forward and ~12 backward over fp32 copies of the activations, and
 `silu(gate) * up` another ~6; at 4 x 129 positions of a 576-wide model that was ~0.3 s of a 3.6 s update on a
-2-core EPYC. The kernels (`icrl_lite.kernels`) do each in one pass forward and one backward, fp32 inside, with one
+2-core EPYC. The kernels (`icrl_lite.cpu.kernels`) do each in one pass forward and one backward, fp32 inside, with one
 rounding to bf16 per output. `use_fused_ops` routes a model's norms and MLPs through them; each call still runs
 transformers' own forward where they do not apply (another dtype or device, a trainable norm weight, the kernels
 not built).

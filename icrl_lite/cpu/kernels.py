@@ -1,5 +1,5 @@
 """Optional C++ kernels for bf16 on a CPU (`csrc/cpu_kernels.cpp`): decode steps (`decode.FastDecoder`) and the LM head's
-log-probs in training (`model.HeadLogprobs`), built on first use by torch's cpp_extension.
+log-probs in training (`logprobs.HeadLogprobs`), built on first use by torch's cpp_extension.
 
 They need a C++ compiler and ninja (`pip install ninja` if the system has none); the build (~20 s) happens once per
 machine and torch version and is cached under torch's extension directory (TORCH_EXTENSIONS_DIR). Where the build
@@ -24,6 +24,7 @@ import hashlib
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
@@ -39,7 +40,7 @@ def mode() -> str:
     value = os.environ.get("ICRL_LITE_KERNELS", "auto").strip().lower() or "auto"
     if value not in MODES:
         raise ValueError(f"ICRL_LITE_KERNELS={value!r} is not one of 1/auto (default), 0/off, always, portable: "
-                         "see icrl_lite/kernels.py")
+                         "see icrl_lite/cpu/kernels.py")
     return MODES[value]
 
 
@@ -67,6 +68,33 @@ def build_name(flags: list[str]) -> str:
     return "icrl_lite_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+STALE_LOCK_S = 600  # a build takes ~20 s (minutes on a loaded machine): a lock older than this was left by a killed one
+
+
+def wait_for_build_lock(folder: Path, stale_s: float = STALE_LOCK_S) -> None:
+    """Wait while another process may be building into `folder`, then clear a lock that a killed build left.
+
+    torch's cpp_extension takes `<build dir>/lock` for a build and waits for it without end: a build killed midway
+    (Ctrl-C, a timeout) left it behind, and every later process that wanted the kernels hung. A lock younger than
+    `stale_s` is waited for (another process is building); an older one is removed, with a note."""
+    lock, told = folder / "lock", False
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > stale_s:
+            print(f"[icrl-lite] removing {lock}: a build of the C++ CPU kernels was interrupted {age / 60:.0f} min "
+                  "ago and left it", file=sys.stderr)
+            lock.unlink(missing_ok=True)
+            return
+        if not told:
+            print(f"[icrl-lite] waiting for another process's build of the C++ CPU kernels ({lock}); if none is "
+                  f"running, it is cleared {stale_s - age:.0f} s from now", file=sys.stderr)
+            told = True
+        time.sleep(1)
+
+
 def build(flags: list[str] | None = None):
     """Compile (or load the cached build of) the kernels with these compiler flags; raises when that fails."""
     from torch.utils import cpp_extension
@@ -74,9 +102,12 @@ def build(flags: list[str] | None = None):
     flags = FLAGS if flags is None else flags
     name = build_name(flags)
     try:
-        built = any(Path(cpp_extension._get_build_directory(name, verbose=False)).glob("*.so"))
-    except Exception:  # a private helper of torch's: only the message depends on it
-        built = True
+        folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:  # a private helper of torch's: only the lock check and the message depend on it
+        folder = None
+    if folder is not None:
+        wait_for_build_lock(folder)
+    built = folder is None or any(folder.glob("*.so"))
     if not built:
         print("[icrl-lite] building the C++ CPU kernels (once per machine and torch version, ~20 s)", file=sys.stderr)
     return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],

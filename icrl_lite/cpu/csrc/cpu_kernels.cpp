@@ -1,5 +1,5 @@
 // Fused CPU kernels for bf16 on AVX-512 BF16: one decode step of a Llama-family model (icrl_lite.decode.FastDecoder)
-// and the LM head's softmax passes in training (icrl_lite.model.HeadLogprobs).
+// and the LM head's softmax passes in training (icrl_lite.logprobs.HeadLogprobs).
 //
 // A decode step at 16-32 rows is ~120 matmuls (left to oneDNN) and, through torch, ~1,100 small ops: RMSNorm,
 // rotary, the cache write, attention as two batched matmuls with a softmax between, residual adds, SiLU. Each small
@@ -361,7 +361,7 @@ torch::Tensor attention(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
 }
 
 
-// ---- the LM head's log-probs in training (icrl_lite.model.HeadLogprobs) ---------------------------------------
+// ---- the LM head's log-probs in training (icrl_lite.logprobs.HeadLogprobs) ---------------------------------------
 //
 // For a block of positions the head's bf16 logits (b, V) (as F.linear returns them) go through one pass each way
 // instead of torch's ~4 forward and ~6 backward passes over fp32 copies: forward, the log-sum-exp of scale * logits

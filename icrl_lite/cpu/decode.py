@@ -13,7 +13,7 @@ layer, module dispatch), and the matmuls themselves ran slowly because oneDNN re
   bf16 matmul copies a view of part of it, which cost more than the attention itself;
 - the attention mask and rotary embedding built once per step, not once per layer;
 - a prompt prefix shared by every row (the step's demonstrations) attended as one block (`cascade_attention`);
-- in bf16, where the C++ kernels are built (`icrl_lite.kernels`), the rest of each layer in three kernel calls
+- in bf16, where the C++ kernels are built (`icrl_lite.cpu.kernels`), the rest of each layer in three kernel calls
   (`kernel_step`: RMSNorm with the residual add, rotary + cache write + attention, SiLU x up): 14.0-14.5 vs
   18.4-19.1 ms a step at 16 rows (docs/performance.md, fifth pass). Steps with a shared prefix keep the torch ops.
 
@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from .kernels import cpu_kernels
-from .model import decoder
 
 SUPPORTED = ("llama", "qwen2", "qwen3")  # RMSNorm, rotary, SiLU-gated MLP, full attention; qwen3 adds q/k norms
 
@@ -180,6 +179,8 @@ class FastDecoder:
     @classmethod
     def build(cls, model) -> "FastDecoder | None":
         """A decoder for `model` as it computes now, or None when the lean step does not cover it."""
+        from ..policy import decoder  # here: the policy imports this package
+
         cfg = model.config
         device = model.device
         body = decoder(model)
@@ -253,7 +254,7 @@ class FastDecoder:
 
     def kernel_step(self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                     cache) -> torch.Tensor:
-        """`__call__` through the C++ kernels (`icrl_lite.kernels`): per layer, the four fused linears and three
+        """`__call__` through the C++ kernels (`icrl_lite.cpu.kernels`): per layer, the four fused linears and three
         kernel calls (RMSNorm with the residual add before it, attention with rotary and the cache write, SiLU x up).
         The cache's layers are `rollout.SlabLayer`s: each step's keys/values are written into the slab's spare
         room, which `reserve` makes."""
