@@ -34,3 +34,12 @@ def test_a_different_loss_or_sample_or_missing_file_is_reported(tmp_path, capsys
     assert "metrics.jsonl record 1: differs in loss" in out
     assert "samples.jsonl record 1: differs in text" in out
     assert "summary.json: only in" in out
+
+
+def test_ignored_keys_are_left_out_at_any_depth(tmp_path, capsys):
+    a, b = write_run(tmp_path / "a", -0.5, 10.0), write_run(tmp_path / "b", -0.5, 10.0)
+    (a / "final_eval.json").write_text('{"eval": {"source": "/clone-a/data/qa/test.jsonl", "em": 0.1}}')
+    (b / "final_eval.json").write_text('{"eval": {"source": "/clone-b/data/qa/test.jsonl", "em": 0.1}}')
+    assert same_run.main([str(a), str(b)]) == 1
+    assert "final_eval.json record 1: differs in eval" in capsys.readouterr().out
+    assert same_run.main([str(a), "--ignore", "source", str(b)]) == 0
