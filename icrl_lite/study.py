@@ -119,6 +119,8 @@ class StudyConfig:
     """The arms: a list of mappings with the keys of ArmConfig (name, config, overrides, train, eval_demos, seeds)."""
     eval: StudyEvalConfig = field(default_factory=StudyEvalConfig)
     """The held-out evaluation."""
+    baseline: str = ""
+    """An arm every other arm is compared with question by question (e.g. prompt-3: the untrained model with 3 demos): the difference in EM (accuracy) with a bootstrap interval over questions and seeds, and the ratio; empty = none."""
 
     def validate(self) -> None:
         if not self.arms:
@@ -130,7 +132,9 @@ class StudyConfig:
         e = self.eval
         if e.limit < 0 or e.demos_extra < 0 or e.batch_size < 1 or e.resamples < 100:
             raise ValueError("study: eval.limit and eval.demos_extra must be >= 0, eval.batch_size >= 1, eval.resamples >= 100")
-        self.arm_list()
+        names = [arm.name for arm in self.arm_list()]
+        if self.baseline and self.baseline not in names:
+            raise ValueError(f"study: baseline={self.baseline!r} is not one of the arms ({', '.join(names)}); name an arm or leave it empty")
 
     def arm_list(self) -> list[ArmConfig]:
         """The arms as ArmConfig, checked: known keys, unique file-safe names, seeds, keys the study sets."""
@@ -171,6 +175,23 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value) of per-seed results."""
     x = np.asarray(values, dtype=float)
     return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0
+
+
+def paired_difference(arm: Sequence[Sequence[float]], base: Sequence[Sequence[float]], resamples: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Mean of `arm` minus mean of `base` (per seed, per-question scores on the same questions: (seeds, n) each) and
+    its 95% percentile bootstrap interval: each resample draws n questions (the same ones for both arms, so the
+    comparison is paired) and each arm's seeds with replacement, so the interval carries the seed spread too."""
+    a, b = np.asarray(arm, dtype=float), np.asarray(base, dtype=float)  # (Sa, n), (Sb, n)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] == 0:
+        raise ValueError(f"paired_difference needs (seeds, questions) scores on the same questions, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    questions = rng.integers(0, a.shape[1], size=(resamples, 1, a.shape[1]))  # (R, 1, n)
+    picked_a = rng.integers(0, a.shape[0], size=(resamples, a.shape[0], 1))  # (R, Sa, 1)
+    picked_b = rng.integers(0, b.shape[0], size=(resamples, b.shape[0], 1))  # (R, Sb, 1)
+    diffs = a[picked_a, questions].mean(axis=(1, 2)) - b[picked_b, questions].mean(axis=(1, 2))  # (R,)
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return float(a.mean() - b.mean()), float(low), float(high)
 
 
 # ---- configs ----------------------------------------------------------------------------------------------
@@ -530,13 +551,34 @@ def summarize(study: StudyConfig, done: list, command: str) -> dict:
                 metrics[m] = {"mean": mean, "std": std, "ci": list(bootstrap_ci(pooled, study.eval.resamples, seed=0)), "per_seed": means}
             entry[key] = {"demos": entry["runs"][0][key]["demos"], "questions": len(ids), "metrics": metrics,
                           "by_hops": hop_metrics([run[key]["summary"] for run in entry["runs"]])}
+            if key == "main" and all("em" in s for s in per_seed):  # EM, or a math task's accuracy
+                entry["_main"] = (ids, [s["em"] for s in per_seed])
         if entry["train"]:
             for k in ("rollouts", "train_seconds"):
                 entry[k] = float(np.mean([r[k] for r in entry["runs"]]))
+    compare_with_baseline(study, arms)
     return {
         "study": study.name, "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(), "config": to_dict(study), "arms": list(arms.values()),
     }
+
+
+def compare_with_baseline(study: StudyConfig, arms: dict[str, dict]) -> None:
+    """Each arm's `vs_baseline`: its main EM (accuracy) minus the baseline arm's on the same questions, with the
+    interval of `paired_difference`, and the ratio of the two means (where the baseline's is above 0)."""
+    main = {name: entry.pop("_main") for name, entry in arms.items() if "_main" in entry}
+    base = main.get(study.baseline)
+    if base is None or not base[1]:
+        return
+    for name, (ids, scores) in main.items():
+        if name == study.baseline or not scores:
+            continue
+        if ids != base[0]:
+            raise ValueError(f"arm {name}: evaluated on other questions than the baseline {study.baseline}; rerun with one eval config")
+        diff, low, high = paired_difference(scores, base[1], study.eval.resamples)
+        base_mean = float(np.mean(base[1]))
+        arms[name]["vs_baseline"] = {"baseline": study.baseline, "diff": diff, "ci": [low, high],
+                                     "ratio": float(np.mean(scores)) / base_mean if base_mean > 0 else None}
 
 
 def hop_metrics(summaries: list[dict]) -> dict[str, dict]:
@@ -608,6 +650,18 @@ def markdown(results: dict) -> str:
             budget_cells = f"{a['rollouts']:.0f} | {a['train_seconds'] / 60:.1f}" if a["train"] else "– | –"
             lines.append(f"| {a['name']} | {'yes' if a['train'] else 'no'} | {e['demos']} | {len(a['seeds'])} | {e['questions']} | "
                          + " | ".join(cell(e["metrics"][m], m) if m in e["metrics"] else "–" for m, _ in shown) + f" | {budget_cells} |")
+    compared = [a for a in arms if "vs_baseline" in a]
+    if compared:
+        base = compared[0]["vs_baseline"]["baseline"]
+        lines += ["", f"## Against {base}, question by question (main evaluation)", "",
+                  f"EM (accuracy) minus {base}'s on the same questions [95% bootstrap interval, questions and each arm's seeds "
+                  "resampled]; ratio of the means; clear: the interval excludes 0.", "",
+                  "| arm | seeds | difference | ratio | clear |", "|---|---|---|---|---|"]
+        for a in compared:
+            v = a["vs_baseline"]
+            ratio = f"{v['ratio']:.2f}x" if v["ratio"] is not None else "–"
+            verdict = "above" if v["ci"][0] > 0 else "below" if v["ci"][1] < 0 else "no"
+            lines.append(f"| {a['name']} | {len(a['seeds'])} | {v['diff']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] | {ratio} | {verdict} |")
     lines += ["", "## Runs", "", "| arm | seed | eval | demos | EM / accuracy | format-valid | tool calls/q | length (tok) | rollouts | "
               "train s | wall s | stopped | records |", "|" + "---|" * 13]
     for a in arms:

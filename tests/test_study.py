@@ -14,7 +14,7 @@ import yaml
 from icrl_lite import study as study_module
 from icrl_lite.cli import main
 from icrl_lite.evaluate import bootstrap_ci
-from icrl_lite.study import load_study, mean_std, plan, report_study, run_study
+from icrl_lite.study import load_study, mean_std, paired_difference, plan, report_study, run_study
 from icrl_lite.trainer import Trainer
 
 SHORT_DEMOS = [  # one-turn demos keep the prompts small and fit the tiny rollout budgets
@@ -57,7 +57,8 @@ def write_study(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished(write_study):
     """A finished study through the CLI: a trained arm and a prompt-only 2-demo one, plus a 2-demo extra evaluation."""
-    path = write_study("finished", arms=[ICRL, PROMPT_2], eval={"limit": 2, "resamples": 200, "demos_extra": 2})
+    path = write_study("finished", arms=[ICRL, PROMPT_2], eval={"limit": 2, "resamples": 200, "demos_extra": 2},
+                       baseline="prompt-2")
     assert main(["study", "--config", str(path)]) == 0
     study = load_study(path)
     return study, json.loads((Path(study.output_dir) / "results.json").read_text())
@@ -112,6 +113,48 @@ def test_mean_std_over_seeds():
 
 
 # ---- config checks ----------------------------------------------------------------------------------------
+def test_paired_difference_of_an_arm_with_itself_is_exactly_zero():
+    scores = [[1, 0, 0, 1, 1, 0, 0, 0]]
+    assert paired_difference(scores, scores, resamples=500) == (0.0, 0.0, 0.0)  # the same questions in every resample
+
+
+def test_paired_difference_is_clear_of_zero_for_a_consistent_gain():
+    base = [[1, 0, 0, 0] * 30, [0, 1, 0, 0] * 30]  # (2 seeds, 120 questions): 0.25
+    arm = [[1, 1, 0, 0] * 30, [1, 1, 0, 0] * 30]  # 0.5, right wherever the baseline is in either seed
+    diff, low, high = paired_difference(arm, base, resamples=1000)
+    assert diff == pytest.approx(0.25) and 0 < low < diff < high
+
+
+def test_paired_difference_carries_the_seed_spread():
+    arm = [[1] * 50, [0] * 50]  # one seed gets everything, the other nothing: mean 0.5
+    base = [[0, 1] * 25]  # 0.5
+    diff, low, high = paired_difference(arm, base, resamples=1000)
+    assert diff == pytest.approx(0.0) and low < -0.3 and high > 0.3  # resampling the arm's seeds gives 0, 0.5 or 1
+
+
+def test_paired_difference_needs_the_same_questions():
+    with pytest.raises(ValueError, match="same questions"):
+        paired_difference([[1, 0, 1]], [[1, 0]])
+
+
+def test_a_baseline_that_is_not_an_arm_is_rejected(write_study):
+    path = write_study("bad-baseline", arms=[ICRL, PROMPT_2], baseline="prompt-3")
+    with pytest.raises(ValueError, match=r"baseline='prompt-3' is not one of the arms \(icrl, prompt-2\)"):
+        load_study(path).validate()
+
+
+def test_arms_are_compared_with_the_baseline_question_by_question(finished):
+    study, results = finished
+    arms = {a["name"]: a for a in results["arms"]}
+    versus = arms["icrl"]["vs_baseline"]
+    assert "vs_baseline" not in arms["prompt-2"]
+    icrl, prompt = arms["icrl"]["main"]["metrics"]["em"]["mean"], arms["prompt-2"]["main"]["metrics"]["em"]["mean"]
+    assert versus["baseline"] == "prompt-2" and versus["diff"] == pytest.approx(icrl - prompt)
+    assert versus["ci"][0] <= versus["diff"] <= versus["ci"][1]
+    text = (Path(study.output_dir) / "results.md").read_text()
+    assert "## Against prompt-2, question by question" in text and "| icrl | 1 | " in text
+
+
 def test_unknown_arm_key_lists_the_arm_keys_and_says_where_train_keys_go(write_study):
     with pytest.raises(ValueError, match="unknown arm key 'stages'.*overrides: {stages"):
         plan(load_study(write_study("bad", arms=[{"name": "a", "stages": [{"demos": 0, "steps": 1}]}])))
@@ -192,7 +235,7 @@ def test_results_md_has_a_row_per_arm_and_the_budget(finished):
     study, results = finished
     text = (Path(study.output_dir) / "results.md").read_text()
     assert "## Main evaluation" in text and "## With 2 demonstrations" in text and "8 training rollouts per arm and seed" in text
-    tables = text[text.index("## Main evaluation"):text.index("## Runs")]
+    tables = text[text.index("## Main evaluation"):text.index("## Against")]  # the comparison follows them
     rows = [line for line in tables.splitlines() if line.startswith("| icrl |") or line.startswith("| prompt-2 |")]
     assert len(rows) == 3  # icrl in both tables, prompt-2 in the main one
     icrl_main = rows[0].split(" | ")
