@@ -209,3 +209,17 @@ def test_the_installed_decoder_runs_without_the_deprecated_cache_keyword(policy)
         warnings.simplefilter("error")  # a FutureWarning about past_key_values would fail here
         run_decoder(decoder(policy[0]), cache, input_ids=torch.tensor([[1, 2, 3]]))
     assert cache.get_seq_length() == 3
+
+
+def test_names_imported_from_the_old_model_module_still_work_and_say_where_they_moved():
+    import icrl_lite.model as old
+
+    with pytest.warns(DeprecationWarning, match=r"icrl_lite\.model\.load_policy is now icrl_lite\.policy\.load_policy"):
+        assert old.load_policy is policy_module.load_policy
+    with pytest.warns(DeprecationWarning, match=r"icrl_lite\.logprobs\.response_logprobs"):
+        from icrl_lite.model import response_logprobs
+    from icrl_lite.logprobs import response_logprobs as moved
+
+    assert response_logprobs is moved
+    with pytest.raises(AttributeError, match=r"no attribute 'no_such_name'; it was split into icrl_lite\.policy"):
+        old.no_such_name
